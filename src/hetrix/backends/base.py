@@ -1,0 +1,51 @@
+"""The backend interface: a device kind plus the library that drives it.
+
+A backend answers one question for the planner, "can you run this node, and with which kernel?",
+and owns how values live in its memory.  Host backends (NumPy) keep values as numpy arrays; device
+backends convert at the boundary with :meth:`Backend.to_host` / :meth:`Backend.from_host`.
+Importing a backend module never initialises a device runtime.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import onnx_ir as ir
+
+from hetrix.backends.registry import REGISTRY, Kernel
+
+
+class Backend(ABC):
+    """One kernel library on one device.  ``name`` is unique, e.g. ``numpy:cpu``."""
+
+    name: str
+    device: str = "cpu"
+
+    @abstractmethod
+    def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:
+        """The kernel that runs ``node`` at ``opset``, or None when this backend cannot."""
+
+    def to_host(self, value: Any) -> Any:
+        """Bring a value held by this backend to host memory (numpy); identity for host backends."""
+        return value
+
+    def from_host(self, value: Any) -> Any:
+        """Place a host value in this backend's memory; identity for host backends."""
+        return value
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class RegistryBackend(Backend):
+    """A backend whose kernels are the functions registered under ``registry_name``."""
+
+    registry_name: str
+
+    def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:
+        return REGISTRY.lookup(self.registry_name, node.domain, node.op_type, opset)
+
+    def supports(self, domain: str, op_type: str, opset: int) -> bool:
+        """Whether a kernel exists for the op at this opset (no node needed)."""
+        return REGISTRY.lookup(self.registry_name, domain, op_type, opset) is not None

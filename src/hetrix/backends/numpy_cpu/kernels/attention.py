@@ -1,0 +1,234 @@
+"""attention kernels of the NumPy CPU backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from onnx.helper import tensor_dtype_to_np_dtype
+
+from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+
+
+def _work_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype arithmetic runs in: float64 stays, everything narrower is widened to float32."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _split_heads(x: np.ndarray, num_heads: int | None, what: str) -> np.ndarray:
+    """(B, S, H*D) -> (B, H, S, D); 4D inputs pass through."""
+    if x.ndim == 4:
+        return x
+    if x.ndim != 3:
+        raise ValueError(f"Attention: {what} must be 3D or 4D, got shape {x.shape}")
+    if not num_heads:
+        raise ValueError(f"Attention: 3D {what} needs the q_num_heads/kv_num_heads attributes")
+    b, s, hidden = x.shape
+    if hidden % num_heads:
+        raise ValueError(f"Attention: {what} hidden size {hidden} not divisible by {num_heads} heads")
+    return x.reshape(b, s, num_heads, hidden // num_heads).transpose(0, 2, 1, 3)
+
+
+def _softmax_guarded(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in place; rows where every score is -inf become zeros."""
+    peak = scores.max(axis=-1, keepdims=True)
+    # A fully-masked row has max -inf: shift by 0 instead so exp gives 0s, not NaN (spec errata).
+    peak[np.isneginf(peak)] = 0
+    np.subtract(scores, peak, out=scores)
+    np.exp(scores, out=scores)
+    total = scores.sum(axis=-1, keepdims=True)
+    total[total == 0] = 1
+    scores /= total
+    return scores
+
+
+def _pad_last(mask: np.ndarray, total: int, fill: Any) -> np.ndarray:
+    """Pad the mask's key axis up to ``total`` with ``fill`` (a shorter mask is allowed)."""
+    keys = mask.shape[-1]
+    if keys == total:
+        return mask
+    if keys > total:
+        raise ValueError(f"Attention: attn_mask has {keys} keys, more than the {total} attended")
+    pad = np.full((*mask.shape[:-1], total - keys), fill, dtype=mask.dtype)
+    return np.concatenate([mask, pad], axis=-1)
+
+
+def _structural_mask(
+    ctx: NodeContext, batch: int, q_len: int, total: int, past: int, nonpad: np.ndarray | None
+) -> np.ndarray | None:
+    """Allowed keys from is_causal, the sliding window and nonpad_kv_seqlen: (B|1, 1, Sq, T)."""
+    causal = bool(ctx.attrs.get("is_causal", 0))
+    left = int(ctx.attrs.get("left_window_size", -1))
+    right = int(ctx.attrs.get("right_window_size", -1))
+    if not causal and left < 0 and right < 0 and nonpad is None:
+        return None
+    keys = np.arange(total)
+    # Absolute position of each query: the count of valid keys before the query block + its index.
+    if past:
+        offset = np.full((1,), past, dtype=np.int64)
+    elif nonpad is not None:
+        offset = nonpad.astype(np.int64) - q_len
+    else:
+        offset = np.zeros((1,), dtype=np.int64)
+    pos = offset[:, None, None, None] + np.arange(q_len)[None, None, :, None]
+    allowed = np.ones((offset.shape[0], 1, q_len, total), dtype=bool)
+    if causal:
+        allowed &= keys <= pos
+    if left >= 0:
+        allowed &= keys >= pos - left
+    if right >= 0:
+        allowed &= keys <= pos + right
+    if nonpad is not None:
+        if nonpad.shape != (batch,):
+            raise ValueError(f"Attention: nonpad_kv_seqlen must have shape ({batch},)")
+        allowed &= keys < nonpad.astype(np.int64)[:, None, None, None]
+    return allowed
+
+
+def _softmax_in(scores: np.ndarray, precision: int | None) -> np.ndarray:
+    """Softmax at ``softmax_precision`` (rounding to it when narrower), back in the work dtype."""
+    if precision is None:
+        return _softmax_guarded(scores)
+    target = np.dtype(tensor_dtype_to_np_dtype(precision))
+    work = _work_dtype(target)
+    probs = _softmax_guarded(scores.astype(target).astype(work))
+    return probs.astype(target).astype(scores.dtype, copy=False)
+
+
+@kernel("Attention", since=23)
+def attention(
+    ctx: NodeContext,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    attn_mask: np.ndarray | None = None,
+    past_key: np.ndarray | None = None,
+    past_value: np.ndarray | None = None,
+    nonpad_kv_seqlen: np.ndarray | None = None,
+) -> np.ndarray | tuple[np.ndarray, ...]:
+    """Scaled dot-product attention (MHA/GQA/MQA) with masks, KV cache, softcap and windows."""
+    # One kernel serves opsets 23-25: 24 adds nonpad_kv_seqlen, 25 the window attributes, and the
+    # attributes absent at an older opset take their neutral defaults here.
+    attrs = ctx.attrs
+    if not (q.ndim == k.ndim == v.ndim):
+        raise ValueError(f"Attention: Q, K, V ranks differ: {q.shape}, {k.shape}, {v.shape}")
+    three_d = q.ndim == 3
+    q4 = _split_heads(q, attrs.get("q_num_heads"), "Q")
+    k4 = _split_heads(k, attrs.get("kv_num_heads"), "K")
+    v4 = _split_heads(v, attrs.get("kv_num_heads"), "V")
+    if (past_key is None) != (past_value is None):
+        raise ValueError("Attention: past_key and past_value must be given together")
+    past = 0
+    if past_key is not None:
+        past = past_key.shape[2]
+        k4 = np.concatenate([past_key, k4.astype(past_key.dtype, copy=False)], axis=2)
+        v4 = np.concatenate([past_value, v4.astype(past_value.dtype, copy=False)], axis=2)
+    batch, q_heads, q_len, head = q4.shape
+    kv_heads, total = k4.shape[1], k4.shape[2]
+    if k4.shape[0] != batch or v4.shape[:3] != k4.shape[:3] or k4.shape[3] != head:
+        raise ValueError(f"Attention: incompatible Q/K/V shapes {q4.shape}, {k4.shape}, {v4.shape}")
+    if q_heads % kv_heads:
+        raise ValueError(f"Attention: q_num_heads {q_heads} not a multiple of kv {kv_heads}")
+    group, v_head = q_heads // kv_heads, v4.shape[3]
+
+    work = _work_dtype(q.dtype)
+    scale = attrs.get("scale")
+    scale = 1.0 / np.sqrt(head) if scale is None else scale
+    # Query heads h*G..h*G+G-1 share KV head h: fold them into the query rows so one batched
+    # matmul covers the group without repeating K and V.
+    qg = (q4.astype(work) * work.type(scale)).reshape(batch, kv_heads, group * q_len, head)
+    scores = np.matmul(qg, k4.astype(work, copy=False).swapaxes(-1, -2))
+    scores = scores.reshape(batch, q_heads, q_len, total)
+
+    mode = int(attrs.get("qk_matmul_output_mode", 0))
+    want_qk = ctx.num_outputs > 3
+    qk_out = scores.copy() if want_qk and mode == 0 else None
+    softcap = float(attrs.get("softcap", 0.0))
+    if softcap > 0:
+        scores /= softcap
+        np.tanh(scores, out=scores)
+        scores *= softcap
+    if want_qk and mode == 1:
+        qk_out = scores.copy()
+
+    allowed = _structural_mask(ctx, batch, q_len, total, past, nonpad_kv_seqlen)
+    if attn_mask is not None:
+        if attn_mask.dtype == np.bool_:
+            mask = _pad_last(attn_mask, total, False)
+            allowed = mask if allowed is None else allowed & mask
+        else:
+            scores += _pad_last(attn_mask.astype(work), total, -np.inf)
+    if allowed is not None:
+        # Overwrite (not add) so a NaN/inf score at a masked position cannot leak through.
+        scores = np.where(allowed, scores, work.type(-np.inf))
+    if want_qk and mode == 2:
+        qk_out = scores.copy()
+
+    probs = _softmax_in(scores, attrs.get("softmax_precision"))
+    if want_qk and mode == 3:
+        qk_out = probs.copy()
+    probs = probs.reshape(batch, kv_heads, group * q_len, total)
+    y = np.matmul(probs, v4.astype(work, copy=False)).reshape(batch, q_heads, q_len, v_head)
+    if three_d:
+        y = y.transpose(0, 2, 1, 3).reshape(batch, q_len, q_heads * v_head)
+    outputs = [y.astype(q.dtype, copy=False), k4, v4]
+    if want_qk:
+        outputs.append(qk_out.astype(q.dtype, copy=False))
+    if ctx.num_outputs == 1:
+        return outputs[0]
+    return tuple(outputs[: ctx.num_outputs])
+
+
+@kernel("RotaryEmbedding", since=23)
+def rotary_embedding(
+    ctx: NodeContext,
+    x: np.ndarray,
+    cos_cache: np.ndarray,
+    sin_cache: np.ndarray,
+    position_ids: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rotary positional embedding (RoPE), half-split or interleaved, full or partial."""
+    if x.ndim == 4:
+        # (B, H, S, D) -> (B, S, H, D) so the caches broadcast over heads like the 3D case.
+        xs = x.transpose(0, 2, 1, 3)
+    elif x.ndim == 3:
+        heads = ctx.attrs.get("num_heads")
+        if not heads or x.shape[2] % heads:
+            raise ValueError(f"RotaryEmbedding: 3D input {x.shape} needs num_heads dividing it")
+        xs = x.reshape(*x.shape[:2], heads, x.shape[2] // heads)
+    else:
+        raise ValueError(f"RotaryEmbedding: input must be 3D or 4D, got shape {x.shape}")
+    head = xs.shape[3]
+    rot = int(ctx.attrs.get("rotary_embedding_dim", 0)) or head
+    if rot % 2 or rot > head:
+        raise ValueError(f"RotaryEmbedding: rotary dim {rot} must be even and <= head size {head}")
+    if position_ids is not None:
+        cos_cache, sin_cache = cos_cache[position_ids], sin_cache[position_ids]
+    half = rot // 2
+    if cos_cache.shape[-1] != half or sin_cache.shape[-1] != half:
+        raise ValueError(
+            f"RotaryEmbedding: cache last dims {cos_cache.shape[-1]}, {sin_cache.shape[-1]} "
+            f"!= rotary_embedding_dim/2 = {half}"
+        )
+    if cos_cache.ndim != 3 or cos_cache.shape[0] not in (1, xs.shape[0]) or (
+        cos_cache.shape[1] != xs.shape[1]
+    ):
+        raise ValueError(
+            f"RotaryEmbedding: cos/sin must give (batch, seq, rot/2) = {(*xs.shape[:2], half)}, "
+            f"got {cos_cache.shape}"
+        )
+    work = _work_dtype(x.dtype)
+    cos = cos_cache.astype(work)[:, :, None, :]
+    sin = sin_cache.astype(work)[:, :, None, :]
+    out = xs.astype(work)  # a fresh copy: rotated in place below
+    part = out[..., :rot]
+    if ctx.attrs.get("interleaved", 0):
+        x1, x2 = part[..., 0::2].copy(), part[..., 1::2].copy()
+        part[..., 0::2] = cos * x1 - sin * x2
+        part[..., 1::2] = sin * x1 + cos * x2
+    else:
+        x1, x2 = part[..., :half].copy(), part[..., half:].copy()
+        part[..., :half] = cos * x1 - sin * x2
+        part[..., half:] = sin * x1 + cos * x2
+    out = out.transpose(0, 2, 1, 3) if x.ndim == 4 else out.reshape(x.shape)
+    return out.astype(x.dtype, copy=False)

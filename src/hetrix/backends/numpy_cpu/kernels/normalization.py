@@ -1,0 +1,337 @@
+"""normalization kernels of the NumPy CPU backend.
+
+BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization,
+RMSNormalization, LRN, MeanVarianceNormalization and LpNormalization.  Statistics of float16 and
+bfloat16 inputs are computed in float32 (the ``stash_type`` default) and cast back at the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx.helper import tensor_dtype_to_np_dtype
+
+from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+
+
+def _work_dtype(dtype: np.dtype, stash: np.dtype | None = None) -> np.dtype:
+    """The float dtype to compute statistics in: at least float32, at least ``stash``."""
+    if dtype == np.float16 or dtype.type.__module__ == "ml_dtypes" or dtype.kind != "f":
+        dtype = np.dtype(np.float32)
+    return np.promote_types(dtype, stash) if stash is not None else dtype
+
+
+def _as_work(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return x.astype(dtype, copy=False)
+
+
+def _channel_shape(x: np.ndarray) -> tuple[int, ...]:
+    """Shape that broadcasts a per-channel (axis 1) vector against ``x``."""
+    return (-1,) + (1,) * (x.ndim - 2)
+
+
+def _check_channel_param(op: str, name: str, p: np.ndarray, channels: int) -> None:
+    if p.size != channels:
+        raise ValueError(f"{op}: {name} has {p.size} elements, expected one per channel ({channels})")
+
+
+def _broadcast_into(op: str, y: np.ndarray, p: np.ndarray, ufunc: np.ufunc) -> None:
+    """In-place ``y = ufunc(y, p)``; ValueError when ``p`` does not broadcast to ``y``."""
+    try:
+        ufunc(y, p, out=y, casting="unsafe")
+    except ValueError as exc:
+        raise ValueError(f"{op}: parameter of shape {p.shape} does not broadcast to {y.shape}") from exc
+
+
+# --- BatchNormalization ---------------------------------------------------------------------
+
+
+def _bn_param(op: str, name: str, p: np.ndarray, x: np.ndarray, spatial: bool) -> np.ndarray:
+    """A BN parameter shaped to broadcast: per channel, or per activation when not spatial."""
+    if spatial:
+        _check_channel_param(op, name, p, x.shape[1])
+        return p.reshape(_channel_shape(x))
+    size = int(np.prod(x.shape[1:]))
+    if p.size != size:
+        raise ValueError(f"{op}: non-spatial {name} must have C*D1*..*Dn = {size} elements")
+    return p.reshape(x.shape[1:])
+
+
+def _bn_apply(
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    eps: float,
+) -> np.ndarray:
+    """y = (x - mean) / sqrt(var + eps) * scale + bias, folded into one multiply-add."""
+    wd = _work_dtype(x.dtype)
+    mul = _as_work(scale, wd) / np.sqrt(_as_work(var, wd) + wd.type(eps))
+    add = _as_work(bias, wd) - _as_work(mean, wd) * mul
+    y = _as_work(x, wd) * mul
+    y += add
+    return y.astype(x.dtype, copy=False)
+
+
+def _bn_batch_stats(x: np.ndarray, spatial: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population variance over every axis but the channel (or over the batch only)."""
+    axes = (0, *range(2, x.ndim)) if spatial else (0,)
+    xf = _as_work(x, _work_dtype(x.dtype))
+    mean = xf.mean(axis=axes, keepdims=True)
+    d = xf - mean
+    var = np.mean(d * d, axis=axes, keepdims=True)
+    return mean, var
+
+
+def _bn_check(x: np.ndarray) -> None:
+    if x.ndim < 2:
+        raise ValueError(f"BatchNormalization: X must be [N, C, ...], got shape {x.shape}")
+
+
+@kernel("BatchNormalization", since=1)
+def batch_norm_v1(
+    ctx: NodeContext,
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+) -> np.ndarray | tuple[np.ndarray, ...]:
+    """Opsets 1-9: test mode (one output) or training mode (Y, mean, var, saved mean/var)."""
+    _bn_check(x)
+    op, eps = "BatchNormalization", ctx.attrs.get("epsilon", 1e-5)
+    spatial = bool(ctx.attrs.get("spatial", 1))
+    s, b, m, v = (
+        _bn_param(op, n, p, x, spatial)
+        for n, p in (("scale", scale), ("B", bias), ("mean", mean), ("var", var))
+    )
+    if ctx.num_outputs == 1 or ctx.attrs.get("is_test", 0):
+        y = _bn_apply(x, s, b, m, v, eps)
+        return y if ctx.num_outputs == 1 else (y, mean.copy(), var.copy(), mean.copy(), var.copy())
+    bm, bv = _bn_batch_stats(x, spatial)
+    y = _bn_apply(x, s, b, bm, bv, eps)
+    momentum = ctx.attrs.get("momentum", 0.9)
+    outs = (
+        (m * momentum + bm * (1 - momentum)).reshape(mean.shape).astype(mean.dtype),
+        (v * momentum + bv * (1 - momentum)).reshape(var.shape).astype(var.dtype),
+        bm.reshape(mean.shape).astype(mean.dtype),
+        bv.reshape(var.shape).astype(var.dtype),
+    )
+    return (y, *outs[: ctx.num_outputs - 1])
+
+
+@kernel("BatchNormalization", since=14)
+def batch_norm(
+    ctx: NodeContext,
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+) -> np.ndarray | tuple[np.ndarray, ...]:
+    """Opset 14+: inference with the given statistics, or training_mode with running updates."""
+    _bn_check(x)
+    op, eps = "BatchNormalization", ctx.attrs.get("epsilon", 1e-5)
+    s, b, m, v = (
+        _bn_param(op, n, p, x, True)
+        for n, p in (("scale", scale), ("B", bias), ("input_mean", mean), ("input_var", var))
+    )
+    if not ctx.attrs.get("training_mode", 0):
+        y = _bn_apply(x, s, b, m, v, eps)
+        return y if ctx.num_outputs == 1 else (y, mean.copy(), var.copy())[: ctx.num_outputs]
+    bm, bv = _bn_batch_stats(x, True)
+    y = _bn_apply(x, s, b, bm, bv, eps)
+    momentum = ctx.attrs.get("momentum", 0.9)
+    running_mean = (m * momentum + bm * (1 - momentum)).reshape(mean.shape).astype(mean.dtype)
+    running_var = (v * momentum + bv * (1 - momentum)).reshape(var.shape).astype(var.dtype)
+    return (y, running_mean, running_var)[: ctx.num_outputs]
+
+
+# --- Instance / Group normalization ----------------------------------------------------------
+
+
+def _standardize_rows(x2: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalize each row of the 2-D float array ``x2``: returns (normalized, mean, inv_std)."""
+    n = x2.shape[1]
+    mean = x2.mean(axis=1, keepdims=True) if n else np.zeros((x2.shape[0], 1), x2.dtype)
+    d = x2 - mean
+    var = np.einsum("ij,ij->i", d, d)[:, None] / max(n, 1)  # one pass, no d*d temporary
+    inv_std = 1.0 / np.sqrt(var + eps)
+    d *= inv_std
+    return d, mean, inv_std
+
+
+@kernel("InstanceNormalization", since=1)
+def instance_norm(
+    ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
+    """Normalize each (instance, channel) over its spatial dims, then scale and shift per channel."""
+    op = "InstanceNormalization"
+    if x.ndim < 2:
+        raise ValueError(f"{op}: input must be [N, C, ...], got shape {x.shape}")
+    _check_channel_param(op, "scale", scale, x.shape[1])
+    _check_channel_param(op, "B", bias, x.shape[1])
+    wd = _work_dtype(x.dtype)
+    rows = x.shape[0] * x.shape[1]
+    y, _, _ = _standardize_rows(_as_work(x, wd).reshape(rows, -1), ctx.attrs.get("epsilon", 1e-5))
+    y = y.reshape(x.shape)
+    y *= _as_work(scale, wd).reshape(_channel_shape(x))
+    y += _as_work(bias, wd).reshape(_channel_shape(x))
+    return y.astype(x.dtype, copy=False)
+
+
+def _group_norm(
+    ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray, per_group: bool
+) -> np.ndarray:
+    op = "GroupNormalization"
+    groups = ctx.attrs["num_groups"]
+    if x.ndim < 2:
+        raise ValueError(f"{op}: input must be [N, C, ...], got shape {x.shape}")
+    channels = x.shape[1]
+    if groups <= 0 or channels % groups:
+        raise ValueError(f"{op}: {channels} channels cannot be split into {groups} groups")
+    if per_group:  # opset 18: scale/bias hold one value per group
+        _check_channel_param(op, "scale", scale, groups)
+        _check_channel_param(op, "bias", bias, groups)
+        scale = np.repeat(scale.reshape(-1), channels // groups)
+        bias = np.repeat(bias.reshape(-1), channels // groups)
+    _check_channel_param(op, "scale", scale, channels)
+    _check_channel_param(op, "bias", bias, channels)
+    stash = tensor_dtype_to_np_dtype(ctx.attrs.get("stash_type", 1))
+    wd = _work_dtype(x.dtype, stash)
+    rows = x.shape[0] * groups
+    y, _, _ = _standardize_rows(_as_work(x, wd).reshape(rows, -1), ctx.attrs.get("epsilon", 1e-5))
+    y = y.reshape(x.shape).astype(x.dtype, copy=False)
+    # The affine stage runs in X's type (it does not depend on stash_type).
+    y = y * scale.astype(x.dtype).reshape(_channel_shape(x))
+    y += bias.astype(x.dtype).reshape(_channel_shape(x))
+    return y
+
+
+@kernel("GroupNormalization", since=18)
+def group_norm_v18(
+    ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
+    """Group normalization with one scale/bias per group (opset 18)."""
+    return _group_norm(ctx, x, scale, bias, per_group=True)
+
+
+@kernel("GroupNormalization", since=21)
+def group_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Group normalization with one scale/bias per channel (opset 21+)."""
+    return _group_norm(ctx, x, scale, bias, per_group=False)
+
+
+# --- Layer / RMS normalization ---------------------------------------------------------------
+
+
+def _trailing_axis(op: str, axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise ValueError(f"{op}: axis {axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+@kernel("LayerNormalization", since=17)
+def layer_norm(
+    ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None
+) -> np.ndarray | tuple[np.ndarray, ...]:
+    """Normalize over axes [axis, rank), scale and shift; optional Mean and InvStdDev outputs."""
+    op = "LayerNormalization"
+    axis = _trailing_axis(op, ctx.attrs.get("axis", -1), x.ndim)
+    stash = tensor_dtype_to_np_dtype(ctx.attrs.get("stash_type", 1))
+    wd = _work_dtype(x.dtype, stash)
+    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    x2 = _as_work(x, wd).reshape(rows, -1)
+    y, mean, inv_std = _standardize_rows(x2, ctx.attrs.get("epsilon", 1e-5))
+    y = y.reshape(x.shape)
+    _broadcast_into(op, y, scale, np.multiply)
+    if bias is not None:
+        _broadcast_into(op, y, bias, np.add)
+    y = y.astype(x.dtype, copy=False)
+    if ctx.num_outputs == 1:
+        return y
+    stat_shape = x.shape[:axis] + (1,) * (x.ndim - axis)
+    outs = [y]
+    for i, stat in ((1, mean), (2, inv_std)):
+        if i < ctx.num_outputs:
+            dt = (ctx.output_dtypes[i] if i < len(ctx.output_dtypes) else None) or stash
+            outs.append(stat.reshape(stat_shape).astype(dt, copy=False))
+    return tuple(outs)
+
+
+@kernel("RMSNormalization", since=23)
+def rms_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """x / sqrt(mean(x**2 over [axis, rank)) + epsilon) * scale."""
+    op = "RMSNormalization"
+    axis = _trailing_axis(op, ctx.attrs.get("axis", -1), x.ndim)
+    stash = tensor_dtype_to_np_dtype(ctx.attrs.get("stash_type", 1))
+    wd = _work_dtype(x.dtype, stash)
+    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    x2 = _as_work(x, wd).reshape(rows, -1)
+    ms = np.einsum("ij,ij->i", x2, x2)[:, None] / max(x2.shape[1], 1)
+    y = x2 * (1.0 / np.sqrt(ms + ctx.attrs.get("epsilon", 1e-5))).astype(wd)
+    y = y.reshape(x.shape).astype(x.dtype, copy=False)
+    _broadcast_into(op, y, scale, np.multiply)
+    return y
+
+
+# --- LRN, MVN, LpNormalization ---------------------------------------------------------------
+
+
+@kernel("LRN", since=1)
+def lrn(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Local response normalization across ``size`` neighbouring channels."""
+    size = ctx.attrs["size"]
+    alpha = ctx.attrs.get("alpha", 1e-4)
+    beta = ctx.attrs.get("beta", 0.75)
+    bias = ctx.attrs.get("bias", 1.0)
+    if x.ndim < 2 or size < 1:
+        raise ValueError(f"LRN: need X of rank >= 2 and size >= 1, got {x.shape} and {size}")
+    wd = _work_dtype(x.dtype)
+    xf = _as_work(x, wd)
+    sq = xf * xf
+    channels = x.shape[1]
+    lo = (size - 1) // 2  # the window is [c - floor((size-1)/2), c + ceil((size-1)/2)]
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (lo, size - 1 - lo)
+    sq = np.pad(sq, pad)
+    acc = np.zeros_like(xf)
+    for k in range(size):  # loop over the small window, vectorised over everything else
+        acc += sq[:, k : k + channels]
+    acc *= wd.type(alpha / size)
+    acc += wd.type(bias)
+    y = xf / acc**wd.type(beta)
+    return y.astype(x.dtype, copy=False)
+
+
+@kernel("MeanVarianceNormalization", since=9)
+def mean_variance_norm(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """(X - E[X]) / (sqrt(Var[X]) + 1e-9) over ``axes`` (default [0, 2, 3])."""
+    axes = tuple(ctx.attrs.get("axes", [0, 2, 3]))
+    if any(not -x.ndim <= a < x.ndim for a in axes):
+        raise ValueError(f"MeanVarianceNormalization: axes {list(axes)} out of range for {x.shape}")
+    wd = _work_dtype(x.dtype)
+    xf = _as_work(x, wd)
+    d = xf - xf.mean(axis=axes, keepdims=True)
+    std = np.sqrt(np.mean(d * d, axis=axes, keepdims=True))
+    std += wd.type(1e-9)  # the epsilon of the ONNX function body, added after the sqrt
+    d /= std
+    return d.astype(x.dtype, copy=False)
+
+
+@kernel("LpNormalization", since=1)
+def lp_norm(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Divide by the L1 or L2 norm along ``axis``."""
+    p, axis = ctx.attrs.get("p", 2), ctx.attrs.get("axis", -1)
+    if p not in (1, 2):
+        raise ValueError(f"LpNormalization: p must be 1 or 2, got {p}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"LpNormalization: axis {axis} out of range for shape {x.shape}")
+    wd = _work_dtype(x.dtype)
+    xf = _as_work(x, wd)
+    if p == 1:
+        norm = np.sum(np.abs(xf), axis=axis, keepdims=True)
+    else:
+        norm = np.sqrt(np.sum(xf * xf, axis=axis, keepdims=True))
+    norm[norm == 0] = 1  # an all-zero slice stays zero instead of becoming NaN
+    return (xf / norm).astype(x.dtype, copy=False)

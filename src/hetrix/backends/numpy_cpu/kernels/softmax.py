@@ -1,0 +1,111 @@
+"""softmax kernels of the NumPy CPU backend: Softmax, LogSoftmax, Hardmax.
+
+Before opset 13 these operators coerce the input to 2-D at ``axis`` (default 1) and normalize
+over the whole flattened second dimension; from opset 13 they work on the single ``axis``
+(default -1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+
+AxisFn = Callable[[np.ndarray, int], np.ndarray]
+
+
+def _work(x: np.ndarray) -> np.ndarray:
+    """float16/bfloat16 are computed in float32; float32/float64 in place of a fresh copy."""
+    if x.dtype == np.float16 or x.dtype.type.__module__ == "ml_dtypes":
+        return x.astype(np.float32)
+    return x.astype(x.dtype, copy=True)
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    y = _work(x)
+    y -= y.max(axis=axis, keepdims=True)  # stable: the largest exponent is exp(0)
+    np.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
+    return y
+
+
+def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    y = _work(x)
+    y -= y.max(axis=axis, keepdims=True)
+    y -= np.log(np.exp(y).sum(axis=axis, keepdims=True))
+    return y
+
+
+def _hardmax(x: np.ndarray, axis: int) -> np.ndarray:
+    # One-hot of the first maximum along the axis.
+    idx = np.expand_dims(np.argmax(x, axis=axis), axis)
+    y = np.zeros_like(x)
+    np.put_along_axis(y, idx, 1, axis=axis)
+    return y
+
+
+def _check_axis(ctx: NodeContext, axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise ValueError(f"{ctx.op_type}: axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def _on_axis(ctx: NodeContext, x: np.ndarray, fn: AxisFn) -> np.ndarray:
+    """Opset >= 13: normalize along the one axis ``axis`` (default -1)."""
+    if x.ndim == 0:
+        raise ValueError(f"{ctx.op_type}: input must have rank >= 1")
+    axis = _check_axis(ctx, ctx.attrs.get("axis", -1), x.ndim)
+    if x.size == 0:
+        return x.copy()
+    return fn(x, axis).astype(x.dtype, copy=False)
+
+
+def _coerced_2d(ctx: NodeContext, x: np.ndarray, fn: AxisFn) -> np.ndarray:
+    """Opset < 13: flatten to [prod(shape[:axis]), prod(shape[axis:])], normalize each row."""
+    axis = ctx.attrs.get("axis", 1)
+    if not -x.ndim <= axis <= x.ndim:  # axis == rank is allowed: it coerces to [N, 1]
+        raise ValueError(f"{ctx.op_type}: axis {axis} is out of range for rank {x.ndim}")
+    axis = axis + x.ndim if axis < 0 else axis
+    if x.size == 0:
+        return x.copy()
+    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    y = fn(x.reshape(rows, -1), 1)
+    return y.reshape(x.shape).astype(x.dtype, copy=False)
+
+
+@kernel("Softmax", since=1)
+def softmax_v1(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Softmax over the input coerced to 2-D at ``axis``."""
+    return _coerced_2d(ctx, x, _softmax)
+
+
+@kernel("Softmax", since=13)
+def softmax(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax along ``axis``."""
+    return _on_axis(ctx, x, _softmax)
+
+
+@kernel("LogSoftmax", since=1)
+def log_softmax_v1(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """LogSoftmax over the input coerced to 2-D at ``axis``."""
+    return _coerced_2d(ctx, x, _log_softmax)
+
+
+@kernel("LogSoftmax", since=13)
+def log_softmax(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax along ``axis``."""
+    return _on_axis(ctx, x, _log_softmax)
+
+
+@kernel("Hardmax", since=1)
+def hardmax_v1(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """One-hot of the maximum over the input coerced to 2-D at ``axis``."""
+    return _coerced_2d(ctx, x, _hardmax)
+
+
+@kernel("Hardmax", since=13)
+def hardmax(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """One-hot of the first maximum along ``axis``."""
+    return _on_axis(ctx, x, _hardmax)

@@ -1,0 +1,116 @@
+"""The kernel registry: ``(domain, op_type, backend) -> kernels by opset version``.
+
+Kernels register themselves explicitly, next to their code, with :func:`register`::
+
+    @register("numpy", "Relu", since=6)
+    def relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0)
+
+A kernel is a plain function ``kernel(ctx, *inputs)``.  ``ctx`` is the node's :class:`NodeContext`,
+built once when the session plans the graph (attributes already parsed, schema defaults filled);
+``inputs`` are the node's input values in order, ``None`` for an omitted optional input.  It returns
+one value, or a ``tuple`` when the node has several outputs (a Python ``list`` is a Sequence value,
+not several outputs).
+
+The lookup takes the kernel with the highest ``since`` at or below the opset the model imports for
+the node's domain, like ONNX's own versioning: a kernel registered ``since=13`` serves opsets 13,
+14, ... until a later registration of the same op takes over.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Kernel = Callable[..., Any]
+
+
+@dataclass
+class NodeContext:
+    """What a kernel knows about its node, fixed when the session is planned.
+
+    Invariants: ``attrs`` holds every attribute the schema defines a default for, as Python values
+    (int, float, str/bytes, lists, numpy arrays for tensors, :class:`SubgraphRunner` for graphs);
+    ``num_inputs`` counts the node's own inputs (control-flow nodes receive the outer-scope values
+    their subgraphs read as extra trailing inputs, which kernels need not look at).
+    """
+
+    op_type: str
+    domain: str
+    name: str
+    opset: int
+    attrs: dict[str, Any]
+    num_inputs: int
+    num_outputs: int
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+    output_dtypes: tuple[Any, ...] = ()
+    """numpy dtype of each output where the model declares it (else None)."""
+    cache: dict[str, Any] = field(default_factory=dict)
+    """Free for the kernel to keep per-node state computed on the first call (packed weights...)."""
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        """The attribute ``name``, or ``default`` when the node does not set it."""
+        return self.attrs.get(name, default)
+
+
+@dataclass(frozen=True)
+class KernelEntry:
+    """One registered kernel: the function and the opset version it is valid from."""
+
+    since: int
+    fn: Kernel
+
+
+class KernelRegistry:
+    """All kernels of all backends, indexed by ``(backend, domain, op_type)``."""
+
+    def __init__(self) -> None:
+        self._kernels: dict[tuple[str, str, str], list[KernelEntry]] = {}
+
+    def add(self, backend: str, domain: str, op_type: str, since: int, fn: Kernel) -> None:
+        """Register ``fn`` as the kernel of ``op_type`` on ``backend`` from opset ``since``."""
+        domain = _normal_domain(domain)
+        entries = self._kernels.setdefault((backend, domain, op_type), [])
+        if any(e.since == since for e in entries):
+            raise ValueError(f"kernel {backend}:{domain}:{op_type} since {since} registered twice")
+        bisect.insort(entries, KernelEntry(since, fn), key=lambda e: e.since)
+
+    def lookup(self, backend: str, domain: str, op_type: str, opset: int) -> Kernel | None:
+        """The kernel valid at ``opset``, or None when ``backend`` cannot run this op there."""
+        entries = self._kernels.get((backend, _normal_domain(domain), op_type))
+        if not entries:
+            return None
+        index = bisect.bisect_right([e.since for e in entries], opset) - 1
+        return entries[index].fn if index >= 0 else None
+
+    def backends_for(self, domain: str, op_type: str) -> list[str]:
+        """Names of the backends that have any kernel for this op (for error messages)."""
+        domain = _normal_domain(domain)
+        return sorted({b for (b, d, o) in self._kernels if d == domain and o == op_type})
+
+    def ops(self, backend: str) -> list[tuple[str, str]]:
+        """Every ``(domain, op_type)`` the backend has a kernel for."""
+        return sorted((d, o) for (b, d, o) in self._kernels if b == backend)
+
+
+def _normal_domain(domain: str) -> str:
+    return "" if domain == "ai.onnx" else domain
+
+
+REGISTRY = KernelRegistry()
+"""The process-wide registry every backend registers into."""
+
+
+def register(
+    backend: str, op_type: str, *, since: int = 1, domain: str = ""
+) -> Callable[[Kernel], Kernel]:
+    """Decorator: register the function as ``backend``'s kernel for ``op_type`` from ``since``."""
+
+    def decorate(fn: Kernel) -> Kernel:
+        REGISTRY.add(backend, domain, op_type, since, fn)
+        return fn
+
+    return decorate

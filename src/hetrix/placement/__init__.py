@@ -1,0 +1,1 @@
+"""Placement: which backend runs each node, and why."""

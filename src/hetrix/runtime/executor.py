@@ -1,0 +1,99 @@
+"""Walks a :class:`~hetrix.runtime.plan.Plan`: the only code that runs per inference.
+
+Everything that can be decided once (kernel choice, slots, frees) was decided by the planner, so the
+loop below only fetches inputs, calls the kernel, stores outputs and drops dead values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hetrix.errors import ExecutionError, HetrixError
+from hetrix.runtime.plan import Plan, Step
+
+
+def execute(
+    plan: Plan,
+    inputs: Sequence[Any],
+    captured: Sequence[Any] = (),
+    record: dict[str, Any] | None = None,
+) -> list[Any]:
+    """Run the plan on ``inputs`` (in ``plan.input_slots`` order; None keeps an initializer).
+
+    ``captured`` holds the outer-scope values of a subgraph, in ``plan.captured_names`` order.
+    With ``record`` given, every value computed is stored there by name (for debugging), and
+    intermediates are not freed early.
+    """
+    slots = plan.initial_slots.copy()
+    for slot, value in zip(plan.input_slots, inputs):
+        if value is not None or slots[slot] is None:
+            slots[slot] = value
+    for slot, value in zip(plan.captured_slots, captured):
+        slots[slot] = value
+    for step in plan.steps:
+        args = [slots[i] for i in step.inputs]
+        try:
+            result = step.kernel(step.ctx, *args)
+        except HetrixError:
+            raise
+        except Exception as exc:
+            raise ExecutionError(_failure_message(step, args, exc)) from exc
+        if type(result) is tuple:
+            for slot, value in zip(step.outputs, result):
+                slots[slot] = value
+        else:
+            slots[step.outputs[0]] = result
+        if record is not None:
+            for slot in step.outputs:
+                if slot:
+                    record[plan.slot_names[slot]] = slots[slot]
+        else:
+            for slot in step.frees:
+                slots[slot] = None
+    slots[0] = None  # an omitted optional output of a step may have written the None slot
+    return [slots[slot] for slot in plan.output_slots]
+
+
+def _failure_message(step: Step, args: list[Any], exc: Exception) -> str:
+    ctx = step.ctx
+    shapes = ", ".join(_describe(name, value) for name, value in zip(ctx.input_names, args))
+    return (
+        f"node '{ctx.name}' ({ctx.op_type}, opset {ctx.opset}, backend {step.backend}) failed "
+        f"on inputs [{shapes}]: {type(exc).__name__}: {exc}"
+    )
+
+
+def _describe(name: str, value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{name}: {value.dtype}{list(value.shape)}"
+    return f"{name}: {type(value).__name__}"
+
+
+class SubgraphRunner:
+    """What a control-flow kernel receives for a graph attribute.
+
+    ``run(inputs, outer)`` executes the subgraph; ``outer`` is the list of outer-scope values the
+    node received after its own inputs (``inputs[ctx.num_inputs:]``), shared by all subgraphs of
+    the node, from which this runner picks its own.
+    """
+
+    def __init__(self, plan: Plan, outer_index: list[int]) -> None:
+        self.plan = plan
+        self.outer_index = outer_index
+        self.input_names = plan.input_names
+        self.output_names = plan.output_names
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.plan.input_names)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.plan.output_names)
+
+    def run(self, inputs: Sequence[Any], outer: Sequence[Any] = ()) -> list[Any]:
+        captured = [outer[i] for i in self.outer_index]
+        return execute(self.plan, inputs, captured)

@@ -1,0 +1,324 @@
+"""The execution plan: built once per session, walked on every run.
+
+:func:`build_plan` turns an onnx-ir graph into a :class:`Plan`: the nodes in order, each bound to the
+kernel of the backend the placer chose, its inputs and outputs as integer slots, and the slots whose
+value dies after the step (freed at once, so peak memory follows liveness).  Subgraphs of control
+flow nodes (If, Loop, Scan) become nested plans; the outer-scope values they read are passed to the
+node as extra trailing inputs, so liveness sees them as uses.
+
+Slot 0 always holds ``None``: an omitted optional input points there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from hetrix.backends.registry import Kernel, NodeContext
+from hetrix.errors import ModelLoadError, UnsupportedOperatorError
+
+NONE_SLOT = 0
+
+
+@dataclass
+class Placement:
+    """Where one node runs and, when that is not the first choice, why."""
+
+    node: str
+    op_type: str
+    domain: str
+    backend: str
+    reason: str = ""
+
+
+@dataclass
+class Step:
+    """One kernel call: ``outputs = kernel(ctx, *inputs)``, then drop the ``frees`` slots."""
+
+    kernel: Kernel
+    ctx: NodeContext
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    frees: tuple[int, ...]
+    backend: str
+
+
+@dataclass
+class Plan:
+    """A compiled graph.  Invariant: every slot is written before it is read on any run."""
+
+    steps: list[Step]
+    slot_names: list[str]
+    initial_slots: list[Any]
+    """Slot contents before a run: initializers and constants filled, everything else None."""
+    input_slots: list[int]
+    input_names: list[str]
+    optional_input_names: set[str]
+    """Graph inputs that also have an initializer: feeding them is allowed, not required."""
+    output_slots: list[int]
+    output_names: list[str]
+    captured_names: list[str] = field(default_factory=list)
+    """Outer-scope names this (sub)graph reads; their slots are ``captured_slots``."""
+    captured_slots: list[int] = field(default_factory=list)
+    placements: list[Placement] = field(default_factory=list)
+
+
+class KernelChooser:
+    """Callable ``(node, opset) -> (kernel, Placement)``; raises nothing, returns kernel None."""
+
+    def __call__(self, node: ir.Node, opset: int) -> tuple[Kernel | None, Placement]:
+        raise NotImplementedError
+
+
+SubgraphFactory = Callable[[Plan, list[int]], Any]
+"""Makes the runner object a control-flow kernel receives for a subgraph attribute."""
+
+
+@dataclass
+class _Scope:
+    """Name -> slot table of one graph while it is being planned."""
+
+    slots: dict[str, int] = field(default_factory=dict)
+    names: list[str] = field(default_factory=lambda: [""])
+    captured: list[str] = field(default_factory=list)
+    is_subgraph: bool = False
+
+    def new_slot(self, name: str) -> int:
+        self.names.append(name)
+        self.slots[name] = len(self.names) - 1
+        return self.slots[name]
+
+
+def build_plan(
+    graph: ir.Graph,
+    opsets: dict[str, int],
+    choose: KernelChooser,
+    make_subgraph: SubgraphFactory,
+    is_subgraph: bool = False,
+) -> Plan:
+    """Plan ``graph``; raises UnsupportedOperatorError listing every node no backend can run."""
+    scope = _Scope(is_subgraph=is_subgraph)
+    initial: dict[int, Any] = {}
+    initializer_names = set(graph.initializers)
+    input_names, input_slots = [], []
+    for value in graph.inputs:
+        input_names.append(value.name)
+        input_slots.append(scope.new_slot(value.name))
+    for name, value in graph.initializers.items():
+        slot = scope.slots.get(name) or scope.new_slot(name)
+        initial[slot] = tensor_to_numpy(value.const_value) if value.const_value is not None else None
+
+    nodes = _nodes_in_order(graph, scope, initializer_names)
+    steps: list[Step] = []
+    placements: list[Placement] = []
+    unsupported: list[str] = []
+    for node in nodes:
+        step, placement = _plan_node(node, opsets, choose, make_subgraph, scope)
+        if step is None:
+            unsupported.append(placement.reason)
+            continue
+        steps.append(step)
+        placements.append(placement)
+    if unsupported:
+        raise UnsupportedOperatorError(
+            f"{len(unsupported)} node(s) have no kernel on this session's backends:\n  "
+            + "\n  ".join(unsupported)
+        )
+    output_names = [value.name for value in graph.outputs]
+    for name in output_names:
+        if name not in scope.slots:
+            _resolve(name, scope, f"graph output '{name}'")
+    output_slots = [scope.slots[name] for name in output_names]
+    captured_slots = [scope.slots[name] for name in scope.captured]
+    keep = {NONE_SLOT, *output_slots, *initial}
+    _assign_frees(steps, keep)
+    slots: list[Any] = [None] * len(scope.names)
+    for slot, value in initial.items():
+        slots[slot] = value
+    return Plan(
+        steps=steps,
+        slot_names=scope.names,
+        initial_slots=slots,
+        input_slots=input_slots,
+        input_names=input_names,
+        optional_input_names={n for n in input_names if n in initializer_names},
+        output_slots=output_slots,
+        output_names=output_names,
+        captured_names=scope.captured,
+        captured_slots=captured_slots,
+        placements=placements,
+    )
+
+
+def _nodes_in_order(graph: ir.Graph, scope: _Scope, initializers: set[str]) -> list[ir.Node]:
+    """The graph's nodes in an order where producers come first (sorted if the file was not)."""
+    defined = set(scope.slots) | initializers
+    produced = {out.name for node in graph for out in node.outputs}
+    for node in graph:
+        names = [v.name for v in node.inputs if v is not None and v.name]
+        if any(name not in defined and name in produced for name in names):
+            try:
+                graph.sort()
+            except Exception as exc:
+                raise ModelLoadError(f"graph '{graph.name}' has a cycle: {exc}") from exc
+            break
+        defined.update(out.name for out in node.outputs)
+    return list(graph)
+
+
+def _plan_node(
+    node: ir.Node,
+    opsets: dict[str, int],
+    choose: KernelChooser,
+    make_subgraph: SubgraphFactory,
+    scope: _Scope,
+) -> tuple[Step | None, Placement]:
+    label = f"node '{node.name}' ({node.domain + '::' if node.domain else ''}{node.op_type})"
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    if domain not in opsets:
+        raise ModelLoadError(f"{label} uses domain '{domain}', which the model does not import")
+    opset = opsets[domain]
+    inputs = [
+        NONE_SLOT if value is None or not value.name else _resolve(value.name, scope, label)
+        for value in node.inputs
+    ]
+    attrs, captured = _convert_attributes(node, opsets, choose, make_subgraph, scope, label)
+    inputs += [_resolve(name, scope, label) for name in captured]
+    kernel, placement = choose(node, opset)
+    if kernel is None:
+        return None, placement
+    outputs = tuple(
+        scope.new_slot(value.name) if value.name else NONE_SLOT for value in node.outputs
+    )
+    ctx = NodeContext(
+        op_type=node.op_type,
+        domain=domain,
+        name=node.name or "",
+        opset=opset,
+        attrs=attrs,
+        num_inputs=len(node.inputs),
+        num_outputs=len(node.outputs),
+        input_names=tuple(v.name if v is not None else "" for v in node.inputs),
+        output_names=tuple(v.name or "" for v in node.outputs),
+        output_dtypes=tuple(_numpy_dtype(v) for v in node.outputs),
+    )
+    step = Step(kernel, ctx, tuple(inputs), outputs, (), placement.backend)
+    return step, placement
+
+
+def _resolve(name: str, scope: _Scope, label: str) -> int:
+    """The slot of ``name``; in a subgraph an unknown name is an outer-scope capture."""
+    slot = scope.slots.get(name)
+    if slot is not None:
+        return slot
+    if not scope.is_subgraph:
+        raise ModelLoadError(
+            f"{label} reads '{name}', which no earlier node, initializer or graph input defines"
+        )
+    scope.captured.append(name)
+    return scope.new_slot(name)
+
+
+def _convert_attributes(
+    node: ir.Node,
+    opsets: dict[str, int],
+    choose: KernelChooser,
+    make_subgraph: SubgraphFactory,
+    scope: _Scope,
+    label: str,
+) -> tuple[dict[str, Any], list[str]]:
+    """Attributes as Python values; subgraphs planned, with the outer names they capture."""
+    attrs: dict[str, Any] = {}
+    subplans: dict[str, Plan | list[Plan]] = {}
+    for name, attr in node.attributes.items():
+        if attr.type == ir.AttributeType.GRAPH:
+            subplans[name] = build_plan(attr.value, opsets, choose, make_subgraph, True)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            subplans[name] = [
+                build_plan(g, opsets, choose, make_subgraph, True) for g in attr.value
+            ]
+        else:
+            attrs[name] = attribute_value(attr, label)
+    captured: list[str] = []
+    for plans in subplans.values():
+        for plan in plans if isinstance(plans, list) else [plans]:
+            captured += [n for n in plan.captured_names if n not in captured]
+    for name, plans in subplans.items():
+        if isinstance(plans, list):
+            attrs[name] = [make_subgraph(p, _indices(p, captured)) for p in plans]
+        else:
+            attrs[name] = make_subgraph(plans, _indices(plans, captured))
+    return attrs, captured
+
+
+def _indices(plan: Plan, captured: list[str]) -> list[int]:
+    return [captured.index(name) for name in plan.captured_names]
+
+
+def attribute_value(attr: ir.Attr, label: str) -> Any:
+    """A non-graph attribute as a plain Python / numpy value."""
+    kind, value = attr.type, attr.value
+    if kind == ir.AttributeType.TENSOR:
+        return tensor_to_numpy(value)
+    if kind == ir.AttributeType.TENSORS:
+        return [tensor_to_numpy(t) for t in value]
+    if kind in (ir.AttributeType.SPARSE_TENSOR, ir.AttributeType.SPARSE_TENSORS):
+        return _sparse_to_dense(value) if kind == ir.AttributeType.SPARSE_TENSOR else [
+            _sparse_to_dense(v) for v in value
+        ]
+    if kind in (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS):
+        return list(value)
+    return value
+
+
+def tensor_to_numpy(tensor: Any) -> np.ndarray:
+    """An onnx-ir tensor as a numpy array; string tensors become object arrays of ``str``."""
+    array = tensor.numpy()
+    if array.dtype == object or array.dtype.kind in "SU":
+        decode = np.vectorize(
+            lambda s: s.decode("utf-8", errors="replace") if isinstance(s, bytes) else str(s),
+            otypes=[object],
+        )
+        array = decode(array) if array.size else array.astype(object)
+    return array
+
+
+def _sparse_to_dense(sparse: Any) -> np.ndarray:
+    """A SparseTensorProto as the dense array it denotes."""
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(sparse.values)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dense = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+    if indices.ndim == 2:  # one row of coordinates per value
+        indices = np.ravel_multi_index(indices.T, tuple(sparse.dims))
+    dense[indices] = values
+    return dense.reshape(tuple(sparse.dims))
+
+
+def _numpy_dtype(value: ir.Value) -> Any:
+    dtype = value.dtype
+    if dtype is None or dtype == ir.DataType.UNDEFINED:
+        return None
+    try:
+        return np.dtype(dtype.numpy())
+    except (TypeError, ValueError, NotImplementedError):
+        return None
+
+
+def _assign_frees(steps: Sequence[Step], keep: set[int]) -> None:
+    """Give each step the slots whose last reader it is (never outputs or constants)."""
+    last_use: dict[int, int] = {}
+    for index, step in enumerate(steps):
+        for slot in (*step.inputs, *step.outputs):
+            last_use[slot] = index
+    frees: dict[int, list[int]] = {}
+    for slot, index in last_use.items():
+        if slot not in keep:
+            frees.setdefault(index, []).append(slot)
+    for index, step in enumerate(steps):
+        step.frees = tuple(frees.get(index, ()))

@@ -1,0 +1,318 @@
+"""``InferenceSession``: the ONNX Runtime-compatible entry point.
+
+Switching from onnxruntime is meant to be a one-line import change::
+
+    import hetrix as ort   # was: import onnxruntime as ort
+    session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"input": array})
+
+The constructor loads the model, places every node on a backend and builds the plan; ``run`` only
+checks the feeds (cheaply, against facts computed here) and walks the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from hetrix.backends.base import Backend, RegistryBackend
+from hetrix.backends.reference_fallback import ReferenceFallbackBackend
+from hetrix.errors import InvalidArgumentError, InvalidInputError, ModelLoadError
+from hetrix.model.loader import LoadedModel, ModelSource, load_model
+from hetrix.placement.placer import PriorityPlacer
+from hetrix.runtime.executor import SubgraphRunner, execute
+from hetrix.runtime.plan import Placement, Plan, build_plan
+from hetrix.runtime.providers import ProviderSpec, make_backends
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionOptions:
+    """Session settings; the names match onnxruntime.SessionOptions where the idea is the same."""
+
+    graph_optimization_level: int = 99
+    intra_op_num_threads: int = 0
+    log_severity_level: int = 2
+    enable_reference_fallback: bool = True
+    """Run operators no Hetrix kernel covers on onnx's reference evaluator (slow, logged)."""
+    disable_fallback: bool = False
+    """Fail instead of moving any node off the first provider; the error lists the nodes."""
+    optimized_model_filepath: str = ""
+    custom: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output of the model, as onnxruntime describes it."""
+
+    name: str
+    type: str
+    shape: list[int | str | None]
+
+    def __repr__(self) -> str:
+        return f"NodeArg(name='{self.name}', type='{self.type}', shape={self.shape})"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The model's metadata, as onnxruntime's ``get_modelmeta()`` returns it."""
+
+    producer_name: str
+    graph_name: str
+    domain: str
+    description: str
+    graph_description: str
+    version: int
+    custom_metadata_map: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _FeedSpec:
+    """What one input accepts, computed once: numpy dtype, rank, fixed dims."""
+
+    name: str
+    type: str
+    dtype: np.dtype | None
+    shape: tuple[int | str | None, ...] | None
+    is_tensor: bool
+
+
+class InferenceSession:
+    """Loads an ONNX model once and runs it many times.
+
+    Args:
+        path_or_bytes: model file path, serialized bytes, or an ``onnx.ModelProto``.
+        sess_options: :class:`SessionOptions` (optional).
+        providers: where to run, in priority order: ``"cpu"``, ``"numpy:cpu"`` or ORT names such
+            as ``"CPUExecutionProvider"``, optionally as ``(name, options)`` pairs.
+        provider_options: per-provider option dicts, in the order of ``providers`` (ORT style).
+    """
+
+    def __init__(
+        self,
+        path_or_bytes: ModelSource,
+        sess_options: SessionOptions | None = None,
+        providers: Sequence[ProviderSpec] | None = None,
+        provider_options: Sequence[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._options = sess_options or SessionOptions()
+        if provider_options is not None and providers is not None:
+            providers = [
+                (p if isinstance(p, str) else p[0], dict(o))
+                for p, o in zip(providers, provider_options)
+            ]
+        self._backends = make_backends(providers)
+        self._loaded = load_model(path_or_bytes, self._can_run)
+        self._model = self._to_ir(self._loaded)
+        self._plan = self._build_plan()
+        self._feeds = [self._feed_spec(v) for v in self._model.graph.inputs
+                       if v.name not in self._plan.optional_input_names]
+        self._input_index = {name: i for i, name in enumerate(self._plan.input_names)}
+        self._output_index = {name: i for i, name in enumerate(self._plan.output_names)}
+
+    # -- construction ------------------------------------------------------------------------
+
+    def _can_run(self, domain: str, op_type: str, opset: int) -> bool:
+        return any(isinstance(b, RegistryBackend) and b.supports(domain, op_type, opset)
+                   for b in self._backends)
+
+    @staticmethod
+    def _to_ir(loaded: LoadedModel) -> ir.Model:
+        try:
+            return ir.serde.deserialize_model(loaded.proto)
+        except Exception as exc:
+            raise ModelLoadError(f"model {loaded.source} cannot be read as ONNX: {exc}") from exc
+
+    def _build_plan(self) -> Plan:
+        backends: list[Backend] = list(self._backends)
+        if self._options.enable_reference_fallback and not self._options.disable_fallback:
+            backends.append(ReferenceFallbackBackend())
+        placer = PriorityPlacer(backends, allow_fallback=not self._options.disable_fallback)
+        opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
+        return build_plan(self._model.graph, opsets, placer, SubgraphRunner)
+
+    def _feed_spec(self, value: ir.Value) -> _FeedSpec:
+        type_ = value.type
+        is_tensor = type_ is None or isinstance(type_, ir.TensorType)
+        dtype = None
+        if isinstance(type_, ir.TensorType) and type_.dtype != ir.DataType.UNDEFINED:
+            try:
+                dtype = np.dtype(type_.dtype.numpy())
+            except (TypeError, ValueError, NotImplementedError):
+                dtype = None
+        shape = _shape_list(value.shape)
+        return _FeedSpec(value.name, type_string(type_), dtype,
+                         tuple(shape) if shape is not None else None, is_tensor)
+
+    # -- the ORT API ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        output_names: Sequence[str] | None,
+        input_feed: Mapping[str, Any],
+        run_options: Any = None,
+    ) -> list[Any]:
+        """Run the model; returns the requested outputs (all when ``output_names`` is None)."""
+        wanted = self._output_positions(output_names)
+        outputs = execute(self._plan, self._feed_list(input_feed))
+        return [_as_output(outputs[i]) for i in wanted]
+
+    def run_with_intermediates(self, input_feed: Mapping[str, Any]) -> dict[str, Any]:
+        """Run and return every value the graph computes, by name (for debugging; slower)."""
+        record: dict[str, Any] = {}
+        outputs = execute(self._plan, self._feed_list(input_feed), record=record)
+        record.update(zip(self._plan.output_names, outputs))
+        return {name: _as_output(value) for name, value in record.items()}
+
+    def get_inputs(self) -> list[NodeArg]:
+        """The inputs a caller feeds (initializers that double as inputs are left out, as ORT)."""
+        return [NodeArg(f.name, f.type, list(f.shape) if f.shape is not None else [])
+                for f in self._feeds]
+
+    def get_outputs(self) -> list[NodeArg]:
+        """The model's outputs with their declared types and (possibly symbolic) shapes."""
+        return [NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
+                for v in self._model.graph.outputs]
+
+    def get_overridable_initializers(self) -> list[NodeArg]:
+        """Graph inputs that have an initializer: feeding them replaces the stored value."""
+        return [NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
+                for v in self._model.graph.inputs if v.name in self._plan.optional_input_names]
+
+    def get_providers(self) -> list[str]:
+        """The session's backends in priority order."""
+        return [b.name for b in self._backends]
+
+    def get_provider_options(self) -> dict[str, dict[str, Any]]:
+        return {b.name: {} for b in self._backends}
+
+    def get_session_options(self) -> SessionOptions:
+        return self._options
+
+    def get_modelmeta(self) -> ModelMetadata:
+        proto = self._loaded.proto
+        return ModelMetadata(
+            producer_name=proto.producer_name,
+            graph_name=proto.graph.name,
+            domain=proto.domain,
+            description=proto.doc_string,
+            graph_description=proto.graph.doc_string,
+            version=proto.model_version,
+            custom_metadata_map={p.key: p.value for p in proto.metadata_props},
+        )
+
+    def get_placement(self) -> list[Placement]:
+        """Where each top-level node runs, with the reason for every fallback."""
+        return list(self._plan.placements)
+
+    @property
+    def model_proto(self) -> onnx.ModelProto:
+        """The model as planned (defaults filled, functions expanded)."""
+        return self._loaded.proto
+
+    # -- feed checks ---------------------------------------------------------------------------
+
+    def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
+        if output_names is None or len(output_names) == 0:
+            return list(range(len(self._plan.output_names)))
+        positions = []
+        for name in output_names:
+            if name not in self._output_index:
+                raise InvalidArgumentError(
+                    f"'{name}' is not an output of the model; outputs: {self._plan.output_names}"
+                )
+            positions.append(self._output_index[name])
+        return positions
+
+    def _feed_list(self, input_feed: Mapping[str, Any]) -> list[Any]:
+        if not isinstance(input_feed, Mapping):
+            raise InvalidInputError(
+                f"input_feed must be a dict of input name -> array, not {type(input_feed).__name__}"
+            )
+        feeds: list[Any] = [None] * len(self._plan.input_names)
+        for name in input_feed:
+            if name not in self._input_index:
+                expected = [f.name for f in self._feeds]
+                raise InvalidInputError(f"'{name}' is not an input of the model; inputs: {expected}")
+        for spec in self._feeds:
+            if spec.name not in input_feed:
+                raise InvalidInputError(
+                    f"missing input '{spec.name}' (expected {spec.type} with shape "
+                    f"{list(spec.shape) if spec.shape is not None else 'any'})"
+                )
+        for name, value in input_feed.items():
+            spec = next((f for f in self._feeds if f.name == name), None)
+            feeds[self._input_index[name]] = _check_feed(spec, value) if spec else value
+        return feeds
+
+
+def _check_feed(spec: _FeedSpec, value: Any) -> Any:
+    """The feed as the plan expects it; raises InvalidInputError naming input and expectation."""
+    if not spec.is_tensor:
+        return value
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        raise InvalidInputError(
+            f"input '{spec.name}' must be a numpy.ndarray ({spec.type}), "
+            f"got {type(value).__name__}"
+        )
+    if spec.dtype is not None and value.dtype != spec.dtype:
+        if not (spec.dtype == object and value.dtype.kind in "OU"):
+            raise InvalidInputError(
+                f"input '{spec.name}' has dtype {value.dtype}, expected {spec.dtype} ({spec.type})"
+            )
+    if spec.shape is not None:
+        if value.ndim != len(spec.shape):
+            raise InvalidInputError(
+                f"input '{spec.name}' has rank {value.ndim} (shape {list(value.shape)}), "
+                f"expected rank {len(spec.shape)} (shape {list(spec.shape)})"
+            )
+        for axis, (got, want) in enumerate(zip(value.shape, spec.shape)):
+            if isinstance(want, int) and want >= 0 and got != want:
+                raise InvalidInputError(
+                    f"input '{spec.name}' has shape {list(value.shape)}, expected "
+                    f"{list(spec.shape)}: dimension {axis} must be {want}"
+                )
+    return value
+
+
+def _as_output(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return np.asarray(value)
+    return value
+
+
+def _shape_list(shape: ir.Shape | None) -> list[int | str | None] | None:
+    if shape is None:
+        return None
+    dims: list[int | str | None] = []
+    for dim in shape:
+        dims.append(dim if isinstance(dim, int) else getattr(dim, "value", None))
+    return dims
+
+
+def type_string(type_: Any) -> str:
+    """ORT's spelling of a value type: ``tensor(float)``, ``seq(tensor(int64))``, ..."""
+    if type_ is None:
+        return "unknown"
+    if isinstance(type_, ir.TensorType):
+        return f"tensor({_dtype_name(type_.dtype)})"
+    if isinstance(type_, ir.SequenceType):
+        return f"seq({type_string(type_.elem_type)})"
+    if isinstance(type_, ir.OptionalType):
+        return f"optional({type_string(type_.elem_type)})"
+    return str(type_)
+
+
+def _dtype_name(dtype: ir.DataType) -> str:
+    special = {ir.DataType.FLOAT: "float", ir.DataType.DOUBLE: "double"}
+    return special.get(dtype, dtype.name.lower())
