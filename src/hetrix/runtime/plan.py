@@ -117,7 +117,7 @@ def build_plan(
     placements: list[Placement] = []
     unsupported: list[str] = []
     for node in nodes:
-        step, placement = _plan_node(node, opsets, choose, make_subgraph, scope)
+        step, placement = _plan_node(node, opsets, choose, make_subgraph, scope, placements)
         if step is None:
             unsupported.append(placement.reason)
             continue
@@ -176,6 +176,7 @@ def _plan_node(
     choose: KernelChooser,
     make_subgraph: SubgraphFactory,
     scope: _Scope,
+    placements: list[Placement],
 ) -> tuple[Step | None, Placement]:
     label = f"node '{node.name}' ({node.domain + '::' if node.domain else ''}{node.op_type})"
     domain = "" if node.domain == "ai.onnx" else node.domain
@@ -186,7 +187,10 @@ def _plan_node(
         NONE_SLOT if value is None or not value.name else _resolve(value.name, scope, label)
         for value in node.inputs
     ]
-    attrs, captured = _convert_attributes(node, opsets, choose, make_subgraph, scope, label)
+    attrs, subplans = _convert_attributes(node, opsets, choose, make_subgraph)
+    captured = _bind_subgraphs(attrs, subplans, make_subgraph)
+    for plan in _flatten(subplans):
+        placements.extend(plan.placements)  # nested nodes are listed before their parent
     inputs += [_resolve(name, scope, label) for name in captured]
     kernel, placement = choose(node, opset)
     if kernel is None:
@@ -228,10 +232,9 @@ def _convert_attributes(
     opsets: dict[str, int],
     choose: KernelChooser,
     make_subgraph: SubgraphFactory,
-    scope: _Scope,
-    label: str,
-) -> tuple[dict[str, Any], list[str]]:
-    """Attributes as Python values; subgraphs planned, with the outer names they capture."""
+) -> tuple[dict[str, Any], dict[str, Plan | list[Plan]]]:
+    """Attributes as Python values, and the planned subgraphs by attribute name."""
+    label = f"node '{node.name}' ({node.op_type})"
     attrs: dict[str, Any] = {}
     subplans: dict[str, Plan | list[Plan]] = {}
     for name, attr in node.attributes.items():
@@ -243,16 +246,26 @@ def _convert_attributes(
             ]
         else:
             attrs[name] = attribute_value(attr, label)
+    return attrs, subplans
+
+
+def _flatten(subplans: dict[str, Plan | list[Plan]]) -> list[Plan]:
+    return [p for plans in subplans.values() for p in (plans if isinstance(plans, list) else [plans])]
+
+
+def _bind_subgraphs(
+    attrs: dict[str, Any], subplans: dict[str, Plan | list[Plan]], make_subgraph: SubgraphFactory
+) -> list[str]:
+    """Put a runner for each subgraph into ``attrs``; returns the outer names they capture."""
     captured: list[str] = []
-    for plans in subplans.values():
-        for plan in plans if isinstance(plans, list) else [plans]:
-            captured += [n for n in plan.captured_names if n not in captured]
+    for plan in _flatten(subplans):
+        captured += [n for n in plan.captured_names if n not in captured]
     for name, plans in subplans.items():
         if isinstance(plans, list):
             attrs[name] = [make_subgraph(p, _indices(p, captured)) for p in plans]
         else:
             attrs[name] = make_subgraph(plans, _indices(plans, captured))
-    return attrs, captured
+    return captured
 
 
 def _indices(plan: Plan, captured: list[str]) -> list[int]:

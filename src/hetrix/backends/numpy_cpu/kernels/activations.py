@@ -1,7 +1,238 @@
-"""activations kernels of the NumPy CPU backend."""
+"""activations kernels of the NumPy CPU backend.
+
+Each kernel keeps the input dtype.  float16 / bfloat16 inputs are computed in float32 (numpy's
+float16 transcendental loops are slow and ml_dtypes' bfloat16 has few), float32 and float64 natively.
+Formulas are arranged so that no intermediate overflows (``exp`` only of non-positive values).
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+from hetrix.backends.numpy_cpu.kernels.elementwise import erfc64
+
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _compute(x: np.ndarray) -> np.ndarray:
+    """``x`` in the dtype the math runs in: float32/float64 as is, other types in float32."""
+    return x if x.dtype in _NATIVE else x.astype(np.float32)
+
+
+def _back(y: np.ndarray | np.generic, x: np.ndarray) -> np.ndarray:
+    """The result as an ndarray of x's dtype."""
+    return np.asarray(y).astype(x.dtype, copy=False)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow, accurate in relative terms on both tails."""
+    e = np.exp(-np.abs(x))  # in (0, 1]
+    r = e + 1.0
+    np.reciprocal(r, out=r)
+    # x >= 0: 1 / (1 + e);  x < 0: e / (1 + e)
+    return np.where(x >= 0, r, e * r)
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), stable for any x."""
+    y = np.exp(-np.abs(x))
+    np.log1p(y, out=y)
+    y += np.maximum(x, 0)
+    return y
+
+
+def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
+    """x for x > 0, alpha * (exp(x) - 1) otherwise."""
+    neg = np.expm1(np.minimum(x, 0))  # min() keeps expm1 from overflowing on the positive side
+    neg *= alpha
+    return np.where(x > 0, x, neg)
+
+
+@kernel("Relu", since=1)
+def relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Relu: max(x, 0)."""
+    if x.dtype.kind == "V":
+        return _back(np.maximum(_compute(x), 0), x)
+    return np.asarray(np.maximum(x, x.dtype.type(0)))
+
+
+@kernel("LeakyRelu", since=1)
+def leaky_relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """LeakyRelu: x for x >= 0, alpha * x otherwise."""
+    xc = _compute(x)
+    alpha = ctx.attrs.get("alpha", 0.01)
+    return _back(np.where(xc < 0, xc * xc.dtype.type(alpha), xc), x)
+
+
+@kernel("PRelu", since=1)
+def prelu(ctx: NodeContext, x: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """PRelu: x for x >= 0, slope * x otherwise; slope broadcasts onto X."""
+    if ctx.opset < 7 and slope.ndim == 1 and x.ndim > 2 and slope.shape[0] == x.shape[1] > 1:
+        slope = slope.reshape((-1,) + (1,) * (x.ndim - 2))  # pre-7: one slope per channel
+    try:
+        shape = np.broadcast_shapes(x.shape, slope.shape)
+    except ValueError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(
+            f"PRelu '{ctx.name}': slope of shape {slope.shape} does not broadcast to X {x.shape}"
+        )
+    if x.dtype.kind in "iu":
+        return _back(np.where(x < 0, x * slope.astype(x.dtype, copy=False), x), x)
+    xc = _compute(x)
+    return _back(np.where(xc < 0, xc * slope.astype(xc.dtype, copy=False), xc), x)
+
+
+@kernel("ThresholdedRelu", since=10)
+def thresholded_relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """ThresholdedRelu: x for x > alpha, 0 otherwise."""
+    xc = _compute(x)
+    alpha = xc.dtype.type(ctx.attrs.get("alpha", 1.0))
+    return _back(np.where(xc > alpha, xc, xc.dtype.type(0)), x)
+
+
+@kernel("Elu", since=1)
+def elu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Elu: x for x > 0, alpha * (exp(x) - 1) otherwise."""
+    return _back(_elu(_compute(x), ctx.attrs.get("alpha", 1.0)), x)
+
+
+@kernel("Selu", since=1)
+def selu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Selu: gamma * (x for x > 0, alpha * (exp(x) - 1) otherwise)."""
+    alpha = ctx.attrs.get("alpha", 1.67326319217681884765625)
+    gamma = ctx.attrs.get("gamma", 1.05070102214813232421875)
+    y = _elu(_compute(x), alpha)
+    y *= gamma
+    return _back(y, x)
+
+
+@kernel("Celu", since=12)
+def celu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Celu: max(0, x) + min(0, alpha * (exp(x / alpha) - 1))."""
+    alpha = ctx.attrs.get("alpha", 1.0)
+    if alpha == 0:
+        raise ValueError(f"Celu '{ctx.name}': alpha must be non-zero")
+    xc = _compute(x)
+    # Celu(x) = Elu(x / alpha) * alpha, written out to avoid the extra pass
+    neg = np.expm1(np.minimum(xc / xc.dtype.type(alpha), 0))
+    neg *= alpha
+    return _back(np.where(xc > 0, xc, neg), x)
+
+
+@kernel("HardSigmoid", since=1)
+def hard_sigmoid(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """HardSigmoid: clip(alpha * x + beta, 0, 1)."""
+    xc = _compute(x)
+    y = xc * xc.dtype.type(ctx.attrs.get("alpha", 0.2))
+    y += ctx.attrs.get("beta", 0.5)
+    np.clip(y, 0, 1, out=y)
+    return _back(y, x)
+
+
+@kernel("HardSwish", since=14)
+def hard_swish(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """HardSwish: x * clip(x / 6 + 0.5, 0, 1)."""
+    xc = _compute(x)
+    y = xc * xc.dtype.type(1 / 6)
+    y += 0.5
+    np.clip(y, 0, 1, out=y)
+    y *= xc
+    return _back(y, x)
+
+
+@kernel("Sigmoid", since=1)
+def sigmoid(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Sigmoid: 1 / (1 + exp(-x))."""
+    return _back(_sigmoid(_compute(x)), x)
+
+
+@kernel("Swish", since=24)
+def swish(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Swish: x * sigmoid(alpha * x)."""
+    xc = _compute(x)
+    alpha = ctx.attrs.get("alpha", 1.0)
+    s = _sigmoid(xc * xc.dtype.type(alpha) if alpha != 1.0 else xc)
+    s *= xc
+    return _back(s, x)
+
+
+@kernel("SwiGLU", since=28)
+def swiglu(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SwiGLU: Swish_alpha(A) * B, for A and B of identical shapes."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"SwiGLU '{ctx.name}': A {a.shape} and B {b.shape} must have the same shape"
+        )
+    y = swish(ctx, a)
+    ac = _compute(y)
+    ac = ac if ac is not y else ac.copy() if not ac.flags.writeable else ac
+    ac *= _compute(b)
+    return _back(ac, a)
+
+
+@kernel("Softplus", since=1)
+def softplus(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Softplus: log(1 + exp(x))."""
+    return _back(_softplus(_compute(x)), x)
+
+
+@kernel("Softsign", since=1)
+def softsign(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Softsign: x / (1 + |x|)."""
+    xc = _compute(x)
+    d = np.abs(xc)
+    d += 1
+    return _back(np.divide(xc, d, out=d), x)
+
+
+@kernel("Mish", since=18)
+def mish(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Mish: x * tanh(softplus(x))."""
+    xc = _compute(x)
+    y = _softplus(xc)
+    np.tanh(y, out=y)
+    y *= xc
+    return _back(y, x)
+
+
+@kernel("Shrink", since=9)
+def shrink(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Shrink: x + bias for x < -lambd, x - bias for x > lambd, 0 otherwise."""
+    lambd, bias = ctx.attrs.get("lambd", 0.5), ctx.attrs.get("bias", 0.0)
+    # integer inputs compute in float64 so that float lambd / bias compare and subtract exactly
+    xc = x.astype(np.float64) if x.dtype.kind in "iu" else _compute(x)
+    y = np.where(xc < -lambd, xc + bias, np.where(xc > lambd, xc - bias, 0))
+    return _back(y, x)
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+@kernel("Gelu", since=20)
+def gelu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Gelu: 0.5 x (1 + erf(x / sqrt 2)), or its tanh approximation (``approximate="tanh"``)."""
+    approximate = ctx.attrs.get("approximate", "none")
+    xc = _compute(x)
+    if approximate == "tanh":
+        inner = xc * xc
+        inner *= 0.044715
+        inner += 1.0
+        inner *= xc
+        inner *= _SQRT_2_OVER_PI
+        np.tanh(inner, out=inner)
+        inner += 1.0
+        inner *= xc
+        inner *= 0.5
+        return _back(inner, x)
+    if approximate != "none":
+        raise ValueError(f"Gelu '{ctx.name}': approximate must be 'none' or 'tanh'")
+    # 1 + erf(x / sqrt 2) = erfc(-x / sqrt 2): no cancellation for negative x
+    y = erfc64(xc * -_SQRT_HALF)
+    y *= xc
+    y *= 0.5
+    return _back(y, x)

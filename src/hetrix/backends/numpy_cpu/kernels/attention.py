@@ -232,3 +232,130 @@ def rotary_embedding(
         part[..., half:] = sin * x1 + cos * x2
     out = out.transpose(0, 2, 1, 3) if x.ndim == 4 else out.reshape(x.shape)
     return out.astype(x.dtype, copy=False)
+
+
+def _gate(
+    x: np.ndarray | None, batch: int, steps: int, heads: int, dk: int, what: str
+) -> np.ndarray | None:
+    """A decay/beta input (B, T, H*dk | H | 1) as (B, T, H|1, dk|1, 1) to broadcast on states."""
+    if x is None:
+        return None
+    if x.ndim != 3 or x.shape[:2] != (batch, steps):
+        raise ValueError(f"LinearAttention: {what} must be (B, T, ...), got {x.shape}")
+    last = x.shape[2]
+    if last == heads * dk and what == "decay":
+        return x.reshape(batch, steps, heads, dk, 1)
+    if last in (heads, 1):
+        return x.reshape(batch, steps, last, 1, 1)
+    raise ValueError(f"LinearAttention: {what} last dim {last} fits neither heads nor heads*d_k")
+
+
+@kernel("LinearAttention", since=27)
+def linear_attention(
+    ctx: NodeContext,
+    query: np.ndarray,
+    key: np.ndarray,
+    value: np.ndarray,
+    past_state: np.ndarray | None = None,
+    decay: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Recurrent linear attention (linear, gated, delta, gated_delta rules) with GQA."""
+    q_heads, kv_heads = ctx.attrs.get("q_num_heads"), ctx.attrs.get("kv_num_heads")
+    if not q_heads or not kv_heads or q_heads % kv_heads:
+        raise ValueError("LinearAttention: q_num_heads must be a positive multiple of kv_num_heads")
+    if not (query.ndim == key.ndim == value.ndim == 3):
+        raise ValueError("LinearAttention: query, key, value must be 3D (B, T, H*D)")
+    batch, steps = query.shape[:2]
+    if key.shape[:2] != (batch, steps) or value.shape[:2] != (batch, steps):
+        raise ValueError(f"LinearAttention: shapes {query.shape}, {key.shape}, {value.shape} differ")
+    dk, dv = query.shape[2] // q_heads, value.shape[2] // kv_heads
+    if query.shape[2] != q_heads * dk or key.shape[2] != kv_heads * dk or value.shape[2] % kv_heads:
+        raise ValueError("LinearAttention: hidden sizes do not match the head counts")
+    rule = ctx.attrs.get("update_rule", "gated_delta")
+    if rule not in ("linear", "gated", "delta", "gated_delta"):
+        raise ValueError(f"LinearAttention: unknown update_rule {rule!r}")
+    if "gated" in rule and decay is None:
+        raise ValueError(f"LinearAttention: update_rule {rule!r} needs the decay input")
+    if "delta" in rule and beta is None:
+        raise ValueError(f"LinearAttention: update_rule {rule!r} needs the beta input")
+    work = _work_dtype(query.dtype)
+    group = q_heads // kv_heads
+    scale = ctx.attrs.get("scale") or 1.0 / np.sqrt(dk)
+    # Query heads kv*G..kv*G+G-1 read the state of KV head kv.
+    q = query.astype(work).reshape(batch, steps, kv_heads, group, dk) * work.type(scale)
+    k = key.astype(work, copy=False).reshape(batch, steps, kv_heads, dk)
+    v = value.astype(work, copy=False).reshape(batch, steps, kv_heads, dv)
+    shape = (batch, kv_heads, dk, dv)
+    if past_state is None:
+        state = np.zeros(shape, dtype=work)
+    elif past_state.shape != shape:
+        raise ValueError(f"LinearAttention: past_state shape {past_state.shape}, expected {shape}")
+    else:
+        state = past_state.astype(work)
+    gates = None if "gated" not in rule else np.exp(_gate(decay, batch, steps, kv_heads, dk, "decay"))
+    rate = None if "delta" not in rule else _gate(beta, batch, steps, kv_heads, dk, "beta")
+    out = np.empty((batch, steps, kv_heads, group, dv), dtype=work)
+    for t in range(steps):  # the recurrence is sequential in time; all else is batched
+        if gates is not None:
+            state = state * gates[:, t]
+        kt, vt = k[:, t], v[:, t]
+        if rate is not None:
+            # Delta rule: write only what the state does not already predict for this key.
+            vt = (vt - np.einsum("bhkv,bhk->bhv", state, kt)) * rate[:, t, :, :, 0]
+        state = state + kt[..., :, None] * vt[..., None, :]
+        out[:, t] = np.matmul(q[:, t], state)
+    if past_state is not None:
+        state_dtype = past_state.dtype
+    elif len(ctx.output_dtypes) > 1 and ctx.output_dtypes[1] is not None:
+        state_dtype = ctx.output_dtypes[1]
+    else:
+        state_dtype = query.dtype
+    y = out.reshape(batch, steps, q_heads * dv).astype(query.dtype, copy=False)
+    return y, state.astype(state_dtype, copy=False)
+
+
+def _apply_mod(ctx: NodeContext, name: str, x: np.ndarray, outer: tuple[Any, ...]) -> np.ndarray:
+    """Run the modifier subgraph ``name`` on ``x`` when the node has one."""
+    runner = ctx.attrs.get(name)
+    if runner is None:
+        return x
+    out = runner.run([x], outer)[0]
+    if not isinstance(out, np.ndarray) or out.shape != x.shape:
+        raise ValueError(f"FlexAttention: {name} must keep the shape {x.shape}")
+    return out.astype(x.dtype, copy=False)
+
+
+@kernel("FlexAttention", since=1, domain="ai.onnx.preview")
+def flex_attention(
+    ctx: NodeContext, q: np.ndarray, k: np.ndarray, v: np.ndarray, *outer: Any
+) -> np.ndarray:
+    """Scaled dot-product attention with optional score_mod / prob_mod subgraphs (GQA too)."""
+    if not (q.ndim == k.ndim == v.ndim == 4):
+        raise ValueError(f"FlexAttention: Q, K, V must be 4D, got {q.shape}, {k.shape}, {v.shape}")
+    batch, q_heads, q_len, head = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    if k.shape[0] != batch or k.shape[3] != head or v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"FlexAttention: incompatible shapes {q.shape}, {k.shape}, {v.shape}")
+    if q_heads % kv_heads:
+        raise ValueError(f"FlexAttention: q heads {q_heads} not a multiple of kv heads {kv_heads}")
+    group, v_head = q_heads // kv_heads, v.shape[3]
+    precision = ctx.attrs.get("softmax_precision")
+    if precision is not None:
+        sm_dtype = np.dtype(tensor_dtype_to_np_dtype(precision))
+    else:
+        sm_dtype = np.dtype(np.float64 if q.dtype == np.float64 else np.float32)
+    work = _work_dtype(sm_dtype)
+    scale = ctx.attrs.get("scale")
+    scale = 1.0 / np.sqrt(head) if scale is None else scale
+    # Fold each query-head group onto its shared KV head (no repeat of K/V), as in Attention.
+    qg = q.astype(work).reshape(batch, kv_heads, group * q_len, head)
+    scores = np.matmul(qg, k.astype(work, copy=False).swapaxes(-1, -2))
+    scores *= work.type(scale)
+    scores = scores.reshape(batch, q_heads, q_len, kv_len).astype(sm_dtype, copy=False)
+    scores = _apply_mod(ctx, "score_mod", scores, outer).astype(work)
+    probs = _softmax_guarded(scores).astype(sm_dtype, copy=False)
+    probs = _apply_mod(ctx, "prob_mod", probs, outer).astype(work, copy=False)
+    probs = probs.reshape(batch, kv_heads, group * q_len, kv_len)
+    y = np.matmul(probs, v.astype(work, copy=False)).reshape(batch, q_heads, q_len, v_head)
+    return y.astype(q.dtype, copy=False)

@@ -1,7 +1,466 @@
-"""elementwise kernels of the NumPy CPU backend."""
+"""elementwise kernels of the NumPy CPU backend.
+
+Unary math, binary arithmetic with broadcasting, comparisons, logic and bitwise ops, the variadic
+Max/Min/Sum/Mean, Clip and Where.  Every kernel returns an ``np.ndarray`` of exactly the ONNX output
+dtype: ufuncs on 0-d arrays return numpy scalars and mixed-type inputs promote, so results go
+through :func:`_out`.  Float types numpy has no loops for (bfloat16, float8: ``kind == "V"``) are
+computed in float32 and cast back.
+"""
 
 from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
 
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+
+Ufunc = Callable[..., np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _out(y: np.ndarray | np.generic, dtype: np.dtype) -> np.ndarray:
+    """``y`` as an ndarray of ``dtype`` (no copy when it already is one)."""
+    return np.asarray(y).astype(dtype, copy=False)
+
+
+def _exotic(dtype: np.dtype) -> bool:
+    """True for the ml_dtypes types (bfloat16, float8...) that numpy has few loops for."""
+    return dtype.kind == "V"
+
+
+def _wide(x: np.ndarray) -> np.ndarray:
+    """``x`` in a dtype numpy computes natively: exotic floats go to float32."""
+    return x.astype(np.float32) if _exotic(x.dtype) else x
+
+
+def _apply(fn: Ufunc, x: np.ndarray) -> np.ndarray:
+    """``fn(x)`` with x's dtype kept, silencing inf/nan warnings (they are valid results)."""
+    with np.errstate(all="ignore"):
+        return _out(fn(_wide(x)), x.dtype)
+
+
+def _broadcast_error(ctx: NodeContext, shapes: list[tuple[int, ...]]) -> ValueError:
+    return ValueError(f"{ctx.op_type} '{ctx.name}': inputs of shapes {shapes} do not broadcast")
+
+
+def _check_broadcast(ctx: NodeContext, *arrays: np.ndarray) -> None:
+    """Raise a ValueError naming the node when the inputs' shapes are not broadcastable."""
+    try:
+        np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError:
+        raise _broadcast_error(ctx, [a.shape for a in arrays]) from None
+
+
+def _legacy_operands(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Opset < 7 broadcasting: B must equal A, or (``broadcast=1``) fit A's dims from ``axis``."""
+    if not ctx.attrs.get("broadcast", 0):
+        if a.shape != b.shape:
+            raise ValueError(
+                f"{ctx.op_type} '{ctx.name}': shapes {a.shape} and {b.shape} differ and the node "
+                "does not set broadcast=1"
+            )
+        return b
+    axis = ctx.attrs.get("axis")
+    if axis is None or b.ndim == 0:
+        return b  # suffix matching: numpy's own rule
+    axis = axis + a.ndim if axis < 0 else axis
+    if axis + b.ndim > a.ndim or a.shape[axis : axis + b.ndim] != b.shape:
+        raise ValueError(
+            f"{ctx.op_type} '{ctx.name}': B of shape {b.shape} does not match A {a.shape} "
+            f"at axis {axis}"
+        )
+    return b.reshape(b.shape + (1,) * (a.ndim - axis - b.ndim))
+
+
+# ----------------------------------------------------------------------------------------------
+# erf: Chebyshev fits to math.erf, made once on first use, evaluated in float64.
+
+_ERF_SPLIT = 2.5  # |x| below: erf(x) / x as a series in x^2; above: erfc(x) * exp(x^2) in x
+_ERFC_END = 10.0  # |x| above: the asymptotic series of erfc (erf is exactly +-1 in float64 there)
+
+
+@functools.cache
+def _erf_series() -> tuple[np.ndarray, np.ndarray]:
+    """Chebyshev coefficients of erf(x)/x on x^2 in [0, 2.5^2] and of erfcx on [2.5, 10]."""
+    cheb = np.polynomial.chebyshev
+    erf = np.frompyfunc(math.erf, 1, 1)
+    erfc = np.frompyfunc(math.erfc, 1, 1)
+
+    def small(t: np.ndarray) -> np.ndarray:  # t in [-1, 1] maps to x^2 in [0, split^2]
+        x = np.sqrt((t + 1) * (0.5 * _ERF_SPLIT**2))
+        return erf(x).astype(np.float64) / x  # Chebyshev nodes never hit x == 0
+
+    def large(t: np.ndarray) -> np.ndarray:  # t in [-1, 1] maps to x in [split, end]
+        x = _ERF_SPLIT + (t + 1) * (0.5 * (_ERFC_END - _ERF_SPLIT))
+        return erfc(x).astype(np.float64) * np.exp(x * x)
+
+    # Degrees chosen for ~1e-15 relative error on the small part and ~1e-13 on the tail.
+    return cheb.chebinterpolate(small, 20), cheb.chebinterpolate(large, 26)
+
+
+def _erf_small(x: np.ndarray) -> np.ndarray:
+    """erf(x) for |x| <= split, float64."""
+    small, _ = _erf_series()
+    t = x * x
+    t *= 2.0 / _ERF_SPLIT**2
+    t -= 1.0
+    return np.polynomial.chebyshev.chebval(t, small) * x
+
+
+def _erfc_large(x: np.ndarray) -> np.ndarray:
+    """erfc(x) for x >= split, float64, accurate in relative terms (no cancellation)."""
+    _, large = _erf_series()
+    xc = np.minimum(x, _ERFC_END)
+    t = (xc - _ERF_SPLIT) * (2.0 / (_ERFC_END - _ERF_SPLIT)) - 1.0
+    scaled = np.polynomial.chebyshev.chebval(t, large)
+    far = x > _ERFC_END
+    if far.any():
+        # erfc(x) exp(x^2) ~ 1/(x sqrt(pi)) (1 - 1/(2x^2) + 3/(4x^4) - 15/(8x^6) + 105/(16x^8))
+        xf = x[far]
+        u = 1.0 / (2.0 * xf * xf)
+        series = 1.0 - u * (1.0 - 3.0 * u * (1.0 - 5.0 * u * (1.0 - 7.0 * u)))
+        scaled[far] = series / (xf * math.sqrt(math.pi))
+    with np.errstate(under="ignore"):
+        return scaled * np.exp(-x * x)
+
+
+def erf64(x: np.ndarray) -> np.ndarray:
+    """Vectorised erf in float64 (relative error ~1e-14); NaN propagates."""
+    x = np.asarray(x, dtype=np.float64)
+    ax = np.abs(x)
+    out = np.empty_like(x)
+    small = ax <= _ERF_SPLIT
+    out[small] = _erf_small(x[small])
+    big = ~small  # includes NaN, which the tail formula propagates
+    if big.any():
+        out[big] = np.copysign(1.0 - _erfc_large(ax[big]), x[big])
+    return out
+
+
+def erfc64(x: np.ndarray) -> np.ndarray:
+    """Vectorised erfc in float64, accurate for large positive x (where 1 - erf(x) cancels)."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    small = np.abs(x) <= _ERF_SPLIT
+    out[small] = 1.0 - _erf_small(x[small])
+    pos = x > _ERF_SPLIT
+    out[pos] = _erfc_large(x[pos])
+    rest = ~(small | pos)  # x < -split, and NaN
+    out[rest] = 2.0 - _erfc_large(-x[rest])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# unary
+
+
+def _unary(op: str, since: int, fn: Ufunc) -> None:
+    """Register ``op`` as ``fn`` applied elementwise, keeping the input dtype."""
+
+    def run(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+        return _apply(fn, x)
+
+    run.__name__ = op.lower()
+    run.__doc__ = f"{op}: elementwise {getattr(fn, '__name__', op)}, dtype kept."
+    kernel(op, since=since)(run)
+
+
+# (op, first opset, numpy function); later versions only widened the type lists.
+_UNARY_TABLE: tuple[tuple[str, int, Ufunc], ...] = (
+    ("Abs", 1, np.abs),
+    ("Neg", 1, np.negative),
+    ("Sign", 9, np.sign),
+    ("Ceil", 1, np.ceil),
+    ("Floor", 1, np.floor),
+    ("Round", 11, np.rint),  # half to even, as ONNX requires
+    ("Reciprocal", 1, np.reciprocal),
+    ("Sqrt", 1, np.sqrt),
+    ("Exp", 1, np.exp),
+    ("Log", 1, np.log),
+    ("Sin", 7, np.sin),
+    ("Cos", 7, np.cos),
+    ("Tan", 7, np.tan),
+    ("Asin", 7, np.arcsin),
+    ("Acos", 7, np.arccos),
+    ("Atan", 7, np.arctan),
+    ("Sinh", 9, np.sinh),
+    ("Cosh", 9, np.cosh),
+    ("Asinh", 9, np.arcsinh),
+    ("Acosh", 9, np.arccosh),
+    ("Atanh", 9, np.arctanh),
+    ("Tanh", 1, np.tanh),
+    ("Not", 1, np.logical_not),
+    ("BitwiseNot", 18, np.invert),
+)
+for _op, _since, _fn in _UNARY_TABLE:
+    _unary(_op, _since, _fn)
+
+
+@kernel("Erf", since=9)
+def erf(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Erf: the Gauss error function, computed in float64."""
+    return _out(erf64(x), x.dtype)
+
+
+@kernel("IsNaN", since=9)
+def isnan(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """IsNaN: boolean mask of the NaN elements."""
+    return np.asarray(np.isnan(_wide(x)))
+
+
+@kernel("IsInf", since=10)
+def isinf(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """IsInf: mask of +inf and/or -inf elements (``detect_positive`` / ``detect_negative``)."""
+    x = _wide(x)
+    pos, neg = ctx.attrs.get("detect_positive", 1), ctx.attrs.get("detect_negative", 1)
+    if pos and neg:
+        return np.asarray(np.isinf(x))
+    if pos:
+        return np.asarray(x == np.inf)
+    if neg:
+        return np.asarray(x == -np.inf)
+    return np.zeros(x.shape, dtype=bool)
+
+
+# ----------------------------------------------------------------------------------------------
+# binary
+
+
+def _binary(ctx: NodeContext, fn: Ufunc, a: np.ndarray, b: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``fn(a, b)`` with numpy broadcasting, as ``dtype``; a clear error on bad shapes."""
+    if ctx.opset < 7:
+        b = _legacy_operands(ctx, a, b)
+    try:
+        with np.errstate(all="ignore"):
+            y = fn(_wide(a), _wide(b))
+    except ValueError:
+        _check_broadcast(ctx, a, b)
+        raise
+    return _out(y, dtype)
+
+
+def _trunc_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer division rounding toward zero (C semantics), as ONNX defines integer Div."""
+    q, r = np.divmod(a, b)
+    if a.dtype.kind == "i" or b.dtype.kind == "i":
+        # floor and trunc differ when the division is inexact and the signs differ
+        q += (r != 0) & ((a < 0) != (b < 0))
+    return q
+
+
+def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+        return _trunc_divide(a, b)
+    return np.true_divide(a, b)
+
+
+def _arith(op: str, fn: Ufunc) -> None:
+    """Register ``op`` (opset 1 legacy broadcast, then numpy broadcast from 7): dtype of A."""
+
+    def run(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _binary(ctx, fn, a, b, a.dtype)
+
+    run.__name__ = op.lower()
+    run.__doc__ = f"{op}: elementwise {op.lower()} with broadcasting, in A's dtype."
+    kernel(op, since=1)(run)
+
+
+def _compare(op: str, since: int, fn: Ufunc) -> None:
+    """Register a broadcasting comparison or logic op with a bool output."""
+
+    def run(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _binary(ctx, fn, a, b, np.dtype(bool))
+
+    run.__name__ = op.lower()
+    run.__doc__ = f"{op}: elementwise {fn.__name__} with broadcasting, bool output."
+    kernel(op, since=since)(run)
+
+
+_ARITH_TABLE: tuple[tuple[str, Ufunc], ...] = (
+    ("Add", np.add),
+    ("Sub", np.subtract),
+    ("Mul", np.multiply),
+    ("Div", _divide),
+)
+for _op, _fn in _ARITH_TABLE:
+    _arith(_op, _fn)
+
+_COMPARE_TABLE: tuple[tuple[str, int, Ufunc], ...] = (
+    ("Equal", 1, np.equal),
+    ("Greater", 1, np.greater),
+    ("Less", 1, np.less),
+    ("GreaterOrEqual", 12, np.greater_equal),
+    ("LessOrEqual", 12, np.less_equal),
+    ("And", 1, np.logical_and),
+    ("Or", 1, np.logical_or),
+    ("Xor", 1, np.logical_xor),
+)
+for _op, _since, _fn in _COMPARE_TABLE:
+    _compare(_op, _since, _fn)
+
+
+def _bitwise(op: str, fn: Ufunc) -> None:
+    """Register a broadcasting bitwise op on integers (opset 18)."""
+
+    def run(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _binary(ctx, fn, a, b, a.dtype)
+
+    run.__name__ = op.lower()
+    run.__doc__ = f"{op}: elementwise {fn.__name__} with broadcasting."
+    kernel(op, since=18)(run)
+
+
+for _op, _fn in (
+    ("BitwiseAnd", np.bitwise_and),
+    ("BitwiseOr", np.bitwise_or),
+    ("BitwiseXor", np.bitwise_xor),
+):
+    _bitwise(_op, _fn)
+
+
+@kernel("BitShift", since=11)
+def bitshift(ctx: NodeContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """BitShift: shift X's bits LEFT or RIGHT (``direction``) by Y, with broadcasting."""
+    direction = ctx.attrs.get("direction", "")
+    if direction not in ("LEFT", "RIGHT"):
+        raise ValueError(f"BitShift '{ctx.name}': direction must be LEFT or RIGHT, not {direction!r}")
+    fn = np.left_shift if direction == "LEFT" else np.right_shift
+    return _binary(ctx, fn, x, y.astype(x.dtype, copy=False), x.dtype)
+
+
+@kernel("Mod", since=10)
+def mod(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mod: remainder with the divisor's sign (``fmod=0``) or the dividend's (``fmod=1``)."""
+    fn = np.fmod if ctx.attrs.get("fmod", 0) else np.mod
+    return _binary(ctx, fn, a, b, a.dtype)
+
+
+def _power(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a ** b computed in the promoted type; integer bases tolerate negative exponents."""
+    if b.size == 1 and a.dtype.kind == "f":
+        # common constant exponents (GELU's x^3, variance's x^2): cheaper than np.power
+        e = b.item()
+        if e == 2:
+            return np.square(a)
+        if e == 3:
+            y = np.square(a)
+            y *= a
+            return y
+        if e == 0.5:
+            return np.sqrt(a)
+        if e == 1:
+            return a.copy()
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu" and (b < 0).any():
+        return np.power(a.astype(np.float64), b)
+    return np.power(a, b)
+
+
+@kernel("Pow", since=1)
+def pow_(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pow: A ** B with broadcasting; the output keeps the base's dtype."""
+    return _binary(ctx, _power, a, b, a.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# variadic
+
+
+def _variadic(ctx: NodeContext, fn: Ufunc, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Fold ``fn`` over all inputs with broadcasting, in the first input's dtype."""
+    arrays = [a for a in inputs if a is not None]
+    if not arrays:
+        raise ValueError(f"{ctx.op_type} '{ctx.name}': needs at least one input")
+    dtype = arrays[0].dtype
+    if len(arrays) == 1:
+        return arrays[0].copy()
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError:
+        raise _broadcast_error(ctx, [a.shape for a in arrays]) from None
+    wide = [_wide(a) for a in arrays]
+    with np.errstate(all="ignore"):
+        acc = np.asarray(fn(wide[0], wide[1]))
+        if acc.shape != shape or acc.dtype != wide[0].dtype:
+            acc = np.broadcast_to(acc, shape).astype(wide[0].dtype)
+        for a in wide[2:]:
+            fn(acc, a, out=acc, casting="unsafe")  # accumulate in place
+    return _out(acc, dtype)
+
+
+@kernel("Max", since=1)
+def max_(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
+    """Max: elementwise maximum of all inputs (NaN propagates)."""
+    return _variadic(ctx, np.maximum, inputs)
+
+
+@kernel("Min", since=1)
+def min_(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
+    """Min: elementwise minimum of all inputs (NaN propagates)."""
+    return _variadic(ctx, np.minimum, inputs)
+
+
+@kernel("Sum", since=1)
+def sum_(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
+    """Sum: elementwise sum of all inputs."""
+    return _variadic(ctx, np.add, inputs)
+
+
+@kernel("Mean", since=1)
+def mean(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
+    """Mean: elementwise mean of all inputs."""
+    total = _variadic(ctx, np.add, inputs)
+    n = sum(a is not None for a in inputs)
+    wide = _wide(total)
+    return _out(wide / wide.dtype.type(n), total.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Clip, Where
+
+
+def _clip(x: np.ndarray, lo: object, hi: object) -> np.ndarray:
+    """min(max(x, lo), hi) (so hi wins when lo > hi, as ONNX specifies); NaN propagates."""
+    xw = _wide(x)
+    y = np.asarray(np.maximum(xw, lo)) if lo is not None else xw.copy()
+    if hi is not None:
+        np.minimum(y, hi, out=y, casting="unsafe")
+    return _out(y, x.dtype)
+
+
+def _bound(ctx: NodeContext, v: np.ndarray | None, x: np.ndarray, what: str) -> object:
+    if v is None:
+        return None
+    if v.size != 1:
+        raise ValueError(f"Clip '{ctx.name}': {what} must be a scalar, got shape {v.shape}")
+    return _wide(v.reshape(())).astype(_wide(x).dtype)
+
+
+@kernel("Clip", since=1)
+def clip_v1(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Clip (opset 1-10): bounds from the ``min`` / ``max`` attributes."""
+    dt = _wide(x).dtype
+    lo, hi = ctx.attrs.get("min"), ctx.attrs.get("max")
+    return _clip(
+        x, None if lo is None else dt.type(lo), None if hi is None else dt.type(hi)
+    )
+
+
+@kernel("Clip", since=11)
+def clip(
+    ctx: NodeContext, x: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None
+) -> np.ndarray:
+    """Clip (opset 11+): bounds from the optional scalar inputs ``min`` / ``max``."""
+    return _clip(x, _bound(ctx, lo, x, "min"), _bound(ctx, hi, x, "max"))
+
+
+@kernel("Where", since=9)
+def where(ctx: NodeContext, cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Where: X where the condition holds, else Y, with broadcasting of all three."""
+    _check_broadcast(ctx, cond, x, y)
+    return _out(np.where(cond.astype(bool, copy=False), x, y), x.dtype)

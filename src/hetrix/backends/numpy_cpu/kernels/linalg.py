@@ -23,7 +23,7 @@ def _shape_error(op: str, *arrays: np.ndarray) -> ValueError:
 
 
 def matmul(a: np.ndarray, b: np.ndarray, op: str = "MatMul") -> np.ndarray:
-    """``np.matmul`` with ONNX semantics, folding batch dims into one BLAS call when ``b`` is 2-D."""
+    """``np.matmul`` with ONNX checks; batch dims fold into one BLAS call when ``b`` is 2-D."""
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"{op}: inputs must be at least 1-D, got shapes {a.shape} and {b.shape}")
     if a.dtype != b.dtype:
@@ -52,10 +52,8 @@ def matmul_kernel(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @kernel("Gemm", since=1)
-def gemm(
-    ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None
-) -> np.ndarray:
-    """Y = alpha * A' @ B' + beta * C, with optional transposes and unidirectional broadcast of C."""
+def gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
+    """Y = alpha * A' @ B' + beta * C, optional transposes, C broadcast unidirectionally."""
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"Gemm: A and B must be 2-D, got shapes {a.shape} and {b.shape}")
     if ctx.attrs.get("transA", 0):

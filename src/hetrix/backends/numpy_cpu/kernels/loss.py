@@ -36,6 +36,7 @@ def _nll(
         w = np.ones_like(picked)
     if ignored is not None:
         w[ignored] = 0
+        picked[ignored] = 0  # so a -inf at the placeholder class cannot turn 0 * inf into NaN
     loss = -picked * w
     reduction = ctx.attrs.get("reduction", "mean")
     if reduction == "none":

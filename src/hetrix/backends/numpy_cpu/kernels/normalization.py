@@ -31,7 +31,9 @@ def _channel_shape(x: np.ndarray) -> tuple[int, ...]:
 
 def _check_channel_param(op: str, name: str, p: np.ndarray, channels: int) -> None:
     if p.size != channels:
-        raise ValueError(f"{op}: {name} has {p.size} elements, expected one per channel ({channels})")
+        raise ValueError(
+            f"{op}: {name} has {p.size} elements, expected one per channel ({channels})"
+        )
 
 
 def _broadcast_into(op: str, y: np.ndarray, p: np.ndarray, ufunc: np.ufunc) -> None:
@@ -39,7 +41,9 @@ def _broadcast_into(op: str, y: np.ndarray, p: np.ndarray, ufunc: np.ufunc) -> N
     try:
         ufunc(y, p, out=y, casting="unsafe")
     except ValueError as exc:
-        raise ValueError(f"{op}: parameter of shape {p.shape} does not broadcast to {y.shape}") from exc
+        raise ValueError(
+            f"{op}: parameter of shape {p.shape} does not broadcast to {y.shape}"
+        ) from exc
 
 
 # --- BatchNormalization ---------------------------------------------------------------------
@@ -165,7 +169,7 @@ def _standardize_rows(x2: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarra
 def instance_norm(
     ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray
 ) -> np.ndarray:
-    """Normalize each (instance, channel) over its spatial dims, then scale and shift per channel."""
+    """Normalize each (instance, channel) over its spatial dims; scale and shift per channel."""
     op = "InstanceNormalization"
     if x.ndim < 2:
         raise ValueError(f"{op}: input must be [N, C, ...], got shape {x.shape}")
@@ -300,7 +304,7 @@ def lrn(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
         acc += sq[:, k : k + channels]
     acc *= wd.type(alpha / size)
     acc += wd.type(bias)
-    y = xf / acc**wd.type(beta)
+    y = xf / acc ** wd.type(beta)
     return y.astype(x.dtype, copy=False)
 
 

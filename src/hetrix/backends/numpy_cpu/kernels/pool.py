@@ -1,7 +1,269 @@
-"""pool kernels of the NumPy CPU backend."""
+"""pool kernels of the NumPy CPU backend.
+
+Windowed pools loop over the (few) kernel offsets and combine one strided slice of the padded input
+per offset into the whole output at once, which beats reducing a 2N-d window view in numpy.
+"""
 
 from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+from hetrix.backends.numpy_cpu.kernels.conv import pad_spatial, resolve_pads, spatial_ints
+
+
+@dataclass
+class _Window:
+    """Geometry of a pooling node on one input: sizes per spatial axis."""
+
+    kernel: list[int]
+    strides: list[int]
+    dilations: list[int]
+    begin: list[int]  # explicit (or auto) pads
+    end: list[int]
+    extra: list[int]  # extra end padding so that ceil_mode's last window fits
+    out: list[int]
+
+    def slices(self, offset: tuple[int, ...]) -> tuple[slice, ...]:
+        """Index into the padded input picking kernel tap ``offset`` of every output window."""
+        return (slice(None), slice(None)) + tuple(
+            slice(k * d, k * d + (o - 1) * s + 1, s)
+            for k, d, o, s in zip(offset, self.dilations, self.out, self.strides)
+        )
+
+    def offsets(self) -> itertools.product:
+        """Every kernel tap, in row-major order."""
+        return itertools.product(*(range(k) for k in self.kernel))
+
+
+def _window(ctx: NodeContext, x: np.ndarray, kernel_shape: list[int] | None = None) -> _Window:
+    """Read kernel_shape/strides/dilations/pads/auto_pad/ceil_mode and size the output."""
+    nsp = x.ndim - 2
+    if nsp < 1:
+        raise ValueError(f"{ctx.op_type}: input must have rank >= 3, got shape {x.shape}")
+    ksz = kernel_shape or spatial_ints(ctx, "kernel_shape", nsp, 0)
+    if not all(k > 0 for k in ksz):
+        raise ValueError(f"{ctx.op_type} {ctx.name!r}: kernel_shape attribute is required")
+    strides = spatial_ints(ctx, "strides", nsp, 1)
+    dilations = spatial_ints(ctx, "dilations", nsp, 1)
+    sizes = x.shape[2:]
+    begin, end = resolve_pads(ctx, sizes, ksz, strides, dilations)
+    ceil_mode = bool(ctx.attrs.get("ceil_mode", 0))
+    out, extra = [], []
+    for size, k, s, d, pb, pe in zip(sizes, ksz, strides, dilations, begin, end):
+        span = size + pb + pe - ((k - 1) * d + 1)
+        if span < 0:
+            raise ValueError(f"{ctx.op_type}: kernel {ksz} larger than padded input {sizes}")
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= size + pb:
+            o -= 1  # a window may not start in the right padding
+        out.append(o)
+        extra.append(max(0, (o - 1) * s + (k - 1) * d + 1 - (size + pb + pe)))
+    return _Window(ksz, strides, dilations, begin, end, extra, out)
+
+
+def _padded(x: np.ndarray, win: _Window, value: float) -> np.ndarray:
+    """``x`` padded by the explicit pads plus the ceil-mode extension."""
+    return pad_spatial(x, win.begin, [e + x_ for e, x_ in zip(win.end, win.extra)], value)
+
+
+def _separable(xp: np.ndarray, win: _Window, combine: np.ufunc) -> np.ndarray:
+    """Reduce every window of padded ``xp`` with ``combine`` (max or add), one axis at a time.
+
+    Windows are boxes, so reducing axis by axis costs sum(kernel) passes instead of prod(kernel).
+    """
+    y = xp
+    for a in range(len(win.kernel)):
+        k, d, o, s = win.kernel[a], win.dilations[a], win.out[a], win.strides[a]
+        lead = (slice(None),) * (2 + a)
+        acc = y[lead + (slice(0, (o - 1) * s + 1, s),)].copy()
+        for t in range(1, k):
+            combine(acc, y[lead + (slice(t * d, t * d + (o - 1) * s + 1, s),)], out=acc)
+        y = acc
+    return y
+
+
+def _lowest(dtype: np.dtype) -> float | int:
+    """Padding value that never wins a max."""
+    return np.iinfo(dtype).min if dtype.kind in "iu" else -np.inf
+
+
+# --------------------------------------------------------------------------- MaxPool
+
+
+def _tap_positions(
+    sizes: tuple[int, ...], win: _Window, offset: tuple[int, ...], column_major: bool
+) -> np.ndarray:
+    """Flat spatial index (int64, shape (1, 1, *out)) that kernel tap ``offset`` reads per output."""
+    nsp = len(sizes)
+    flat = np.zeros((1, 1) + (1,) * nsp, dtype=np.int64)
+    for a in range(nsp - 1, -1, -1) if column_major else range(nsp):
+        shape = [1] * (nsp + 2)
+        shape[2 + a] = win.out[a]
+        pos = np.arange(win.out[a]) * win.strides[a] - win.begin[a] + offset[a] * win.dilations[a]
+        flat = flat * sizes[a] + pos.reshape(shape)
+    return flat
+
+
+def _max_pool(ctx: NodeContext, x: np.ndarray) -> tuple[np.ndarray, ...] | np.ndarray:
+    win = _window(ctx, x)
+    xp = _padded(x, win, _lowest(x.dtype))
+    y = _separable(xp, win, np.maximum)
+    if ctx.num_outputs < 2:
+        return y
+    # Indices: walk the taps backwards so that on ties the first tap wins, like ONNX Runtime.
+    column_major = int(ctx.attrs.get("storage_order", 0)) == 1
+    best = np.zeros(y.shape, dtype=np.int64)
+    for offset in reversed(list(win.offsets())):
+        hit = xp[win.slices(offset)] == y
+        np.copyto(best, _tap_positions(x.shape[2:], win, offset, column_major), where=hit)
+    n, c = x.shape[:2]
+    plane = math.prod(x.shape[2:])
+    best += (np.arange(n * c, dtype=np.int64) * plane).reshape((n, c) + (1,) * (x.ndim - 2))
+    return y, best
+
+
+@kernel("MaxPool", since=1)
+def max_pool(ctx: NodeContext, x: np.ndarray) -> tuple[np.ndarray, ...] | np.ndarray:
+    """Max pooling with pads/auto_pad, dilations, ceil_mode and the optional Indices output."""
+    return _max_pool(ctx, x)
+
+
+# --------------------------------------------------------------------------- AveragePool / LpPool
+
+
+def _window_counts(x_shape: tuple[int, ...], win: _Window, include_pad: bool) -> np.ndarray:
+    """How many taps of each output window fall in the input (or in input + explicit pads)."""
+    counts = np.ones((1,) * len(x_shape), dtype=np.float64)
+    for a, size in enumerate(x_shape[2:]):
+        lo = -win.begin[a] if include_pad else 0
+        hi = size + win.end[a] if include_pad else size
+        pos = (np.arange(win.out[a]) * win.strides[a] - win.begin[a])[:, None] + (
+            np.arange(win.kernel[a]) * win.dilations[a]
+        )[None, :]
+        count = ((pos >= lo) & (pos < hi)).sum(axis=1)
+        shape = [1] * len(x_shape)
+        shape[2 + a] = win.out[a]
+        counts = counts * count.reshape(shape)  # windows are boxes: counts multiply per axis
+    return counts
+
+
+
+
+@kernel("AveragePool", since=1)
+def average_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Average pooling; count_include_pad chooses whether pads count in the divisor."""
+    win = _window(ctx, x)
+    acc = np.float32 if x.dtype.itemsize < 4 else x.dtype
+    total = _separable(_padded(x.astype(acc, copy=False), win, 0), win, np.add)
+    counts = _window_counts(x.shape, win, bool(ctx.attrs.get("count_include_pad", 0)))
+    total /= np.maximum(counts, 1).astype(total.dtype)
+    return total.astype(x.dtype, copy=False)
+
+
+def _p_norm(ctx: NodeContext) -> float:
+    """LpPool's p: a FLOAT before opset 2, an INT after."""
+    p = float(ctx.attrs.get("p", 2))
+    if p <= 0:
+        raise ValueError(f"{ctx.op_type} {ctx.name!r}: p must be positive, got {p}")
+    return p
+
+
+def _lp_finish(total: np.ndarray, p: float) -> np.ndarray:
+    """Root of a sum of |x|**p."""
+    return np.sqrt(total) if p == 2 else np.power(total, 1.0 / p)
+
+
+def _lp_power(x: np.ndarray, p: float) -> np.ndarray:
+    """|x|**p, cheaply for the usual p = 1, 2."""
+    if p == 2:
+        return x * x
+    if p == 1:
+        return np.abs(x)
+    return np.power(np.abs(x), p)
+
+
+@kernel("LpPool", since=1)
+def lp_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Lp pooling: (sum over the window of |x|**p) ** (1/p), pads count as zeros."""
+    p = _p_norm(ctx)
+    win = _window(ctx, x)
+    acc = np.float32 if x.dtype.itemsize < 4 else x.dtype
+    total = _separable(_padded(_lp_power(x.astype(acc, copy=False), p), win, 0), win, np.add)
+    return _lp_finish(total, p).astype(x.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- global pools
+
+
+def _spatial_axes(ctx: NodeContext, x: np.ndarray) -> tuple[int, ...]:
+    if x.ndim < 3:
+        raise ValueError(f"{ctx.op_type}: input must have rank >= 3, got shape {x.shape}")
+    return tuple(range(2, x.ndim))
+
+
+@kernel("GlobalAveragePool", since=1)
+def global_average_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Mean over all spatial axes, kept as size-1 axes."""
+    acc = np.float32 if x.dtype.itemsize < 4 else x.dtype
+    return np.mean(x, axis=_spatial_axes(ctx, x), keepdims=True, dtype=acc).astype(x.dtype)
+
+
+@kernel("GlobalMaxPool", since=1)
+def global_max_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Max over all spatial axes, kept as size-1 axes."""
+    return np.max(x, axis=_spatial_axes(ctx, x), keepdims=True)
+
+
+@kernel("GlobalLpPool", since=1)
+def global_lp_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """Lp norm over all spatial axes, kept as size-1 axes."""
+    p = _p_norm(ctx)
+    acc = np.float32 if x.dtype.itemsize < 4 else x.dtype
+    xs = _lp_power(x.astype(acc, copy=False), p)
+    total = np.sum(xs, axis=_spatial_axes(ctx, x), keepdims=True)
+    return _lp_finish(total, p).astype(x.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- MaxUnpool
+
+
+@kernel("MaxUnpool", since=9)
+def max_unpool(
+    ctx: NodeContext, x: np.ndarray, indices: np.ndarray, output_shape: np.ndarray | None = None
+) -> np.ndarray:
+    """Scatter pooled values back to the positions MaxPool's Indices recorded; zeros elsewhere."""
+    nsp = x.ndim - 2
+    if indices.shape != x.shape:
+        raise ValueError(f"MaxUnpool: indices {indices.shape} must have the shape of X {x.shape}")
+    ksz = spatial_ints(ctx, "kernel_shape", nsp, 0)
+    strides = spatial_ints(ctx, "strides", nsp, 1)
+    pads = spatial_ints(ctx, "pads", 2 * nsp, 0)
+    # The indices are flat positions in the tensor MaxPool saw: the shape inferred from the attrs.
+    pooled = list(x.shape[:2]) + [
+        (i - 1) * s + k - pb - pe
+        for i, s, k, pb, pe in zip(x.shape[2:], strides, ksz, pads[:nsp], pads[nsp:])
+    ]
+    shape = pooled
+    if output_shape is not None and np.asarray(output_shape).size:
+        shape = [int(v) for v in np.asarray(output_shape).reshape(-1)]
+        if len(shape) == nsp:
+            shape = list(x.shape[:2]) + shape
+        if len(shape) != x.ndim or shape[:2] != list(x.shape[:2]):
+            raise ValueError(f"MaxUnpool: output_shape {shape} does not fit input {x.shape}")
+    flat = indices.reshape(-1).astype(np.int64, copy=False)
+    if flat.size and (flat.min() < 0 or flat.max() >= math.prod(pooled)):
+        raise ValueError(f"MaxUnpool: indices out of range for the pooled shape {pooled}")
+    if shape != pooled:
+        # Same coordinates, laid out in the requested (usually larger) output.
+        coords = np.unravel_index(flat, pooled)
+        if any((cd >= size).any() for cd, size in zip(coords, shape)):
+            raise ValueError(f"MaxUnpool: output_shape {shape} cannot hold the indexed positions")
+        flat = np.ravel_multi_index(coords, shape)
+    y = np.zeros(math.prod(shape), dtype=x.dtype)
+    y[flat] = x.reshape(-1)
+    return y.reshape(shape)

@@ -62,6 +62,7 @@ def _readonly(arr: np.ndarray) -> np.ndarray:
 
 def _string_array(value: Any) -> np.ndarray:
     """An object array of ``str`` from a str/bytes value or a list of them."""
+
     def as_str(v: Any) -> str:
         return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
@@ -142,7 +143,7 @@ def size(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 def _reshape(x: np.ndarray, dims: list[int], allowzero: bool) -> np.ndarray:
-    """``x`` reshaped to ONNX target ``dims`` (0 copies the input dim unless allowzero, -1 infers)."""
+    """``x`` viewed with ONNX shape ``dims`` (0 keeps the input dim unless allowzero)."""
     target = list(dims)
     infer = -1
     for i, d in enumerate(target):
@@ -313,7 +314,9 @@ def _slice(
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise ValueError("Slice: starts, ends, axes and steps must have the same length")
     index = [slice(None)] * x.ndim
-    for axis, start, end, step in zip(_axes(axes, x.ndim, "Slice"), starts, ends, steps):
+    for axis, start, end, step in zip(
+        _axes(axes, x.ndim, "Slice"), starts, ends, steps, strict=True
+    ):
         if step == 0:
             raise ValueError("Slice: step cannot be 0")
         index[axis] = slice(start, end, step)
@@ -365,7 +368,8 @@ def expand(ctx: NodeContext, x: np.ndarray, shape: np.ndarray) -> np.ndarray:
 def tile_v1(ctx: NodeContext, x: np.ndarray, tiles: np.ndarray, axis: np.ndarray) -> np.ndarray:
     """Repeat ``x`` ``tiles`` times along one ``axis`` (opset 1-5)."""
     reps = [1] * x.ndim
-    reps[_axis(int(_scalar(axis, "Tile", "axis")), x.ndim, "Tile")] = int(_scalar(tiles, "Tile", "tiles"))
+    axis_ = _axis(int(_scalar(axis, "Tile", "axis")), x.ndim, "Tile")
+    reps[axis_] = int(_scalar(tiles, "Tile", "tiles"))
     return np.tile(x, reps)
 
 
@@ -378,7 +382,9 @@ def tile(ctx: NodeContext, x: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     return np.tile(x, reps)
 
 
-def _pad(x: np.ndarray, pads: list[int], mode: str, value: Any, axes: list[int] | None) -> np.ndarray:
+def _pad(
+    x: np.ndarray, pads: list[int], mode: str, value: Any, axes: list[int] | None
+) -> np.ndarray:
     """Pad (positive) or crop (negative) each listed axis; pads = [begins..., ends...]."""
     axes = list(range(x.ndim)) if axes is None else _axes(axes, x.ndim, "Pad")
     if len(pads) != 2 * len(axes):
@@ -387,9 +393,11 @@ def _pad(x: np.ndarray, pads: list[int], mode: str, value: Any, axes: list[int] 
     after = [0] * x.ndim
     for i, a in enumerate(axes):
         before[a], after[a] = pads[i], pads[i + len(axes)]
-    if any(b < 0 or e < 0 for b, e in zip(before, after)):
+    if any(b < 0 or e < 0 for b, e in zip(before, after, strict=True)):
         # Negative pads crop first; the remaining positive pads then apply to the cropped tensor.
-        crop = tuple(slice(-min(b, 0), d + min(e, 0)) for b, e, d in zip(before, after, x.shape))
+        crop = tuple(
+            slice(-min(b, 0), d + min(e, 0)) for b, e, d in zip(before, after, x.shape, strict=True)
+        )
         x = x[crop]
         if any(d < 0 for d in (s.stop - s.start for s in crop)):
             raise ValueError(f"Pad: pads {pads} crop more than the input has")
@@ -398,18 +406,20 @@ def _pad(x: np.ndarray, pads: list[int], mode: str, value: Any, axes: list[int] 
     if mode == "constant":
         if value is None:
             value = "" if x.dtype == object else 0
-        out = np.full([b + d + e for b, d, e in zip(before, x.shape, after)], value, x.dtype)
-        out[tuple(slice(b, b + d) for b, d in zip(before, x.shape))] = x
+        out = np.full(
+            [b + d + e for b, d, e in zip(before, x.shape, after, strict=True)], value, x.dtype
+        )
+        out[tuple(slice(b, b + d) for b, d in zip(before, x.shape, strict=True))] = x
         return out
     if mode not in ("reflect", "edge", "wrap"):
         raise ValueError(f"Pad: unknown mode {mode!r}")
     if x.size == 0 and any(before + after):
         raise ValueError(f"Pad: cannot {mode}-pad an empty tensor")
     if mode == "reflect" and any(
-        (b or e) and (b >= d or e >= d) for b, e, d in zip(before, after, x.shape)
+        (b or e) and (b >= d or e >= d) for b, e, d in zip(before, after, x.shape, strict=True)
     ):
         raise ValueError(f"Pad: reflect pads {pads} must be smaller than the dims {x.shape}")
-    return np.pad(x, list(zip(before, after)), mode=mode)
+    return np.pad(x, list(zip(before, after, strict=True)), mode=mode)
 
 
 @kernel("Pad", since=1)
@@ -450,7 +460,7 @@ def center_crop_pad(ctx: NodeContext, x: np.ndarray, shape: np.ndarray) -> np.nd
     out_shape = list(x.shape)
     src = [slice(None)] * x.ndim
     dst = [slice(None)] * x.ndim
-    for a, want in zip(axes, dims):
+    for a, want in zip(axes, dims, strict=True):
         have = x.shape[a]
         if want < 0:
             raise ValueError(f"CenterCropPad: negative target size {want}")
@@ -474,7 +484,9 @@ def center_crop_pad(ctx: NodeContext, x: np.ndarray, shape: np.ndarray) -> np.nd
 def range_(ctx: NodeContext, start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """``start + i * delta`` for i in [0, ceil((limit - start) / delta))."""
     dtype = np.asarray(start).dtype
-    s, lim, d = (_scalar(v, "Range", n) for v, n in ((start, "start"), (limit, "limit"), (delta, "delta")))
+    s = _scalar(start, "Range", "start")
+    lim = _scalar(limit, "Range", "limit")
+    d = _scalar(delta, "Range", "delta")
     if d == 0:
         raise ValueError("Range: delta cannot be 0")
     if np.issubdtype(dtype, np.integer):
@@ -511,7 +523,9 @@ def trilu(ctx: NodeContext, x: np.ndarray, k: np.ndarray | None = None) -> np.nd
     return np.where(keep, x, np.zeros((), dtype=x.dtype))
 
 
-def _one_hot(ctx: NodeContext, indices: np.ndarray, depth: Any, values: np.ndarray, neg: bool) -> np.ndarray:
+def _one_hot(
+    ctx: NodeContext, indices: np.ndarray, depth: Any, values: np.ndarray, neg: bool
+) -> np.ndarray:
     depth_n = int(_scalar(depth, "OneHot", "depth"))
     if depth_n < 1:
         raise ValueError(f"OneHot: depth must be positive, got {depth_n}")
@@ -663,11 +677,15 @@ def dropout(
         return _dropout_inference(ctx, x, np.bool_)
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"Dropout: ratio {rate} is not in [0, 1]")
+    # The legacy Mersenne-Twister stream: a given ``seed`` then reproduces the masks of the
+    # ONNX test data (the spec leaves the generator to the implementation).
     seed = ctx.attrs.get("seed")
-    rng = np.random.default_rng(seed) if seed is not None else ctx.cache.setdefault(
-        "rng", np.random.default_rng()
+    rng = (
+        np.random.RandomState(seed)
+        if seed is not None
+        else ctx.cache.setdefault("rng", np.random.RandomState())
     )
-    mask = rng.random(x.shape) >= rate
+    mask = rng.uniform(0.0, 1.0, x.shape) >= rate
     if rate == 1.0:
         out = np.zeros_like(x)
     else:

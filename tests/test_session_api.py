@@ -1,0 +1,169 @@
+"""The ONNX Runtime-compatible API: metadata, feed checks, outputs, providers, debugging."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import hetrix
+from hetrix.errors import InvalidArgumentError, InvalidInputError
+
+
+@pytest.fixture(scope="module")
+def model() -> onnx.ModelProto:
+    """y = relu(x @ w) with a symbolic batch dim; z = sum over the last axis."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.linspace(-1, 1, 12).tolist())
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"], name="matmul"),
+            helper.make_node("Relu", ["xw"], ["y"], name="relu"),
+            helper.make_node("ReduceSum", ["y", "axes"], ["z"], name="sum", keepdims=0),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch"]),
+        ],
+        [w, helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                          producer_name="hetrix-tests", ir_version=9)
+    m.model_version = 7
+    helper.set_model_props(m, {"purpose": "unit test"})
+    return m
+
+
+@pytest.fixture(scope="module")
+def session(model: onnx.ModelProto) -> hetrix.InferenceSession:
+    return hetrix.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_inputs_and_outputs_match_onnxruntime(model, session) -> None:
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for ours, theirs in ((session.get_inputs(), reference.get_inputs()),
+                         (session.get_outputs(), reference.get_outputs())):
+        assert [(a.name, a.type, a.shape) for a in ours] == [
+            (b.name, b.type, b.shape) for b in theirs
+        ]
+
+
+def test_run_matches_onnxruntime(model, session) -> None:
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for ours, theirs in zip(session.run(None, {"x": x}), reference.run(None, {"x": x})):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_output_selection_and_order(session) -> None:
+    x = np.ones((2, 4), np.float32)
+    z, y = session.run(["z", "y"], {"x": x})
+    assert z.shape == (2,) and y.shape == (2, 3)
+    np.testing.assert_allclose(z, y.sum(axis=1), rtol=1e-6)
+
+
+def test_unknown_output_name(session) -> None:
+    with pytest.raises(InvalidArgumentError, match="'nope' is not an output"):
+        session.run(["nope"], {"x": np.ones((1, 4), np.float32)})
+
+
+def test_metadata_and_providers(session) -> None:
+    meta = session.get_modelmeta()
+    assert meta.producer_name == "hetrix-tests"
+    assert meta.version == 7
+    assert meta.custom_metadata_map == {"purpose": "unit test"}
+    assert session.get_providers() == ["numpy:cpu"]
+    assert "numpy:cpu" in hetrix.get_available_providers()
+
+
+@pytest.mark.parametrize(
+    ("feed", "pattern"),
+    [
+        ({}, "missing input 'x'"),
+        ({"x": np.ones((1, 4), np.float32), "extra": np.ones(1)}, "'extra' is not an input"),
+        ({"x": np.ones((1, 4), np.float64)}, "input 'x' has dtype float64, expected float32"),
+        ({"x": np.ones((4,), np.float32)}, "input 'x' has rank 1"),
+        ({"x": np.ones((1, 5), np.float32)}, "dimension 1 must be 4"),
+        ({"x": [[1.0, 2.0, 3.0, 4.0]]}, "input 'x' must be a numpy.ndarray"),
+    ],
+)
+def test_bad_feeds_name_the_input_and_expectation(session, feed, pattern) -> None:
+    with pytest.raises(InvalidInputError, match=pattern):
+        session.run(None, feed)
+
+
+def test_feed_must_be_a_mapping(session) -> None:
+    with pytest.raises(InvalidInputError, match="input_feed must be a dict"):
+        session.run(None, [np.ones((1, 4), np.float32)])  # type: ignore[arg-type]
+
+
+def test_unknown_provider_is_rejected(model) -> None:
+    with pytest.raises(InvalidArgumentError, match="unknown provider 'TPUMagicProvider'"):
+        hetrix.InferenceSession(model, providers=["TPUMagicProvider"])
+
+
+def test_provider_with_options_pair(model) -> None:
+    session = hetrix.InferenceSession(model, providers=[("CPUExecutionProvider", {})])
+    assert session.get_providers() == ["numpy:cpu"]
+
+
+def test_run_with_intermediates_returns_every_value(session) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) - 3
+    values = session.run_with_intermediates({"x": x})
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_allclose(values["xw"], x @ w, rtol=1e-6)
+    np.testing.assert_allclose(values["y"], np.maximum(x @ w, 0), rtol=1e-6)
+    assert set(values) >= {"xw", "y", "z"}
+
+
+def test_placement_lists_every_node(session) -> None:
+    placement = session.get_placement()
+    assert [(p.node, p.op_type, p.backend) for p in placement] == [
+        ("matmul", "MatMul", "numpy:cpu"), ("relu", "Relu", "numpy:cpu"),
+        ("sum", "ReduceSum", "numpy:cpu"),
+    ]
+    assert all(p.reason == "" for p in placement)
+
+
+def test_intermediates_are_freed_after_last_reader(session) -> None:
+    """The plan drops 'xw' right after Relu, its only reader; outputs are never freed."""
+    plan = session._plan
+    names = plan.slot_names
+    freed_by = {names[s]: step.ctx.name for step in plan.steps for s in step.frees}
+    assert freed_by.get("xw") == "relu"
+    assert "y" not in freed_by and "z" not in freed_by
+
+
+def test_overridable_initializer_can_be_fed() -> None:
+    """Old-style models list weights as inputs too: feeding them overrides the stored value."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [helper.make_tensor("b", TensorProto.FLOAT, [2], [10.0, 20.0])],
+    )
+    session = hetrix.InferenceSession(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    assert [i.name for i in session.get_overridable_initializers()] == ["b"]
+    x = np.ones(2, np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], [11.0, 21.0])
+    b = np.array([1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x, "b": b})[0], [2.0, 3.0])
+
+
+def test_kernel_failure_names_the_node() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["y"], name="bad_reshape")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6]),
+         helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    session = hetrix.InferenceSession(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 14)]))
+    with pytest.raises(hetrix.ExecutionError, match="bad_reshape.*Reshape"):
+        session.run(None, {"x": np.ones(6, np.float32), "s": np.array([4, 4], np.int64)})
