@@ -70,3 +70,65 @@ def test_fallback_disabled_lists_unsupported_nodes(graph) -> None:
         build_plan(graph, {"": 17}, placer, SubgraphRunner)
     message = str(info.value)
     assert "1 node(s)" in message and "'add'" in message and "fake:accel" in message
+
+
+class Boxed:
+    """A value living in the pretend device's memory."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+class FakeDevice(Backend):
+    """A pretend accelerator with its own memory space: values are Boxed, not numpy arrays."""
+
+    name = "fake:device"
+    device = "fake:0"
+    memory = "fake:0"
+
+    def __init__(self) -> None:
+        self.uploads = 0
+
+    def from_host(self, value):
+        self.uploads += 1
+        return Boxed(np.asarray(value))
+
+    def to_host(self, value):
+        assert isinstance(value, Boxed), "only device values come back to the host"
+        return value.array
+
+    def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:
+        def matmul(ctx, a, b):
+            assert isinstance(a, Boxed) and isinstance(b, Boxed)
+            return Boxed(a.array @ b.array)
+
+        def relu(ctx, a):
+            assert isinstance(a, Boxed)
+            return Boxed(np.maximum(a.array, 0))
+
+        return {"MatMul": matmul, "Relu": relu}.get(node.op_type)
+
+
+def test_values_are_copied_once_where_they_cross_devices() -> None:
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3], np.eye(3).ravel().tolist())
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+         helper.make_node("Relu", ["m"], ["r"], name="relu"),
+         helper.make_node("Add", ["r", "x"], ["y"], name="add"),
+         helper.make_node("Mul", ["r", "r"], ["z"], name="mul")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])], [w],
+    ), opset_imports=[helper.make_opsetid("", 17)])
+    device = FakeDevice()
+    plan = build_plan(ir.serde.deserialize_model(model).graph, {"": 17},
+                      PriorityPlacer([device, NumpyBackend()]), SubgraphRunner)
+    assert device.uploads == 1, "the weight moves to the device once, at plan time"
+    copies = [s.ctx.name for s in plan.steps if s.ctx.op_type == "Copy"]
+    assert copies == ["copy:x@fake:0", "copy:r@host"], "x goes up once; r comes down once"
+    assert [p.backend for p in plan.placements] == ["fake:device"] * 2 + ["numpy:cpu"] * 2
+    x = np.array([[-1.0, 2.0, 3.0], [4.0, -5.0, 6.0]], np.float32)
+    y, z = execute(plan, [x])
+    np.testing.assert_array_equal(y, np.maximum(x, 0) + x)
+    np.testing.assert_array_equal(z, np.maximum(x, 0) ** 2)
+    assert device.uploads == 2

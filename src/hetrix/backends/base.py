@@ -21,6 +21,8 @@ class Backend(ABC):
 
     name: str
     device: str = "cpu"
+    memory: str = "host"
+    """Memory space of the values its kernels take and return; "host" means numpy arrays."""
 
     @abstractmethod
     def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:
@@ -33,6 +35,10 @@ class Backend(ABC):
     def from_host(self, value: Any) -> Any:
         """Place a host value in this backend's memory; identity for host backends."""
         return value
+
+    def copy_from(self, value: Any, source: Backend) -> Any:
+        """Bring a value held by ``source`` into this backend's memory (override to go direct)."""
+        return self.from_host(source.to_host(value))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from hetrix.backends.base import Backend
 from hetrix.backends.registry import REGISTRY, Kernel
-from hetrix.runtime.plan import KernelChooser, Placement
+from hetrix.runtime.plan import HOST, KernelChooser, Placement
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,26 @@ class PriorityPlacer(KernelChooser):
                     logger.info("node '%s' (%s) falls back to %s: %s",
                                 node.name, op, backend.name, reason)
                 return kernel, Placement(node.name or "", node.op_type, node.domain,
-                                         backend.name, reason)
+                                         backend.name, reason, backend.memory)
             tried.append(backend.name)
         having = REGISTRY.backends_for(node.domain, node.op_type)
         elsewhere = f"kernels exist on: {', '.join(having)}" if having else "no backend has it"
         message = (f"node '{node.name}' op {op} (domain '{node.domain or 'ai.onnx'}', opset "
                    f"{opset}): not supported by {', '.join(tried)}; {elsewhere}")
         return None, Placement(node.name or "", node.op_type, node.domain, "", message)
+
+    def transfer(self, source: str, target: str):  # type: ignore[no-untyped-def]
+        """Copy function from memory ``source`` to ``target`` through the owning backends."""
+        source_backend = self._owner(source)
+        target_backend = self._owner(target)
+        return lambda value: target_backend.copy_from(value, source_backend)
+
+    def _owner(self, memory: str) -> Backend:
+        for backend in self.backends:
+            if backend.memory == memory:
+                return backend
+        if memory == HOST:
+            from hetrix.backends.numpy_cpu import NumpyBackend
+
+            return NumpyBackend()
+        raise ValueError(f"no backend of this session owns memory '{memory}'")

@@ -33,6 +33,8 @@ class Placement:
     domain: str
     backend: str
     reason: str = ""
+    memory: str = "host"
+    """The memory space its outputs live in ("host" for numpy arrays)."""
 
 
 @dataclass
@@ -68,10 +70,20 @@ class Plan:
 
 
 class KernelChooser:
-    """Callable ``(node, opset) -> (kernel, Placement)``; raises nothing, returns kernel None."""
+    """Callable ``(node, opset) -> (kernel, Placement)``; raises nothing, returns kernel None.
+
+    It also supplies the functions that move a value between two memory spaces.
+    """
 
     def __call__(self, node: ir.Node, opset: int) -> tuple[Kernel | None, Placement]:
         raise NotImplementedError
+
+    def transfer(self, source: str, target: str) -> Callable[[Any], Any]:
+        """A function that copies a value from memory ``source`` to memory ``target``."""
+        raise NotImplementedError(f"no transfer from {source} to {target}")
+
+
+HOST = "host"
 
 
 SubgraphFactory = Callable[[Plan, list[int]], Any]
@@ -86,6 +98,12 @@ class _Scope:
     names: list[str] = field(default_factory=lambda: [""])
     captured: list[str] = field(default_factory=list)
     is_subgraph: bool = False
+    initial: dict[int, Any] = field(default_factory=dict)
+    memory: dict[int, str] = field(default_factory=dict)
+    """Memory space of each slot produced on a device; absent means host."""
+    copies: dict[tuple[int, str], int] = field(default_factory=dict)
+    pending: list[Step] = field(default_factory=list)
+    """Copy steps to insert before the step being planned."""
 
     def new_slot(self, name: str) -> int:
         self.names.append(name)
@@ -102,7 +120,7 @@ def build_plan(
 ) -> Plan:
     """Plan ``graph``; raises UnsupportedOperatorError listing every node no backend can run."""
     scope = _Scope(is_subgraph=is_subgraph)
-    initial: dict[int, Any] = {}
+    initial = scope.initial
     initializer_names = set(graph.initializers)
     input_names, input_slots = [], []
     for value in graph.inputs:
@@ -121,6 +139,8 @@ def build_plan(
         if step is None:
             unsupported.append(placement.reason)
             continue
+        steps.extend(scope.pending)
+        scope.pending.clear()
         steps.append(step)
         placements.append(placement)
     if unsupported:
@@ -132,7 +152,8 @@ def build_plan(
     for name in output_names:
         if name not in scope.slots:
             _resolve(name, scope, f"graph output '{name}'")
-    output_slots = [scope.slots[name] for name in output_names]
+    output_slots = [_in_memory(scope.slots[name], HOST, scope, choose) for name in output_names]
+    steps.extend(scope.pending)
     captured_slots = [scope.slots[name] for name in scope.captured]
     keep = {NONE_SLOT, *output_slots, *initial}
     _assign_frees(steps, keep)
@@ -195,6 +216,7 @@ def _plan_node(
     kernel, placement = choose(node, opset)
     if kernel is None:
         return None, placement
+    inputs = [_in_memory(slot, placement.memory, scope, choose) for slot in inputs]
     outputs = tuple(
         scope.new_slot(value.name) if value.name else NONE_SLOT for value in node.outputs
     )
@@ -211,7 +233,46 @@ def _plan_node(
         output_dtypes=tuple(_numpy_dtype(v) for v in node.outputs),
     )
     step = Step(kernel, ctx, tuple(inputs), outputs, (), placement.backend)
+    if placement.memory != HOST:
+        scope.memory.update((slot, placement.memory) for slot in outputs if slot != NONE_SLOT)
     return step, placement
+
+
+def _in_memory(slot: int, memory: str, scope: _Scope, choose: KernelChooser) -> int:
+    """A slot holding the value of ``slot`` in ``memory``, adding a copy step when needed.
+
+    Each value is copied to a memory space at most once.  Constants are copied now, at plan
+    time, so weights move to a device once per session, not once per run.
+    """
+    source = scope.memory.get(slot, HOST)
+    if slot == NONE_SLOT or source == memory:
+        return slot
+    if (slot, memory) in scope.copies:
+        return scope.copies[(slot, memory)]
+    move = choose.transfer(source, memory)
+    name = f"{scope.names[slot]}@{memory}"
+    target = scope.new_slot(name)
+    scope.copies[(slot, memory)] = target
+    if memory != HOST:
+        scope.memory[target] = memory
+    if slot in scope.initial:
+        scope.initial[target] = move(scope.initial[slot])
+        return target
+    ctx = NodeContext(op_type="Copy", domain="hetrix", name=f"copy:{name}", opset=1, attrs={},
+                      num_inputs=1, num_outputs=1, input_names=(scope.names[slot],),
+                      output_names=(name,))
+    scope.pending.append(Step(_Copy(move), ctx, (slot,), (target,), (), f"{source}->{memory}"))
+    return target
+
+
+class _Copy:
+    """The kernel of a copy step: moves one value between memory spaces."""
+
+    def __init__(self, move: Callable[[Any], Any]) -> None:
+        self.move = move
+
+    def __call__(self, ctx: NodeContext, value: Any) -> Any:
+        return self.move(value)
 
 
 def _resolve(name: str, scope: _Scope, label: str) -> int:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
-from hetrix.backends.numpy_cpu.kernels.elementwise import erfc64
+from hetrix.backends.numpy_cpu.kernels.elementwise import erf_single, erfc64
 
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -150,14 +150,17 @@ def sigmoid(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     return _back(_sigmoid(_compute(x)), x)
 
 
+def _swish(xc: np.ndarray, alpha: float) -> np.ndarray:
+    """x * sigmoid(alpha * x), in a new array."""
+    y = _sigmoid(xc * xc.dtype.type(alpha) if alpha != 1.0 else xc)
+    y *= xc
+    return y
+
+
 @kernel("Swish", since=24)
 def swish(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Swish: x * sigmoid(alpha * x)."""
-    xc = _compute(x)
-    alpha = ctx.attrs.get("alpha", 1.0)
-    s = _sigmoid(xc * xc.dtype.type(alpha) if alpha != 1.0 else xc)
-    s *= xc
-    return _back(s, x)
+    return _back(_swish(_compute(x), ctx.attrs.get("alpha", 1.0)), x)
 
 
 @kernel("SwiGLU", since=28)
@@ -167,11 +170,9 @@ def swiglu(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"SwiGLU '{ctx.name}': A {a.shape} and B {b.shape} must have the same shape"
         )
-    y = swish(ctx, a)
-    ac = _compute(y)
-    ac = ac if ac is not y else ac.copy() if not ac.flags.writeable else ac
-    ac *= _compute(b)
-    return _back(ac, a)
+    y = _swish(_compute(a), ctx.attrs.get("alpha", 1.0))
+    y *= _compute(b)
+    return _back(y, a)
 
 
 @kernel("Softplus", since=1)
@@ -211,6 +212,7 @@ def shrink(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 _SQRT_HALF = math.sqrt(0.5)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_TAIL = 1.4
 
 
 @kernel("Gelu", since=20)
@@ -231,8 +233,16 @@ def gelu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
         return _back(inner, x)
     if approximate != "none":
         raise ValueError(f"Gelu '{ctx.name}': approximate must be 'none' or 'tanh'")
-    # 1 + erf(x / sqrt 2) = erfc(-x / sqrt 2): no cancellation for negative x
-    y = erfc64(xc * -_SQRT_HALF)
+    if x.dtype == np.float64:
+        # 1 + erf(x / sqrt 2) = erfc(-x / sqrt 2): no cancellation for negative x
+        y = erfc64(x * -_SQRT_HALF)
+    else:
+        y = erf_single(xc * np.float32(_SQRT_HALF), np.dtype(np.float32))
+        y += 1.0
+        # below -1.4, 1 + erf cancels: recompute those few elements with the accurate erfc
+        tail = xc < -_GELU_TAIL
+        if tail.any():
+            y[tail] = erfc64(xc[tail].astype(np.float64) * -_SQRT_HALF)
     y *= xc
     y *= 0.5
     return _back(y, x)

@@ -25,7 +25,9 @@ def _split_heads(x: np.ndarray, num_heads: int | None, what: str) -> np.ndarray:
         raise ValueError(f"Attention: 3D {what} needs the q_num_heads/kv_num_heads attributes")
     b, s, hidden = x.shape
     if hidden % num_heads:
-        raise ValueError(f"Attention: {what} hidden size {hidden} not divisible by {num_heads} heads")
+        raise ValueError(
+            f"Attention: {what} hidden size {hidden} not divisible by {num_heads} heads"
+        )
     return x.reshape(b, s, num_heads, hidden // num_heads).transpose(0, 2, 1, 3)
 
 
@@ -153,6 +155,12 @@ def attention(
 
     allowed = _structural_mask(ctx, batch, q_len, total, past, nonpad_kv_seqlen)
     if attn_mask is not None:
+        try:
+            np.broadcast_shapes(attn_mask.shape[:-1], scores.shape[:-1])
+        except ValueError:
+            raise ValueError(
+                f"Attention: attn_mask {attn_mask.shape} does not broadcast to {scores.shape}"
+            ) from None
         if attn_mask.dtype == np.bool_:
             mask = _pad_last(attn_mask, total, False)
             allowed = mask if allowed is None else allowed & mask
@@ -160,7 +168,7 @@ def attention(
             scores += _pad_last(attn_mask.astype(work), total, -np.inf)
     if allowed is not None:
         # Overwrite (not add) so a NaN/inf score at a masked position cannot leak through.
-        scores = np.where(allowed, scores, work.type(-np.inf))
+        np.copyto(scores, work.type(-np.inf), where=~allowed)
     if want_qk and mode == 2:
         qk_out = scores.copy()
 
@@ -210,8 +218,10 @@ def rotary_embedding(
             f"RotaryEmbedding: cache last dims {cos_cache.shape[-1]}, {sin_cache.shape[-1]} "
             f"!= rotary_embedding_dim/2 = {half}"
         )
-    if cos_cache.ndim != 3 or cos_cache.shape[0] not in (1, xs.shape[0]) or (
-        cos_cache.shape[1] != xs.shape[1]
+    if (
+        cos_cache.ndim != 3
+        or cos_cache.shape[0] not in (1, xs.shape[0])
+        or (cos_cache.shape[1] != xs.shape[1])
     ):
         raise ValueError(
             f"RotaryEmbedding: cos/sin must give (batch, seq, rot/2) = {(*xs.shape[:2], half)}, "
@@ -268,7 +278,9 @@ def linear_attention(
         raise ValueError("LinearAttention: query, key, value must be 3D (B, T, H*D)")
     batch, steps = query.shape[:2]
     if key.shape[:2] != (batch, steps) or value.shape[:2] != (batch, steps):
-        raise ValueError(f"LinearAttention: shapes {query.shape}, {key.shape}, {value.shape} differ")
+        raise ValueError(
+            f"LinearAttention: shapes {query.shape}, {key.shape}, {value.shape} differ"
+        )
     dk, dv = query.shape[2] // q_heads, value.shape[2] // kv_heads
     if query.shape[2] != q_heads * dk or key.shape[2] != kv_heads * dk or value.shape[2] % kv_heads:
         raise ValueError("LinearAttention: hidden sizes do not match the head counts")
@@ -293,7 +305,9 @@ def linear_attention(
         raise ValueError(f"LinearAttention: past_state shape {past_state.shape}, expected {shape}")
     else:
         state = past_state.astype(work)
-    gates = None if "gated" not in rule else np.exp(_gate(decay, batch, steps, kv_heads, dk, "decay"))
+    gates = (
+        None if "gated" not in rule else np.exp(_gate(decay, batch, steps, kv_heads, dk, "decay"))
+    )
     rate = None if "delta" not in rule else _gate(beta, batch, steps, kv_heads, dk, "beta")
     out = np.empty((batch, steps, kv_heads, group, dv), dtype=work)
     for t in range(steps):  # the recurrence is sequential in time; all else is batched

@@ -1,9 +1,9 @@
 """conv kernels of the NumPy CPU backend.
 
 Conv is im2col (a strided window view of the padded input, copied once into a column matrix laid
-out ``(C*K, out_pixels)``) followed by one batched BLAS matmul over the groups, so the output comes
-out directly in NCHW order.  ConvTranspose and Col2Im share the inverse scatter (col2im), which loops
-over kernel offsets only.  The spatial-attribute helpers here are shared with the pooling kernels.
+out ``(C*K, out_pixels)``) followed by one BLAS matmul per group, so the output comes out directly
+in NCHW order.  ConvTranspose and Col2Im share the inverse scatter (col2im), which loops over
+kernel offsets only.  The spatial-attribute helpers here are shared with the pooling kernels.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import numpy as np
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 
 _FAST_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_BATCH_CHANNEL = (slice(None), slice(None))
+"""Index prefix selecting every sample and channel."""
 
 
 # --------------------------------------------------------------------------- spatial attributes
@@ -45,7 +47,7 @@ def resolve_pads(
         auto_pad = auto_pad.decode()
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         begin, end = [], []
-        for size, k, s, d in zip(in_shape, kernel_shape, strides, dilations):
+        for size, k, s, d in zip(in_shape, kernel_shape, strides, dilations, strict=True):
             out = -(-size // s)
             total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
             small = total // 2
@@ -65,7 +67,7 @@ def pad_spatial(x: np.ndarray, begin: list[int], end: list[int], value: float = 
     """``x`` padded with ``value`` on its trailing spatial axes (no copy when nothing to pad)."""
     if not any(begin) and not any(end):
         return x
-    widths = [(0, 0)] * (x.ndim - len(begin)) + list(zip(begin, end))
+    widths = [(0, 0)] * (x.ndim - len(begin)) + list(zip(begin, end, strict=True))
     return np.pad(x, widths, constant_values=value)
 
 
@@ -83,9 +85,9 @@ def im2col(
     """Windows of padded ``xp`` (N, C, *S) as a view (N, C, *K, *O), and the output sizes O."""
     nsp = len(kernel_shape)
     axes = tuple(range(2, 2 + nsp))
-    eff = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations)]
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations, strict=True)]
     sizes = xp.shape[2:]
-    if any(e > s for e, s in zip(eff, sizes)):
+    if any(e > s for e, s in zip(eff, sizes, strict=True)):
         raise ValueError(f"kernel {kernel_shape} (dilated {eff}) larger than padded input {sizes}")
     win = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=axes)  # (N, C, *O_all, *eff)
     index = (
@@ -115,17 +117,22 @@ def col2im(
     offset = [max(0, -p) for p in pads_begin]
     full = [
         max(o + (ln - 1) * s + (k - 1) * d + 1, o + p + size)
-        for o, ln, s, k, d, p, size in zip(offset, lsz, strides, ksz, dilations, pads_begin, image_shape)
+        for o, ln, s, k, d, p, size in zip(
+            offset, lsz, strides, ksz, dilations, pads_begin, image_shape, strict=True
+        )
     ]
     buf = np.zeros(cols.shape[:2] + tuple(full), dtype=cols.dtype)
     for koff in itertools.product(*(range(k) for k in ksz)):
         target = tuple(
             slice(o + k * d, o + k * d + (ln - 1) * s + 1, s)
-            for o, k, d, ln, s in zip(offset, koff, dilations, lsz, strides)
+            for o, k, d, ln, s in zip(offset, koff, dilations, lsz, strides, strict=True)
         )
-        buf[(slice(None), slice(None), *target)] += cols[(slice(None), slice(None), *koff)]
-    crop = tuple(slice(o + p, o + p + size) for o, p, size in zip(offset, pads_begin, image_shape))
-    return buf[(slice(None), slice(None), *crop)]
+        buf[_BATCH_CHANNEL + target] += cols[_BATCH_CHANNEL + koff]
+    crop = tuple(
+        slice(o + p, o + p + size)
+        for o, p, size in zip(offset, pads_begin, image_shape, strict=True)
+    )
+    return buf[_BATCH_CHANNEL + crop]
 
 
 def conv_nd(
@@ -152,7 +159,7 @@ def conv_nd(
     if kprod == 1 and not any(pads_begin) and not any(pads_end):
         # 1x1 kernel: no im2col, the (strided) input already is the column matrix.
         if any(s != 1 for s in strides):
-            x = x[(slice(None), slice(None), *(slice(None, None, s) for s in strides))]
+            x = x[_BATCH_CHANNEL + tuple(slice(None, None, s) for s in strides)]
         out = list(x.shape[2:])
         cols = x.reshape(n, group, cg, -1)
     else:
@@ -190,9 +197,7 @@ def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 
 
 @kernel("Conv", since=1)
-def conv(
-    ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
-) -> np.ndarray:
+def conv(ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """N-d grouped, dilated, strided, padded convolution with optional bias."""
     nsp = x.ndim - 2
     if nsp < 1:
@@ -255,22 +260,22 @@ def _conv_transpose_geometry(
     auto_pad = ctx.attrs.get("auto_pad", "NOTSET")
     full = [
         s * (i - 1) + op + (k - 1) * d + 1
-        for s, i, op, k, d in zip(strides, in_shape, out_pad, ksz, dilations)
+        for s, i, op, k, d in zip(strides, in_shape, out_pad, ksz, dilations, strict=True)
     ]
     output_shape = ctx.attrs.get("output_shape")
     if output_shape:
         out = [int(v) for v in output_shape][-nsp:]
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = [i * s for i, s in zip(in_shape, strides)]
+        out = [i * s for i, s in zip(in_shape, strides, strict=True)]
     else:
         if auto_pad == "VALID":
             return strides, dilations, full, [0] * nsp
         pads = spatial_ints(ctx, "pads", 2 * nsp, 0)
-        out = [f - pb - pe for f, pb, pe in zip(full, pads[:nsp], pads[nsp:])]
+        out = [f - pb - pe for f, pb, pe in zip(full, pads[:nsp], pads[nsp:], strict=True)]
         if any(o <= 0 for o in out):
             raise ValueError(f"ConvTranspose: pads {pads} leave an empty output {out}")
         return strides, dilations, out, pads[:nsp]
-    totals = [f - o for f, o in zip(full, out)]
+    totals = [f - o for f, o in zip(full, out, strict=True)]
     if auto_pad == "SAME_UPPER":
         begin = [t // 2 for t in totals]
     else:
@@ -283,7 +288,6 @@ def conv_transpose(
     ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
 ) -> np.ndarray:
     """Transposed (fractionally strided) grouped convolution: matmul then col2im."""
-    nsp = x.ndim - 2
     n, c = x.shape[:2]
     group = int(ctx.attrs.get("group", 1))
     if w.ndim != x.ndim or w.shape[0] != c or c % group:
@@ -317,7 +321,9 @@ def col2im_op(
     pads = spatial_ints(ctx, "pads", 2 * nsp, 0)
     counts = [
         (i + pb + pe - (k - 1) * d - 1) // s + 1
-        for i, pb, pe, k, d, s in zip(image, pads[:nsp], pads[nsp:], block, dilations, strides)
+        for i, pb, pe, k, d, s in zip(
+            image, pads[:nsp], pads[nsp:], block, dilations, strides, strict=True
+        )
     ]
     kprod = math.prod(block)
     if x.shape[1] % kprod or x.shape[2] != math.prod(counts):
@@ -359,7 +365,7 @@ def _deform_columns(
     ]
     pos = [base[a] + off[:, :, :, a, :] for a in range(nsp)]  # each (N, og, K, O)
     low = [np.floor(p) for p in pos]
-    frac = [p - lo for p, lo in zip(pos, low)]
+    frac = [p - lo for p, lo in zip(pos, low, strict=True)]
     low = [lo.astype(np.int64) for lo in low]
     xg = x.reshape(n, offset_group, c // offset_group, -1)
     cols = np.zeros((n, offset_group, c // offset_group, kprod * oprod), dtype=x.dtype)
@@ -438,7 +444,9 @@ def causal_conv_with_state(
     if past_state is None:
         past = np.zeros((bsz, ch, k - 1), dtype=dtype)
     elif past_state.shape != (bsz, ch, k - 1):
-        raise ValueError(f"CausalConvWithState: past_state {past_state.shape} != {(bsz, ch, k - 1)}")
+        raise ValueError(
+            f"CausalConvWithState: past_state {past_state.shape} != {(bsz, ch, k - 1)}"
+        )
     else:
         past = past_state.astype(dtype, copy=False)
     seq = np.concatenate([past, x.astype(dtype, copy=False)], axis=2)

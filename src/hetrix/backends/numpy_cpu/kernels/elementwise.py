@@ -79,15 +79,61 @@ def _legacy_operands(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------------------------
-# erf: Chebyshev fits to math.erf, made once on first use, evaluated in float64.
+# erf.  Two implementations, both written for this backend (no scipy):
+# - erf_single: for outputs of float32 or narrower.  erf(x) ~ x P(s) / Q(s), s = x^2 / 16, x clamped
+#   to [-4, 4] (erf(4) rounds to 1.0 in float32).  P, Q come from a weighted least-squares rational
+#   fit to math.erf (max relative error 5e-9 on [0, 4]); evaluated in float64 in cache-sized blocks,
+#   the float32 result is within 0.6 ulp.
+# - erf64 / erfc64: float64-accurate (~1e-14 relative), Chebyshev fits to math.erf made on first
+#   use, for float64 inputs and the far tail of Gelu.
+
+_ERF_P = (
+    1.1283791682296707, 2.964125462997001, 13.899346980541704, 15.761689911776722,
+    24.795925672467764, 4.875271908849658, -0.21844774776206566,
+)  # fmt: skip
+_ERF_Q = (
+    1.0, 7.960222135521702, 29.172377856524367, 63.30154711911398, 85.56320931153539,
+    65.82781162741749,
+)  # fmt: skip
+_ERF_CLAMP = 4.0
+_BLOCK = 65536  # elements per float64 block: the temporaries stay in the CPU cache
+
+
+def _horner(s: np.ndarray, coefs: tuple[float, ...]) -> np.ndarray:
+    """sum(coefs[i] * s**i), in place on one new array."""
+    acc = s * coefs[-1]
+    acc += coefs[-2]
+    for c in coefs[-3::-1]:
+        acc *= s
+        acc += c
+    return acc
+
+
+def _erf_single_block(x: np.ndarray, out: np.ndarray) -> None:
+    xc = np.clip(x.astype(np.float64), -_ERF_CLAMP, _ERF_CLAMP)
+    s = xc * xc
+    s *= 1.0 / (_ERF_CLAMP * _ERF_CLAMP)
+    num = _horner(s, _ERF_P)
+    num *= xc
+    np.divide(num, _horner(s, _ERF_Q), out=out, casting="unsafe")
+
+
+def erf_single(x: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
+    """erf of ``x`` to float32 accuracy, as ``dtype`` (default x's); NaN propagates."""
+    out = np.empty(x.shape, dtype=dtype or x.dtype)
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    for i in range(0, flat_x.size, _BLOCK):
+        _erf_single_block(flat_x[i : i + _BLOCK], flat_out[i : i + _BLOCK])
+    return out
+
 
 _ERF_SPLIT = 2.5  # |x| below: erf(x) / x as a series in x^2; above: erfc(x) * exp(x^2) in x
-_ERFC_END = 10.0  # |x| above: the asymptotic series of erfc (erf is exactly +-1 in float64 there)
+_ERFC_END = 15.0  # |x| above: the asymptotic series of erfc (erf is exactly +-1 in float64 there)
 
 
 @functools.cache
 def _erf_series() -> tuple[np.ndarray, np.ndarray]:
-    """Chebyshev coefficients of erf(x)/x on x^2 in [0, 2.5^2] and of erfcx on [2.5, 10]."""
+    """Chebyshev coefficients of erf(x)/x on x^2 in [0, 2.5^2] and of erfcx on [2.5, 15]."""
     cheb = np.polynomial.chebyshev
     erf = np.frompyfunc(math.erf, 1, 1)
     erfc = np.frompyfunc(math.erfc, 1, 1)
@@ -101,7 +147,7 @@ def _erf_series() -> tuple[np.ndarray, np.ndarray]:
         return erfc(x).astype(np.float64) * np.exp(x * x)
 
     # Degrees chosen for ~1e-15 relative error on the small part and ~1e-13 on the tail.
-    return cheb.chebinterpolate(small, 20), cheb.chebinterpolate(large, 26)
+    return cheb.chebinterpolate(small, 20), cheb.chebinterpolate(large, 30)
 
 
 def _erf_small(x: np.ndarray) -> np.ndarray:
@@ -121,10 +167,10 @@ def _erfc_large(x: np.ndarray) -> np.ndarray:
     scaled = np.polynomial.chebyshev.chebval(t, large)
     far = x > _ERFC_END
     if far.any():
-        # erfc(x) exp(x^2) ~ 1/(x sqrt(pi)) (1 - 1/(2x^2) + 3/(4x^4) - 15/(8x^6) + 105/(16x^8))
+        # erfc(x) exp(x^2) ~ (1 - u + 3u^2 - 15u^3 + 105u^4 - 945u^5) / (x sqrt(pi)), u = 1/(2x^2)
         xf = x[far]
         u = 1.0 / (2.0 * xf * xf)
-        series = 1.0 - u * (1.0 - 3.0 * u * (1.0 - 5.0 * u * (1.0 - 7.0 * u)))
+        series = 1.0 - u * (1.0 - 3.0 * u * (1.0 - 5.0 * u * (1.0 - 7.0 * u * (1.0 - 9.0 * u))))
         scaled[far] = series / (xf * math.sqrt(math.pi))
     with np.errstate(under="ignore"):
         return scaled * np.exp(-x * x)
@@ -134,20 +180,23 @@ def erf64(x: np.ndarray) -> np.ndarray:
     """Vectorised erf in float64 (relative error ~1e-14); NaN propagates."""
     x = np.asarray(x, dtype=np.float64)
     ax = np.abs(x)
-    out = np.empty_like(x)
     small = ax <= _ERF_SPLIT
+    if small.all():
+        return _erf_small(x)
+    out = np.empty_like(x)
     out[small] = _erf_small(x[small])
     big = ~small  # includes NaN, which the tail formula propagates
-    if big.any():
-        out[big] = np.copysign(1.0 - _erfc_large(ax[big]), x[big])
+    out[big] = np.copysign(1.0 - _erfc_large(ax[big]), x[big])
     return out
 
 
 def erfc64(x: np.ndarray) -> np.ndarray:
     """Vectorised erfc in float64, accurate for large positive x (where 1 - erf(x) cancels)."""
     x = np.asarray(x, dtype=np.float64)
-    out = np.empty_like(x)
     small = np.abs(x) <= _ERF_SPLIT
+    if small.all():
+        return 1.0 - _erf_small(x)
+    out = np.empty_like(x)
     out[small] = 1.0 - _erf_small(x[small])
     pos = x > _ERF_SPLIT
     out[pos] = _erfc_large(x[pos])
@@ -204,8 +253,10 @@ for _op, _since, _fn in _UNARY_TABLE:
 
 @kernel("Erf", since=9)
 def erf(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
-    """Erf: the Gauss error function, computed in float64."""
-    return _out(erf64(x), x.dtype)
+    """Erf: the Gauss error function (float32-accurate fast path unless the input is float64)."""
+    if x.dtype == np.float64 or x.dtype.kind in "iu":
+        return _out(erf64(x), x.dtype)
+    return erf_single(x)
 
 
 @kernel("IsNaN", since=9)

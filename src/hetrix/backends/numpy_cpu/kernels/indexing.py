@@ -107,11 +107,15 @@ def gather_nd(ctx: NodeContext, data: np.ndarray, indices: np.ndarray) -> np.nda
     if data.shape[:b] != indices.shape[:b]:
         raise ValueError(f"GatherND: batch dims differ, {data.shape[:b]} vs {indices.shape[:b]}")
     cols = [_checked(indices[..., j], data.shape[b + j], "GatherND") for j in range(k)]
-    # Batch dims index in lock-step with the tuple columns: ogrid over them broadcasts.
-    batch = list(np.ogrid[tuple(slice(0, d) for d in indices.shape[:b])]) if b else []
-    extra = indices.ndim - 1 - b
-    batch = [g.reshape(g.shape + (1,) * extra) for g in batch]
-    return data[tuple(batch + cols)]
+    # Batch dims are indexed in lock-step with the index columns: their grids broadcast to the
+    # index positions' shape, so data[(*batch, *cols)] has shape lead + data.shape[b + k:].
+    lead = indices.shape[:-1]
+    batch = list(np.ogrid[tuple(slice(0, d) for d in lead[:b])]) if b else []
+    extra = (1,) * (len(lead) - b)
+    index = [np.broadcast_to(g.reshape(g.shape + extra), lead) for g in batch] + cols
+    if not index:  # k == 0 and no batch dims: every index position takes the whole of data
+        return np.broadcast_to(data, lead + data.shape).copy()
+    return data[tuple(index)]
 
 
 # --------------------------------------------------------------------------------------------------

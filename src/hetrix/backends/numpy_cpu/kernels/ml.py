@@ -229,8 +229,9 @@ class _Forest:
         member = mode == _MEMBER
         if member.any():
             result[member] = (self.sets[node[member]] == value[member, None]).any(axis=1)
-        nan = np.isnan(value)
-        result[nan] = self.missing_true[node[nan]]
+        # A NaN feature also takes the true branch where the node says so (ONNX Runtime and the
+        # ONNX reference OR this in, so NaN != split stays true for BRANCH_NEQ).
+        result |= np.isnan(value) & self.missing_true[node]
         return result
 
 
@@ -254,19 +255,27 @@ def _aggregate(forest: _Forest, leaves: np.ndarray, how: int) -> np.ndarray:
     return out.reshape(n, forest.n_targets)
 
 
+_ERFINV_SMALL = [2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                 -0.00125372503, -0.00417768164, 0.246640727, 1.50140941]
+_ERFINV_LARGE = [-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                 -0.0076224613, 0.00943887047, 1.00167406, 2.83297682]
+
+
 def _erfinv(y: np.ndarray) -> np.ndarray:
     """Inverse error function: Giles' single-precision polynomial, refined by two Newton steps."""
-    w = -np.log((1.0 - y) * (1.0 + y))
-    small = w < 5.0
-    ws, wl = w - 2.5, np.sqrt(w) - 3.0
-    ps = [2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
-          -0.00125372503, -0.00417768164, 0.246640727, 1.50140941]
-    pl = [-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
-          -0.0076224613, 0.00943887047, 1.00167406, 2.83297682]
-    x = np.where(small, np.polyval(ps, ws), np.polyval(pl, wl)) * y
-    erf = np.frompyfunc(math.erf, 1, 1)
-    for _ in range(2):  # Newton on erf(x) = y; erf' = 2/sqrt(pi) exp(-x^2)
-        x = x - (erf(x).astype(np.float64) - y) / (2.0 / np.sqrt(np.pi) * np.exp(-x * x))
+    x = np.full(y.shape, np.nan)
+    edge = np.abs(y) == 1.0
+    x[edge] = np.copysign(np.inf, y[edge])
+    inside = np.abs(y) < 1.0
+    yi = y[inside]
+    w = -np.log((1.0 - yi) * (1.0 + yi))
+    xi = np.where(
+        w < 5.0, np.polyval(_ERFINV_SMALL, w - 2.5), np.polyval(_ERFINV_LARGE, np.sqrt(w) - 3.0)
+    ) * yi
+    erf = np.frompyfunc(math.erf, 1, 1)  # numpy has no erf; PROBIT is rare and small
+    for _ in range(2):  # Newton on erf(x) = y, with erf'(x) = 2/sqrt(pi) exp(-x^2)
+        xi -= (erf(xi).astype(np.float64) - yi) / (2.0 / np.sqrt(np.pi) * np.exp(-xi * xi))
+    x[inside] = xi
     return x
 
 

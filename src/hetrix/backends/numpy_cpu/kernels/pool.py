@@ -32,7 +32,7 @@ class _Window:
         """Index into the padded input picking kernel tap ``offset`` of every output window."""
         return (slice(None), slice(None)) + tuple(
             slice(k * d, k * d + (o - 1) * s + 1, s)
-            for k, d, o, s in zip(offset, self.dilations, self.out, self.strides)
+            for k, d, o, s in zip(offset, self.dilations, self.out, self.strides, strict=True)
         )
 
     def offsets(self) -> itertools.product:
@@ -54,7 +54,7 @@ def _window(ctx: NodeContext, x: np.ndarray, kernel_shape: list[int] | None = No
     begin, end = resolve_pads(ctx, sizes, ksz, strides, dilations)
     ceil_mode = bool(ctx.attrs.get("ceil_mode", 0))
     out, extra = [], []
-    for size, k, s, d, pb, pe in zip(sizes, ksz, strides, dilations, begin, end):
+    for size, k, s, d, pb, pe in zip(sizes, ksz, strides, dilations, begin, end, strict=True):
         span = size + pb + pe - ((k - 1) * d + 1)
         if span < 0:
             raise ValueError(f"{ctx.op_type}: kernel {ksz} larger than padded input {sizes}")
@@ -68,7 +68,9 @@ def _window(ctx: NodeContext, x: np.ndarray, kernel_shape: list[int] | None = No
 
 def _padded(x: np.ndarray, win: _Window, value: float) -> np.ndarray:
     """``x`` padded by the explicit pads plus the ceil-mode extension."""
-    return pad_spatial(x, win.begin, [e + x_ for e, x_ in zip(win.end, win.extra)], value)
+    return pad_spatial(
+        x, win.begin, [e + x_ for e, x_ in zip(win.end, win.extra, strict=True)], value
+    )
 
 
 def _separable(xp: np.ndarray, win: _Window, combine: np.ufunc) -> np.ndarray:
@@ -98,7 +100,7 @@ def _lowest(dtype: np.dtype) -> float | int:
 def _tap_positions(
     sizes: tuple[int, ...], win: _Window, offset: tuple[int, ...], column_major: bool
 ) -> np.ndarray:
-    """Flat spatial index (int64, shape (1, 1, *out)) that kernel tap ``offset`` reads per output."""
+    """Flat spatial index (int64, shape (1, 1, *out)) each output reads at kernel tap ``offset``."""
     nsp = len(sizes)
     flat = np.zeros((1, 1) + (1,) * nsp, dtype=np.int64)
     for a in range(nsp - 1, -1, -1) if column_major else range(nsp):
@@ -150,8 +152,6 @@ def _window_counts(x_shape: tuple[int, ...], win: _Window, include_pad: bool) ->
         shape[2 + a] = win.out[a]
         counts = counts * count.reshape(shape)  # windows are boxes: counts multiply per axis
     return counts
-
-
 
 
 @kernel("AveragePool", since=1)
@@ -246,7 +246,7 @@ def max_unpool(
     # The indices are flat positions in the tensor MaxPool saw: the shape inferred from the attrs.
     pooled = list(x.shape[:2]) + [
         (i - 1) * s + k - pb - pe
-        for i, s, k, pb, pe in zip(x.shape[2:], strides, ksz, pads[:nsp], pads[nsp:])
+        for i, s, k, pb, pe in zip(x.shape[2:], strides, ksz, pads[:nsp], pads[nsp:], strict=True)
     ]
     shape = pooled
     if output_shape is not None and np.asarray(output_shape).size:
@@ -261,7 +261,7 @@ def max_unpool(
     if shape != pooled:
         # Same coordinates, laid out in the requested (usually larger) output.
         coords = np.unravel_index(flat, pooled)
-        if any((cd >= size).any() for cd, size in zip(coords, shape)):
+        if any((cd >= size).any() for cd, size in zip(coords, shape, strict=True)):
             raise ValueError(f"MaxUnpool: output_shape {shape} cannot hold the indexed positions")
         flat = np.ravel_multi_index(coords, shape)
     y = np.zeros(math.prod(shape), dtype=x.dtype)

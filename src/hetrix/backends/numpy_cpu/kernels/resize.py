@@ -135,7 +135,7 @@ def _output_geometry(
     sizes: np.ndarray | None,
     roi: list[tuple[float, float]],
 ) -> tuple[list[int], list[float]]:
-    """Output shape and per-axis scale, from ``scales`` or ``sizes`` (+ keep_aspect_ratio_policy)."""
+    """Output shape and per-axis scale from ``scales`` or ``sizes`` (+ keep_aspect_ratio_policy)."""
     out, scale = list(shape), [1.0] * len(shape)
     if (scales is None) == (sizes is None):
         raise ValueError("Resize: exactly one of 'scales' and 'sizes' must be given")
@@ -144,16 +144,16 @@ def _output_geometry(
         raise ValueError(f"Resize: {given.size} scales/sizes for {len(axes)} axes")
     if scales is not None:
         crop = ctx.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize"
-        for a, s in zip(axes, scales.astype(np.float64)):
+        for a, s in zip(axes, scales.astype(np.float64), strict=True):
             if s <= 0:
                 raise ValueError(f"Resize: scales must be positive, got {scales}")
             extent = roi[a][1] - roi[a][0] if crop else 1.0
             out[a], scale[a] = int(math.floor(shape[a] * extent * s + 1e-9)), float(s)
         return out, scale
     policy = ctx.attrs.get("keep_aspect_ratio_policy", "stretch")
-    ratios = [int(n) / shape[a] for a, n in zip(axes, sizes)]
+    ratios = [int(n) / shape[a] for a, n in zip(axes, sizes, strict=True)]
     if policy == "stretch":
-        for a, n, r in zip(axes, sizes, ratios):
+        for a, n, r in zip(axes, sizes, ratios, strict=True):
             out[a], scale[a] = int(n), r
         return out, scale
     if policy not in ("not_larger", "not_smaller"):
@@ -205,7 +205,9 @@ def _resize(
         if mask.any():
             shape = [1] * rank
             shape[a] = out[a]
-            work = np.where(mask.reshape(shape), np.asarray(opts["extrapolation"], work.dtype), work)
+            work = np.where(
+                mask.reshape(shape), np.asarray(opts["extrapolation"], work.dtype), work
+            )
     if work.dtype != x.dtype:
         if x.dtype.kind in "iu":
             info = np.iinfo(x.dtype)
@@ -257,7 +259,7 @@ def resize(
     scales: np.ndarray | None = None,
     sizes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Resize with every coordinate mode, nearest/linear/cubic, antialias, axes and aspect policy."""
+    """Resize: all coordinate modes, nearest/linear/cubic, antialias, axes and aspect policy."""
     return _resize(ctx, x, _vector(roi), _vector(scales), _vector(sizes), _options(ctx))
 
 
@@ -282,4 +284,6 @@ def upsample_7(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 @kernel("Upsample", since=9)
 def upsample_9(ctx: NodeContext, x: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """Upsample-9/10: scales input, one per axis."""
-    return _resize(ctx, x, None, _vector(scales), None, _legacy_options(ctx.attrs.get("mode", "nearest")))
+    return _resize(
+        ctx, x, None, _vector(scales), None, _legacy_options(ctx.attrs.get("mode", "nearest"))
+    )

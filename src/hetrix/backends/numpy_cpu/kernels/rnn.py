@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
-
-from collections.abc import Callable
 
 Activation = Callable[[np.ndarray], np.ndarray]
 
@@ -49,7 +49,7 @@ _PARAM_DEFAULTS: dict[str, tuple[float, ...]] = {
 
 
 def _activations(ctx: NodeContext, defaults: list[str], num_dirs: int) -> list[list[Activation]]:
-    """Per direction, the op's activation functions (alpha/beta consumed only by those using them)."""
+    """Per direction, the op's activation functions bound to their alpha/beta."""
     names = list(ctx.attrs.get("activations") or defaults * num_dirs)
     per_dir = len(defaults)
     if len(names) == per_dir and num_dirs == 2:
@@ -62,9 +62,13 @@ def _activations(ctx: NodeContext, defaults: list[str], num_dirs: int) -> list[l
     betas = list(ctx.attrs.get("activation_beta") or [])
     fns = []
     for name in names:
-        params = _PARAM_DEFAULTS.get(name.lower(), ())
-        alpha = alphas.pop(0) if params and alphas else (params[0] if params else 0.0)
-        beta = betas.pop(0) if len(params) > 1 and betas else (params[1] if len(params) > 1 else 0.0)
+        params = list(_PARAM_DEFAULTS.get(name.lower(), ()))
+        # The listed values go, in order, only to activations that take them (as in onnxruntime).
+        if params and alphas:
+            params[0] = alphas.pop(0)
+        if len(params) > 1 and betas:
+            params[1] = betas.pop(0)
+        alpha, beta = (params + [0.0, 0.0])[:2]
         fns.append(_make_activation(name, alpha, beta))
     return [fns[d * per_dir : (d + 1) * per_dir] for d in range(num_dirs)]
 
@@ -180,7 +184,7 @@ def _split_bias(b: np.ndarray | None, s: _Setup, gates: int, op: str) -> list[tu
     return [(b[d, :gh], b[d, gh:]) for d in range(s.dirs)]
 
 
-@kernel("RNN", since=7)
+@kernel("RNN", since=1)
 def rnn(
     ctx: NodeContext,
     x: np.ndarray,
@@ -191,7 +195,8 @@ def rnn(
     initial_h: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, ...]:
     """Simple RNN: H_t = f(X_t W^T + H_{t-1} R^T + Wb + Rb)."""
-    # opset 14 added the layout attribute; it defaults to 0, the only layout of opset 7.
+    # One kernel for all opsets: later versions only added attributes (linear_before_reset in 3,
+    # layout in 14) whose defaults reproduce the older behaviour.
     s = _Setup(ctx, 1, x, w, r, sequence_lens, [initial_h])
     acts, clip = _activations(ctx, ["Tanh"], s.dirs), _clipper(ctx)
     ys, finals = [], []
@@ -207,7 +212,7 @@ def rnn(
     return s.outputs(ctx, ys, finals)
 
 
-@kernel("GRU", since=7)
+@kernel("GRU", since=1)
 def gru(
     ctx: NodeContext,
     x: np.ndarray,
@@ -250,7 +255,7 @@ def gru(
     return s.outputs(ctx, ys, finals)
 
 
-@kernel("LSTM", since=7)
+@kernel("LSTM", since=1)
 def lstm(
     ctx: NodeContext,
     x: np.ndarray,

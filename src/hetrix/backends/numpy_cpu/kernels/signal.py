@@ -140,11 +140,13 @@ def _window(ctx: NodeContext, size: np.ndarray, coeffs: tuple[float, ...]) -> np
         raise ValueError(f"{ctx.op_type}: size must be non-negative, got {n}")
     periodic = bool(ctx.attrs.get("periodic", 1))
     denom = n if periodic else n - 1
-    phase = 2.0 * np.pi * np.arange(n) / max(denom, 1)
+    dtype = tensor_dtype_to_np_dtype(int(ctx.attrs.get("output_datatype", 1)))
+    if denom <= 0:  # a single-point symmetric window is [1] (as numpy/scipy define it)
+        return np.ones(n, dtype=dtype)
+    phase = 2.0 * np.pi * np.arange(n) / denom
     w = np.zeros(n)
     for k, a in enumerate(coeffs):
         w += (-1) ** k * a * np.cos(k * phase)
-    dtype = tensor_dtype_to_np_dtype(int(ctx.attrs.get("output_datatype", 1)))
     return w.astype(dtype)
 
 

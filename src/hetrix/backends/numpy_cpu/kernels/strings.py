@@ -124,6 +124,10 @@ class _NgramPool:
         self.width = int(indexes.max()) + 1 if indexes.size else 0
         weights = attrs.get("weights")
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
+        if self.weights is not None and self.weights.size < self.width:
+            raise ValueError(
+                f"TfIdfVectorizer: {self.weights.size} weights for {self.width} output columns"
+            )
         self.vocab = np.unique(pool)
         self.base = len(self.vocab) + 1
         self.by_length: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -198,15 +202,18 @@ def tfidf_vectorizer(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
         raise ValueError(f"TfIdfVectorizer: input dtype {x.dtype} does not match the pool")
     rows = x.reshape(1, -1) if x.ndim == 1 else x
     counts = _tfidf_counts(pool, pool.ids(rows), ctx).astype(np.float32)
-    mode = ctx.attrs.get("mode")
-    if mode in ("IDF", "TFIDF"):
-        if mode == "IDF":
-            counts = np.minimum(counts, 1.0, out=counts)
-        if pool.weights is not None:
-            counts *= pool.weights
-    elif mode != "TF":
-        raise ValueError(f"TfIdfVectorizer: unknown mode {mode!r}")
     out = np.zeros((rows.shape[0], pool.width), dtype=np.float32)
     # Several pool n-grams may share an output coordinate: accumulate.
     np.add.at(out, (slice(None), pool.indexes), counts)
+    # Weights apply per output coordinate, after the counts are gathered there.
+    mode = ctx.attrs.get("mode")
+    if mode == "IDF":
+        out = (out > 0).astype(np.float32)
+        if pool.weights is not None:
+            out *= pool.weights[: pool.width]
+    elif mode == "TFIDF":
+        if pool.weights is not None:
+            out *= pool.weights[: pool.width]
+    elif mode != "TF":
+        raise ValueError(f"TfIdfVectorizer: unknown mode {mode!r}")
     return out[0] if x.ndim == 1 else out

@@ -193,9 +193,9 @@ def flatten(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 def _squeeze(x: np.ndarray, axes: Any) -> np.ndarray:
-    if axes is None:
+    axes = None if axes is None else _axes(axes, x.ndim, "Squeeze")
+    if not axes:  # absent (or empty, as other runtimes read it): every size-1 dim goes
         return x.reshape([d for d in x.shape if d != 1])
-    axes = _axes(axes, x.ndim, "Squeeze")
     for a in axes:
         if x.shape[a] != 1:
             raise ValueError(f"Squeeze: dimension {a} of shape {x.shape} is not 1")
@@ -419,7 +419,7 @@ def _pad(
         (b or e) and (b >= d or e >= d) for b, e, d in zip(before, after, x.shape, strict=True)
     ):
         raise ValueError(f"Pad: reflect pads {pads} must be smaller than the dims {x.shape}")
-    return np.pad(x, list(zip(before, after, strict=True)), mode=mode)
+    return np.pad(x, list(zip(before, after, strict=True)), mode=mode)  # type: ignore[call-overload]
 
 
 @kernel("Pad", since=1)

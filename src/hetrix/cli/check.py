@@ -1,0 +1,77 @@
+"""``hetrix check``: the ONNX specification's node test cases run through Hetrix, tallied."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hetrix.testing.conformance import CaseResult, case_ops, collect_cases, summarize
+
+
+@dataclass
+class OpStats:
+    """One operator's row: the cases whose model uses it, how many passed, how many natively.
+
+    ``native`` counts passed cases in which this operator ran on Hetrix's own kernels.
+    """
+
+    op: str
+    cases: int = 0
+    passed: int = 0
+    native: int = 0
+
+
+def select_cases(ops: Sequence[str] = (), prefixes: Sequence[str] = ()) -> list[Any]:
+    """Spec cases for the given operators and/or case-name prefixes (all when both are empty).
+
+    ``--op Add`` selects the cases named ``test_add*`` whose model uses Add (``test_addmul``
+    does not) plus the ``_expanded`` variants of those names.
+    """
+    op_prefixes = [f"test_{op.lower()}" for op in ops]
+    cases = collect_cases([*op_prefixes, *prefixes])
+    if not ops:
+        return cases
+    wanted = set(ops)
+    by_prefix = set(prefixes)
+    return [
+        c for c in cases
+        if wanted & {o.split("::")[-1] for o in case_ops(c)}
+        or "_expanded" in c.name
+        or any(c.name.startswith(p) for p in by_prefix)
+    ]
+
+
+def op_stats(
+    cases: Sequence[Any], results: Sequence[CaseResult], only: Sequence[str] = ()
+) -> list[OpStats]:
+    """Per-operator rows, sorted by op name; restricted to the ops in ``only`` when given."""
+    rows: dict[str, OpStats] = {}
+    wanted = set(only)
+    for case, result in zip(cases, results, strict=True):
+        for op in case_ops(case):
+            bare = op.split("::")[-1]
+            if wanted and bare not in wanted:
+                continue
+            row = rows.setdefault(op, OpStats(op))
+            row.cases += 1
+            row.passed += result.passed
+            row.native += result.passed and bare not in result.fallback_ops
+    return sorted(rows.values(), key=lambda r: r.op.lower())
+
+
+def report(
+    cases: Sequence[Any], results: Sequence[CaseResult], only: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The JSON document ``hetrix check --json`` writes."""
+    return {
+        "summary": summarize(results),
+        "statuses": dict(collections.Counter(r.status for r in results)),
+        "ops": [dataclasses.asdict(row) for row in op_stats(cases, results, only)],
+        "cases": [
+            {**dataclasses.asdict(r), "fallback_ops": list(r.fallback_ops), "ops": case_ops(c)}
+            for c, r in zip(cases, results, strict=True)
+        ],
+    }
