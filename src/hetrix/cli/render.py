@@ -62,5 +62,6 @@ def make_table(title: str | None, *columns: str, right: Sequence[str] = ()) -> T
     """A rich table with the given column headers; those named in ``right`` are right-aligned."""
     table = Table(title=title, title_justify="left", header_style="bold")
     for column in columns:
-        table.add_column(column, justify="right" if column in right else "left")
+        table.add_column(column, justify="right" if column in right else "left",
+                         overflow="fold")
     return table

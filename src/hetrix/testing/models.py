@@ -20,8 +20,7 @@ from __future__ import annotations
 import glob
 import os
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -130,7 +129,19 @@ def light_model_randomized(
         new_initializers.append(numpy_helper.from_array(values, node.output[0]))
     del graph.node[:]
     graph.node.extend(kept)
-    graph.initializer.extend(new_initializers)
+    # Drop the shape initializers nothing reads any more, then add the weights; before IR 4 an
+    # initializer must also be a graph input.
+    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    dead = {name for name in initializers if name not in used}
+    alive = [init for init in graph.initializer if init.name not in dead]
+    del graph.initializer[:]
+    graph.initializer.extend(alive + new_initializers)
+    inputs = [value for value in graph.input if value.name not in dead]
+    if model.ir_version < 4:
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                   for t in new_initializers]
+    del graph.input[:]
+    graph.input.extend(inputs)
 
     feeds = {}
     for value in _feed_inputs(model):
@@ -161,17 +172,11 @@ def _random_weight(
 # -- transformers exports ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExportedModel:
-    """A model exported to ONNX: where it is and what it takes."""
+class ExportedModel(NamedTuple):
+    """A model exported to ONNX: ``path, input_names = export_bert(...)``."""
 
     path: str
     input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    vocab_size: int
-
-    def __iter__(self) -> Any:  # allows ``path, input_names = export_bert(...)``
-        return iter((self.path, self.input_names))
 
 
 BERT_SIZES: dict[str, dict[str, int]] = {
@@ -235,7 +240,7 @@ def export_bert(
             "pooler_output": {0: "batch"}}
     _torch_export(BertWrapper(bert), (ids, mask), path, input_names, output_names, axes, opset,
                   dynamo)
-    return ExportedModel(os.fspath(path), input_names, output_names, config.vocab_size)
+    return ExportedModel(os.fspath(path), input_names)
 
 
 def export_gpt2(
@@ -279,7 +284,7 @@ def export_gpt2(
     ids = torch.randint(0, config.vocab_size, (2, 8), dtype=torch.int64)
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
     _torch_export(GPT2Wrapper(gpt2), (ids,), path, input_names, output_names, axes, opset, dynamo)
-    return ExportedModel(os.fspath(path), input_names, output_names, config.vocab_size)
+    return ExportedModel(os.fspath(path), input_names)
 
 
 def _torch_export(

@@ -1,7 +1,7 @@
 """activations kernels of the NumPy CPU backend.
 
 Each kernel keeps the input dtype.  float16 / bfloat16 inputs are computed in float32 (numpy's
-float16 transcendental loops are slow and ml_dtypes' bfloat16 has few), float32 and float64 natively.
+float16 transcendental loops are slow, ml_dtypes' bfloat16 has few), float32 and float64 natively.
 Formulas are arranged so that no intermediate overflows (``exp`` only of non-positive values).
 """
 

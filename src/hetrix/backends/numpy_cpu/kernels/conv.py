@@ -459,7 +459,7 @@ def causal_conv_with_state(
         y += b.astype(dtype, copy=False)[:, None]
     activation = ctx.attrs.get("activation", "none")
     if activation in ("silu", "swish"):
-        y *= 1 / (1 + np.exp(-y))
+        y *= 0.5 * (1 + np.tanh(0.5 * y))  # sigmoid without exp overflow
     elif activation != "none":
         raise ValueError(f"CausalConvWithState: unknown activation {activation!r}")
     present = seq[:, :, seq.shape[2] - (k - 1) :]

@@ -283,7 +283,9 @@ def isinf(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 # binary
 
 
-def _binary(ctx: NodeContext, fn: Ufunc, a: np.ndarray, b: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _binary(
+    ctx: NodeContext, fn: Ufunc, a: np.ndarray, b: np.ndarray, dtype: np.dtype
+) -> np.ndarray:
     """``fn(a, b)`` with numpy broadcasting, as ``dtype``; a clear error on bad shapes."""
     if ctx.opset < 7:
         b = _legacy_operands(ctx, a, b)
@@ -380,7 +382,9 @@ def bitshift(ctx: NodeContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """BitShift: shift X's bits LEFT or RIGHT (``direction``) by Y, with broadcasting."""
     direction = ctx.attrs.get("direction", "")
     if direction not in ("LEFT", "RIGHT"):
-        raise ValueError(f"BitShift '{ctx.name}': direction must be LEFT or RIGHT, not {direction!r}")
+        raise ValueError(
+            f"BitShift '{ctx.name}': direction must be LEFT or RIGHT, not {direction!r}"
+        )
     fn = np.left_shift if direction == "LEFT" else np.right_shift
     return _binary(ctx, fn, x, y.astype(x.dtype, copy=False), x.dtype)
 
@@ -497,9 +501,7 @@ def clip_v1(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Clip (opset 1-10): bounds from the ``min`` / ``max`` attributes."""
     dt = _wide(x).dtype
     lo, hi = ctx.attrs.get("min"), ctx.attrs.get("max")
-    return _clip(
-        x, None if lo is None else dt.type(lo), None if hi is None else dt.type(hi)
-    )
+    return _clip(x, None if lo is None else dt.type(lo), None if hi is None else dt.type(hi))
 
 
 @kernel("Clip", since=11)

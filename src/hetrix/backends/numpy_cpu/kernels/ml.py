@@ -84,10 +84,16 @@ def _strings(values: list[str]) -> np.ndarray:
 def _label_lookup_v2(ctx: NodeContext, x: np.ndarray) -> _Lookup:
     """Build the map from the keys_*/values_* (and, from opset 4, *_tensor) attributes."""
     a = ctx.attrs
-    keys_set = [k for k in ("keys_strings", "keys_int64s", "keys_floats", "keys_tensor") if
-                a.get(k) is not None]
-    values_set = [k for k in ("values_strings", "values_int64s", "values_floats", "values_tensor")
-                  if a.get(k) is not None]
+    keys_set = [
+        k
+        for k in ("keys_strings", "keys_int64s", "keys_floats", "keys_tensor")
+        if a.get(k) is not None
+    ]
+    values_set = [
+        k
+        for k in ("values_strings", "values_int64s", "values_floats", "values_tensor")
+        if a.get(k) is not None
+    ]
     if len(keys_set) != 1 or len(values_set) != 1:
         raise ValueError(
             f"LabelEncoder: exactly one keys_* and one values_* attribute must be set, got "
@@ -194,7 +200,7 @@ class _Forest:
                 "membership sets"
             )
         sets = np.full((len(self.mode), max(g.size for g in groups)), np.nan)
-        for node, group in zip(members, groups):  # one row per member node; few nodes
+        for node, group in zip(members, groups, strict=True):  # one row per member node; few nodes
             sets[node, : group.size] = group
         return sets
 
@@ -222,8 +228,14 @@ class _Forest:
         with np.errstate(invalid="ignore"):
             result = np.select(
                 [mode == _LEQ, mode == _LT, mode == _GTE, mode == _GT, mode == _EQ, mode == _NEQ],
-                [value <= split, value < split, value >= split, value > split, value == split,
-                 value != split],
+                [
+                    value <= split,
+                    value < split,
+                    value >= split,
+                    value > split,
+                    value == split,
+                    value != split,
+                ],
                 default=False,
             )
         member = mode == _MEMBER
@@ -255,10 +267,28 @@ def _aggregate(forest: _Forest, leaves: np.ndarray, how: int) -> np.ndarray:
     return out.reshape(n, forest.n_targets)
 
 
-_ERFINV_SMALL = [2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
-                 -0.00125372503, -0.00417768164, 0.246640727, 1.50140941]
-_ERFINV_LARGE = [-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
-                 -0.0076224613, 0.00943887047, 1.00167406, 2.83297682]
+_ERFINV_SMALL = [
+    2.81022636e-08,
+    3.43273939e-07,
+    -3.5233877e-06,
+    -4.39150654e-06,
+    0.00021858087,
+    -0.00125372503,
+    -0.00417768164,
+    0.246640727,
+    1.50140941,
+]
+_ERFINV_LARGE = [
+    -0.000200214257,
+    0.000100950558,
+    0.00134934322,
+    -0.00367342844,
+    0.00573950773,
+    -0.0076224613,
+    0.00943887047,
+    1.00167406,
+    2.83297682,
+]
 
 
 def _erfinv(y: np.ndarray) -> np.ndarray:
@@ -269,9 +299,12 @@ def _erfinv(y: np.ndarray) -> np.ndarray:
     inside = np.abs(y) < 1.0
     yi = y[inside]
     w = -np.log((1.0 - yi) * (1.0 + yi))
-    xi = np.where(
-        w < 5.0, np.polyval(_ERFINV_SMALL, w - 2.5), np.polyval(_ERFINV_LARGE, np.sqrt(w) - 3.0)
-    ) * yi
+    xi = (
+        np.where(
+            w < 5.0, np.polyval(_ERFINV_SMALL, w - 2.5), np.polyval(_ERFINV_LARGE, np.sqrt(w) - 3.0)
+        )
+        * yi
+    )
     erf = np.frompyfunc(math.erf, 1, 1)  # numpy has no erf; PROBIT is rare and small
     for _ in range(2):  # Newton on erf(x) = y, with erf'(x) = 2/sqrt(pi) exp(-x^2)
         xi -= (erf(xi).astype(np.float64) - yi) / (2.0 / np.sqrt(np.pi) * np.exp(-xi * xi))

@@ -137,9 +137,9 @@ def _output_geometry(
 ) -> tuple[list[int], list[float]]:
     """Output shape and per-axis scale from ``scales`` or ``sizes`` (+ keep_aspect_ratio_policy)."""
     out, scale = list(shape), [1.0] * len(shape)
-    if (scales is None) == (sizes is None):
-        raise ValueError("Resize: exactly one of 'scales' and 'sizes' must be given")
     given = scales if scales is not None else sizes
+    if given is None or (scales is not None and sizes is not None):
+        raise ValueError("Resize: exactly one of 'scales' and 'sizes' must be given")
     if given.size != len(axes):
         raise ValueError(f"Resize: {given.size} scales/sizes for {len(axes)} axes")
     if scales is not None:
@@ -151,9 +151,9 @@ def _output_geometry(
             out[a], scale[a] = int(math.floor(shape[a] * extent * s + 1e-9)), float(s)
         return out, scale
     policy = ctx.attrs.get("keep_aspect_ratio_policy", "stretch")
-    ratios = [int(n) / shape[a] for a, n in zip(axes, sizes, strict=True)]
+    ratios = [int(n) / shape[a] for a, n in zip(axes, given, strict=True)]
     if policy == "stretch":
-        for a, n, r in zip(axes, sizes, ratios, strict=True):
+        for a, n, r in zip(axes, given, ratios, strict=True):
             out[a], scale[a] = int(n), r
         return out, scale
     if policy not in ("not_larger", "not_smaller"):

@@ -157,4 +157,3 @@ def optional_get_element(ctx: NodeContext, value: Any = None) -> Any:
 def optional_has_element(ctx: NodeContext, value: Any = None) -> np.ndarray:
     """Whether the optional holds a value (an omitted input counts as empty)."""
     return np.asarray(value is not None)
-

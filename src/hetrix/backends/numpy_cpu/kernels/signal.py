@@ -23,7 +23,7 @@ def _scalar(value: np.ndarray, name: str, op: str) -> int:
 def _to_complex(x: np.ndarray, op: str) -> tuple[np.ndarray, bool]:
     """The signal as a numpy array without the trailing axis, and whether it was complex."""
     if x.ndim < 2 or x.shape[-1] not in (1, 2):
-        raise ValueError(f"{op}: the last axis must have size 1 (real) or 2 (complex), got {x.shape}")
+        raise ValueError(f"{op}: last axis must be 1 (real) or 2 (complex), got shape {x.shape}")
     # float16/bfloat16 have no FFT: compute in float32.
     work = x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
     if x.shape[-1] == 1:

@@ -117,8 +117,9 @@ class _NgramPool:
         if (pool_ints is None) == (pool_strs is None):
             raise ValueError("TfIdfVectorizer: exactly one of pool_int64s/pool_strings is needed")
         self.strings = pool_strs is not None
-        pool = np.asarray(pool_strs if self.strings else pool_ints, dtype=object if
-                          self.strings else np.int64)
+        pool = np.asarray(
+            pool_strs if self.strings else pool_ints, dtype=object if self.strings else np.int64
+        )
         counts = list(attrs.get("ngram_counts") or [0])
         indexes = np.asarray(attrs.get("ngram_indexes") or [], dtype=np.int64)
         self.width = int(indexes.max()) + 1 if indexes.size else 0
@@ -133,7 +134,7 @@ class _NgramPool:
         self.by_length: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         ngram_no = 0  # global n-gram number, the index into ngram_indexes and weights
         bounds = [*counts, len(pool)]
-        for n, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
+        for n, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True), start=1):
             grams = self.ids(pool[lo:hi]).reshape(-1, n) if hi > lo else np.zeros((0, n), int)
             codes = self.pack(grams)
             order = np.argsort(codes, kind="stable")
@@ -158,7 +159,7 @@ class _NgramPool:
     def pack(self, grams: np.ndarray) -> np.ndarray:
         """One int64 per n-gram row (the last axis), as a base-``self.base`` number."""
         n = grams.shape[-1]
-        if self.base ** n >= 2**63:
+        if self.base**n >= 2**63:
             raise ValueError(f"TfIdfVectorizer: {n}-grams over this vocabulary overflow int64")
         weights = self.base ** np.arange(n - 1, -1, -1, dtype=np.int64)
         return grams.astype(np.int64) @ weights

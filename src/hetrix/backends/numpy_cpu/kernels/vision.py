@@ -224,12 +224,12 @@ def _roi_max(img: np.ndarray, ya: tuple, xa: tuple) -> np.ndarray:
     """Max mode: per sample the max of the 4 weighted corners, then the max over the bin."""
     y_lo, y_hi, wy_lo, wy_hi = (a[:, :, None, None] for a in ya)  # (oh, gh, 1, 1)
     x_lo, x_hi, wx_lo, wx_hi = (a[None, None, :, :] for a in xa)  # (1, 1, ow, gw)
-    best = None
-    for yi, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
-        for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
-            v = img[:, yi, xi] * (wy * wx).astype(img.dtype)  # (C, oh, gh, ow, gw)
-            best = v if best is None else np.maximum(best, v)
-    return best.max(axis=(2, 4))
+    corners = [
+        img[:, yi, xi] * (wy * wx).astype(img.dtype)  # (C, oh, gh, ow, gw)
+        for yi, wy in ((y_lo, wy_lo), (y_hi, wy_hi))
+        for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi))
+    ]
+    return np.maximum.reduce(corners).max(axis=(2, 4))
 
 
 # --------------------------------------------------------------------------- NonMaxSuppression
