@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,9 +14,11 @@ from hetrix.testing.conformance import CaseResult, case_ops, collect_cases, summ
 
 @dataclass
 class OpStats:
-    """One operator's row: the cases whose model uses it, how many passed, how many natively.
+    """One operator's row: the cases that test it, how many passed, how many natively.
 
-    ``native`` counts passed cases in which this operator ran on Hetrix's own kernels.
+    A case tests the operators its model uses; an ``_expanded`` case (the operator's function
+    body) tests the operators of the case it expands.  ``native`` counts passed cases in which
+    every node ran on Hetrix's own kernels.
     """
 
     op: str
@@ -28,9 +31,10 @@ def select_cases(ops: Sequence[str] = (), prefixes: Sequence[str] = ()) -> list[
     """Spec cases for the given operators and/or case-name prefixes (all when both are empty).
 
     ``--op Add`` selects the cases named ``test_add*`` whose model uses Add (``test_addmul``
-    does not) plus the ``_expanded`` variants of those names.
+    does not) plus the ``_expanded`` variants of those names; ``--op LayerNormalization``
+    also looks for ``test_layer_normalization*``.
     """
-    op_prefixes = [f"test_{op.lower()}" for op in ops]
+    op_prefixes = sorted({f"test_{name}" for op in ops for name in (op.lower(), _snake(op))})
     cases = collect_cases([*op_prefixes, *prefixes])
     if not ops:
         return cases
@@ -44,21 +48,35 @@ def select_cases(ops: Sequence[str] = (), prefixes: Sequence[str] = ()) -> list[
     ]
 
 
+def _snake(op: str) -> str:
+    """``LayerNormalization`` -> ``layer_normalization`` (``LSTM`` stays ``lstm``)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", op).lower()
+
+
+def tested_ops(cases: Sequence[Any]) -> list[list[str]]:
+    """The operators each case tests (see :class:`OpStats`), in the order of ``cases``."""
+    own = {c.name: case_ops(c) for c in cases}
+    tested = []
+    for case in cases:
+        base = case.name.split("_expanded")[0]
+        tested.append(own.get(base, own[case.name]) if base != case.name else own[case.name])
+    return tested
+
+
 def op_stats(
     cases: Sequence[Any], results: Sequence[CaseResult], only: Sequence[str] = ()
 ) -> list[OpStats]:
     """Per-operator rows, sorted by op name; restricted to the ops in ``only`` when given."""
     rows: dict[str, OpStats] = {}
     wanted = set(only)
-    for case, result in zip(cases, results, strict=True):
-        for op in case_ops(case):
-            bare = op.split("::")[-1]
-            if wanted and bare not in wanted:
+    for ops, result in zip(tested_ops(cases), results, strict=True):
+        for op in ops:
+            if wanted and op.split("::")[-1] not in wanted:
                 continue
             row = rows.setdefault(op, OpStats(op))
             row.cases += 1
             row.passed += result.passed
-            row.native += result.passed and bare not in result.fallback_ops
+            row.native += result.native
     return sorted(rows.values(), key=lambda r: r.op.lower())
 
 
@@ -71,7 +89,7 @@ def report(
         "statuses": dict(collections.Counter(r.status for r in results)),
         "ops": [dataclasses.asdict(row) for row in op_stats(cases, results, only)],
         "cases": [
-            {**dataclasses.asdict(r), "fallback_ops": list(r.fallback_ops), "ops": case_ops(c)}
-            for c, r in zip(cases, results, strict=True)
+            {**dataclasses.asdict(r), "fallback_ops": list(r.fallback_ops), "ops": ops}
+            for ops, r in zip(tested_ops(cases), results, strict=True)
         ],
     }

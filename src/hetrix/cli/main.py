@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -52,8 +53,15 @@ ProvidersOption = Annotated[
 ]
 
 
+PIPE_WIDTH = 140
+"""Console width when the output is not a terminal (rich would use 80 and squeeze tables)."""
+
+
 def _out() -> Console:
-    return Console(highlight=False)
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH
+    return console
 
 
 def _err() -> Console:
@@ -327,7 +335,8 @@ def check(
 
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description}", style="cyan"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
+                    disable=not console.is_terminal)
 
 
 def _print_check(out: Console, cases: Sequence[Any], results: Sequence[Any],
@@ -387,11 +396,11 @@ def demo(
 
 def _print_demo(out: Console, results: Sequence[demo_mod.DemoResult], vs_ort: bool) -> None:
     columns = ["model", "ops", "nodes", "load+plan", "run"]
-    columns += ["onnxruntime", "ratio"] if vs_ort else []
-    columns += ["max abs err", "max rel err", "status"]
+    columns += ["ORT run", "vs ORT"] if vs_ort else []
+    columns += ["max abs err", "max rel err", "result"]
     table = make_table(f"Light models (rtol {demo_mod.RTOL:g}, atol {demo_mod.ATOL:g}; "
                        f"run = median of {demo_mod.TIMED_RUNS} after a warm-up)", *columns,
-                       right=[c for c in columns if c not in ("model", "status")])
+                       right=[c for c in columns if c not in ("model", "result")])
     for r in results:
         row = [r.name, str(r.ops), str(r.nodes), format_seconds(r.load_s), format_seconds(r.run_s)]
         if vs_ort:

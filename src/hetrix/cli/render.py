@@ -41,16 +41,18 @@ def format_seconds(seconds: float | None) -> str:
     """Seconds at a readable precision: ``0.0123`` -> ``12.3 ms``."""
     if seconds is None or not math.isfinite(seconds):
         return "-"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds:.2f} s"
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if seconds >= scale or unit == "µs":
+            value = seconds / scale
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
+    return "-"
 
 
 def format_error(value: float) -> str:
     """An error magnitude in scientific notation, ``-`` when not measured."""
-    return f"{value:.2e}" if math.isfinite(value) else "-"
+    if not math.isfinite(value):
+        return "-"
+    return "0" if value == 0 else f"{value:.1e}"
 
 
 def percent(part: int, whole: int) -> str:

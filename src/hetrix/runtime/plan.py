@@ -159,6 +159,8 @@ def build_plan(
     _assign_frees(steps, keep)
     slots: list[Any] = [None] * len(scope.names)
     for slot, value in initial.items():
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)  # weights are shared by every run: no kernel may write them
         slots[slot] = value
     return Plan(
         steps=steps,
@@ -215,6 +217,9 @@ def _plan_node(
     inputs += [_resolve(name, scope, label) for name in captured]
     kernel, placement = choose(node, opset)
     if kernel is None:
+        for value in node.outputs:  # keep planning, so one error lists every unsupported node
+            if value.name:
+                scope.new_slot(value.name)
         return None, placement
     inputs = [_in_memory(slot, placement.memory, scope, choose) for slot in inputs]
     outputs = tuple(

@@ -162,8 +162,9 @@ class InferenceSession:
     ) -> list[Any]:
         """Run the model; returns the requested outputs (all when ``output_names`` is None)."""
         wanted = self._output_positions(output_names)
-        outputs = execute(self._plan, self._feed_list(input_feed))
-        return [_as_output(outputs[i]) for i in wanted]
+        feeds = self._feed_list(input_feed)
+        outputs = execute(self._plan, feeds)
+        return [_own_output(_as_output(outputs[i]), feeds) for i in wanted]
 
     def run_with_intermediates(self, input_feed: Mapping[str, Any]) -> dict[str, Any]:
         """Run and return every value the graph computes, by name (for debugging; slower)."""
@@ -288,6 +289,22 @@ def _check_feed(spec: _FeedSpec, value: Any) -> Any:
 def _as_output(value: Any) -> Any:
     if isinstance(value, np.generic):
         return np.asarray(value)
+    return value
+
+
+def _own_output(value: Any, feeds: list[Any]) -> Any:
+    """The output as a fresh array the caller may modify, like onnxruntime returns.
+
+    Outputs that are read-only (a weight, a constant) or views of a feed are copied; everything
+    else was computed for this run and is handed over as is.
+    """
+    if not isinstance(value, np.ndarray):
+        return value
+    if not value.flags.writeable or (
+        not value.flags.owndata
+        and any(isinstance(f, np.ndarray) and np.may_share_memory(value, f) for f in feeds)
+    ):
+        return value.copy()
     return value
 
 

@@ -104,8 +104,8 @@ def light_model_randomized(
     The shipped light models build every weight with ``ConstantOfShape(0.02)``, so their outputs
     are nearly uniform and a kernel that mixes up spatial positions or channels can still match
     them.  Here each such weight becomes a random initializer of the same shape, scaled so the
-    activations stay in a sane range (He-style for Conv/Gemm weights, positive scale and variance
-    near 1 for BatchNormalization and the ``Unsqueeze`` -> ``Mul``/``Add`` affine pairs).
+    activations stay in a sane range (He- or LeCun-style for Conv/Gemm weights, positive scale and
+    variance near 1 for BatchNormalization and the ``Unsqueeze`` -> ``Mul``/``Add`` affine pairs).
     """
     model = onnx.load(light_model_paths()[name], load_external_data=False)
     rng = np.random.default_rng(seed)
@@ -116,6 +116,10 @@ def light_model_randomized(
         for index, input_name in enumerate(node.input):
             consumers.setdefault(input_name, []).append((node, index))
 
+    # He gain for plain conv stacks; in the normalised nets (whose inference-mode BatchNorm does
+    # not renormalise random activations) a gain of 1 keeps residual sums from blowing up.
+    normalised = any(n.op_type in ("BatchNormalization", "Unsqueeze") for n in graph.node)
+    gain = 1.0 if normalised else 2.0
     kept: list[onnx.NodeProto] = []
     new_initializers: list[onnx.TensorProto] = []
     for node in graph.node:
@@ -125,7 +129,7 @@ def light_model_randomized(
         shape = tuple(int(d) for d in initializers[node.input[0]])
         uses = consumers.get(node.output[0], [])
         role = (uses[0][0].op_type, uses[0][1]) if uses else ("", 0)
-        values = _random_weight(rng, shape, role, uses[0][0] if uses else None)
+        values = _random_weight(rng, shape, role, uses[0][0] if uses else None, gain)
         new_initializers.append(numpy_helper.from_array(values, node.output[0]))
     del graph.node[:]
     graph.node.extend(kept)
@@ -151,7 +155,7 @@ def light_model_randomized(
 
 def _random_weight(
     rng: np.random.Generator, shape: tuple[int, ...], role: tuple[str, int],
-    consumer: onnx.NodeProto | None,
+    consumer: onnx.NodeProto | None, gain: float,
 ) -> np.ndarray:
     op_type, index = role
     if op_type == "BatchNormalization" and index in (1, 4):  # scale, variance: positive
@@ -165,7 +169,7 @@ def _random_weight(
         if op_type == "Gemm" and consumer is not None:
             trans_b = any(a.name == "transB" and a.i for a in consumer.attribute)
             fan_in = shape[1] if trans_b else shape[0]
-        return (rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(np.float32)
+        return (rng.standard_normal(shape) * np.sqrt(gain / max(fan_in, 1))).astype(np.float32)
     return (0.1 * rng.standard_normal(shape)).astype(np.float32)  # biases
 
 

@@ -29,6 +29,7 @@ from hetrix.backends.numpy_cpu.kernels import (
     signal,
     ml,
     training,
+    image,
 )
 
 __all__ = [
@@ -56,4 +57,5 @@ __all__ = [
     "signal",
     "ml",
     "training",
+    "image",
 ]

@@ -81,10 +81,17 @@ def _from_strings(x: np.ndarray, to: np.dtype) -> np.ndarray:
 
 
 def _to_strings(x: np.ndarray) -> np.ndarray:
-    """Format numbers as strings (shortest round-trip form, e.g. "0.1", "1e-05", "inf")."""
-    if x.dtype.kind == "V":
-        x = x.astype(np.float32)
-    return x.astype(str).astype(object)
+    """Format numbers as strings the way onnxruntime does: "%.8g", INF / -INF / NaN, bool 1 / 0."""
+    if x.dtype == np.bool_:
+        return np.where(x, "1", "0").astype(object)
+    if x.dtype.kind in "iu" or x.dtype in _SMALL_INTS:
+        return x.astype(np.int64 if x.dtype.kind == "V" else x.dtype).astype(str).astype(object)
+    xf = x.astype(np.float64)  # exact for every narrower float type
+    out = np.char.mod("%.8g", xf).astype(object)
+    out[np.isnan(xf)] = "NaN"
+    out[xf == np.inf] = "INF"
+    out[xf == -np.inf] = "-INF"
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

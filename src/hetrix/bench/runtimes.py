@@ -1,0 +1,157 @@
+"""The runtimes ``hetrix bench`` compares: Hetrix, ONNX Runtime and OpenVINO behind one interface.
+
+Each :class:`Runtime` loads a model into a ``run(feeds) -> list[np.ndarray]`` callable.  Thread
+settings: ONNX Runtime's ``intra_op_num_threads`` (with ``inter_op_num_threads=1``), OpenVINO's
+``INFERENCE_NUM_THREADS``, and for Hetrix ``SessionOptions.intra_op_num_threads`` plus a limit on
+NumPy's BLAS threads through ``threadpoolctl`` when it is installed (:func:`blas_thread_limit`);
+without it the BLAS uses its own default (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` when set
+before the process starts, which the memory phase's child processes do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hetrix.errors import InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+RunFn = Callable[[Mapping[str, np.ndarray]], list[Any]]
+
+HETRIX = "hetrix"
+ONNXRUNTIME = "onnxruntime"
+OPENVINO = "openvino"
+COMPETITORS = (ONNXRUNTIME, OPENVINO)
+_ALIASES = {"ort": ONNXRUNTIME, "onnxruntime": ONNXRUNTIME, "ov": OPENVINO, "openvino": OPENVINO}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One runtime: its name, the module that provides it, and how to load a model with it."""
+
+    name: str
+    module: str
+    loader: Callable[[str, Mapping[str, np.ndarray], int, Sequence[str] | None], RunFn]
+
+    def version(self) -> str:
+        """The installed version of the runtime's package."""
+        module = importlib.import_module(self.module)
+        return str(getattr(module, "__version__", "") or "unknown")
+
+    def available(self) -> bool:
+        """Whether the runtime's package can be imported."""
+        try:
+            importlib.import_module(self.module)
+        except ImportError:
+            return False
+        return True
+
+    def load(
+        self, path: str, feeds: Mapping[str, np.ndarray], threads: int,
+        providers: Sequence[str] | None = None,
+    ) -> RunFn:
+        """Load ``path`` for inputs shaped like ``feeds``; ``threads`` 0 keeps the default."""
+        return self.loader(path, feeds, threads, providers)
+
+
+def _load_hetrix(
+    path: str, feeds: Mapping[str, np.ndarray], threads: int, providers: Sequence[str] | None
+) -> RunFn:
+    from hetrix import InferenceSession, SessionOptions
+
+    session = InferenceSession(path, SessionOptions(intra_op_num_threads=threads),
+                               providers=list(providers) if providers else None)
+    return lambda f: list(session.run(None, dict(f)))
+
+
+def _load_onnxruntime(
+    path: str, feeds: Mapping[str, np.ndarray], threads: int, providers: Sequence[str] | None
+) -> RunFn:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return lambda f: list(session.run(None, dict(f)))
+
+
+def _load_openvino(
+    path: str, feeds: Mapping[str, np.ndarray], threads: int, providers: Sequence[str] | None
+) -> RunFn:
+    import openvino
+
+    core = openvino.Core()
+    model = core.read_model(path)
+    if any(p.get_partial_shape().is_dynamic for p in model.inputs):
+        model.reshape({p.get_any_name(): openvino.PartialShape(list(feeds[p.get_any_name()].shape))
+                       for p in model.inputs})
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    outputs = list(compiled.outputs)
+
+    def run(f: Mapping[str, np.ndarray]) -> list[Any]:
+        results = request.infer(dict(f))
+        return [np.array(results[o], copy=True) for o in outputs]
+
+    return run
+
+
+RUNTIMES: dict[str, Runtime] = {
+    HETRIX: Runtime(HETRIX, "hetrix", _load_hetrix),
+    ONNXRUNTIME: Runtime(ONNXRUNTIME, "onnxruntime", _load_onnxruntime),
+    OPENVINO: Runtime(OPENVINO, "openvino", _load_openvino),
+}
+
+
+def get_runtime(name: str) -> Runtime:
+    """The runtime called ``name`` (``onnxruntime``/``ort``, ``openvino``/``ov``, ``hetrix``)."""
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in RUNTIMES:
+        raise InvalidArgumentError(
+            f"unknown runtime '{name}'; choose from {', '.join(COMPETITORS)}"
+        )
+    runtime = RUNTIMES[key]
+    if not runtime.available():
+        raise InvalidArgumentError(
+            f"{runtime.name} is not installed (pip install {runtime.module}, "
+            "or pip install 'hetrix[bench]')"
+        )
+    return runtime
+
+
+def threadpoolctl_available() -> bool:
+    """Whether ``threadpoolctl`` (used to cap NumPy's BLAS threads) can be imported."""
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def blas_thread_limit(threads: int) -> Iterator[str]:
+    """Cap the BLAS threads of this process while inside; yields how (for the report)."""
+    if not threads:
+        yield "default"
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        logger.warning("threadpoolctl is not installed: Hetrix's BLAS threads are not capped "
+                       "(pip install threadpoolctl, or set OPENBLAS_NUM_THREADS=%d)", threads)
+        yield "not capped (threadpoolctl missing)"
+        return
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield f"threadpoolctl blas={threads}"
