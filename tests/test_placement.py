@@ -78,6 +78,10 @@ class Boxed:
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
 
 class FakeDevice(Backend):
     """A pretend accelerator with its own memory space: values are Boxed, not numpy arrays."""
@@ -132,3 +136,53 @@ def test_values_are_copied_once_where_they_cross_devices() -> None:
     np.testing.assert_array_equal(y, np.maximum(x, 0) + x)
     np.testing.assert_array_equal(z, np.maximum(x, 0) ** 2)
     assert device.uploads == 2
+
+
+class EverythingDevice(FakeDevice):
+    """A pretend accelerator that runs every op (NumPy kernels on Boxed values)."""
+
+    name = "fake:all"
+
+    def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:
+        inner = NumpyBackend().kernel_for(node, opset)
+        if inner is None:
+            return None
+
+        def on_device(ctx, *args):
+            result = inner(ctx, *[a.array if isinstance(a, Boxed) else a for a in args])
+            assert not any(isinstance(a, np.ndarray) and a.size > 8 for a in args), \
+                "large host arrays must have been copied to the device"
+            return Boxed(result)
+
+        return on_device
+
+
+def test_shape_arithmetic_stays_on_the_cpu() -> None:
+    """Shape -> Gather -> Unsqueeze -> Concat feeds Reshape: only Reshape/Relu use the device."""
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+         helper.make_node("Shape", ["r"], ["s"], name="shape"),
+         helper.make_node("Constant", [], ["i"], name="index",
+                          value=helper.make_tensor("i", TensorProto.INT64, [], [0])),
+         helper.make_node("Gather", ["s", "i"], ["b"], name="gather"),
+         helper.make_node("Unsqueeze", ["b", "zero"], ["b1"], name="unsqueeze"),
+         helper.make_node("Concat", ["b1", "minus_one"], ["target"], name="concat", axis=0),
+         helper.make_node("Reshape", ["r", "target"], ["y"], name="reshape")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 12])],
+        [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1])],
+    ), opset_imports=[helper.make_opsetid("", 17)])
+    plan = build_plan(ir.serde.deserialize_model(model).graph, {"": 17},
+                      PriorityPlacer([EverythingDevice(), NumpyBackend()]), SubgraphRunner)
+    where = {p.node: p for p in plan.placements}
+    assert where["relu"].backend == "fake:all" and where["reshape"].backend == "fake:all"
+    for name in ("shape", "index", "gather", "unsqueeze", "concat"):
+        assert where[name].backend == "numpy:cpu", name
+        assert where[name].reason == "shape arithmetic stays on the CPU"
+    copies = [s.ctx.name for s in plan.steps if s.ctx.op_type == "Copy"]
+    assert copies == ["copy:x@fake:0", "copy:y@host"], \
+        "Shape reads the device tensor's shape without copying it; Reshape's target stays on host"
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 12
+    (y,) = execute(plan, [x])
+    np.testing.assert_array_equal(y, np.maximum(x, 0).reshape(2, 12))

@@ -16,6 +16,20 @@ import onnx_ir as ir
 from hetrix.backends.registry import REGISTRY, Kernel
 
 
+SHAPE_INPUTS: dict[str, frozenset[int]] = {
+    op: frozenset(indices)
+    for op, indices in {
+        "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Unsqueeze": {1},
+        "Squeeze": {1}, "Pad": {1, 2, 3}, "Resize": {1, 2, 3}, "Upsample": {1},
+        "ConstantOfShape": {0}, "TopK": {1}, "Range": {0, 1, 2}, "Split": {1}, "OneHot": {1},
+        "CumSum": {1}, "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1},
+        "ReduceProd": {1}, "ReduceL1": {1}, "ReduceL2": {1}, "ReduceLogSum": {1},
+        "ReduceLogSumExp": {1}, "ReduceSumSquare": {1}, "EyeLike": set(), "Trilu": {1},
+    }.items()
+}
+"""Inputs of default-domain ops that are shape/axis arguments: small, and read on the host."""
+
+
 class Backend(ABC):
     """One kernel library on one device.  ``name`` is unique, e.g. ``numpy:cpu``."""
 
@@ -27,6 +41,16 @@ class Backend(ABC):
     @abstractmethod
     def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:
         """The kernel that runs ``node`` at ``opset``, or None when this backend cannot."""
+
+    def host_input_indices(self, node: ir.Node) -> frozenset[int]:
+        """Inputs of ``node`` this backend's kernel wants as host values (shape arguments).
+
+        A device backend reads them with ``.tolist()`` anyway, so they stay on the host rather
+        than making a round trip through device memory.
+        """
+        if self.memory == "host" or node.domain:
+            return frozenset()
+        return SHAPE_INPUTS.get(node.op_type, frozenset())
 
     def to_host(self, value: Any) -> Any:
         """Bring a value held by this backend to host memory (numpy); identity for host backends."""

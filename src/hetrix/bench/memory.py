@@ -94,7 +94,7 @@ def measure_in_child(
     process = psutil.Process()
     baseline = process.memory_info().rss
     hwm_ok = _reset_high_water_mark()
-    with blas_thread_limit(threads), _Sampler() as sampler:
+    with blas_thread_limit(threads, warn=False), _Sampler() as sampler:
         run = runtime.load(path, feeds, threads, providers)
         after_load = process.memory_info().rss
         for _ in range(max(1, runs)):

@@ -2,7 +2,8 @@
 
 Each :class:`Runtime` loads a model into a ``run(feeds) -> list[np.ndarray]`` callable.  Thread
 settings: ONNX Runtime's ``intra_op_num_threads`` (with ``inter_op_num_threads=1``), OpenVINO's
-``INFERENCE_NUM_THREADS``, and for Hetrix ``SessionOptions.intra_op_num_threads`` plus a limit on
+``INFERENCE_NUM_THREADS`` (with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX512-BF16
+it would otherwise compute in bfloat16, faster but not comparable), and for Hetrix ``SessionOptions.intra_op_num_threads`` plus a limit on
 NumPy's BLAS threads through ``threadpoolctl`` when it is installed (:func:`blas_thread_limit`);
 without it the BLAS uses its own default (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` when set
 before the process starts, which the memory phase's child processes do).
@@ -94,7 +95,7 @@ def _load_openvino(
     if any(p.get_partial_shape().is_dynamic for p in model.inputs):
         model.reshape({p.get_any_name(): openvino.PartialShape(list(feeds[p.get_any_name()].shape))
                        for p in model.inputs})
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(model, "CPU", config)
@@ -141,7 +142,7 @@ def threadpoolctl_available() -> bool:
 
 
 @contextlib.contextmanager
-def blas_thread_limit(threads: int) -> Iterator[str]:
+def blas_thread_limit(threads: int, warn: bool = True) -> Iterator[str]:
     """Cap the BLAS threads of this process while inside; yields how (for the report)."""
     if not threads:
         yield "default"
@@ -149,8 +150,9 @@ def blas_thread_limit(threads: int) -> Iterator[str]:
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        logger.warning("threadpoolctl is not installed: Hetrix's BLAS threads are not capped "
-                       "(pip install threadpoolctl, or set OPENBLAS_NUM_THREADS=%d)", threads)
+        if warn:
+            logger.warning("threadpoolctl is not installed: Hetrix's BLAS threads are not capped "
+                           "(pip install threadpoolctl, or set OPENBLAS_NUM_THREADS=%d)", threads)
         yield "not capped (threadpoolctl missing)"
         return
     with threadpool_limits(limits=threads, user_api="blas"):

@@ -23,6 +23,9 @@ from hetrix.errors import ModelLoadError, UnsupportedOperatorError
 
 NONE_SLOT = 0
 
+METADATA_ONLY = frozenset({"Shape", "Size"})
+"""Ops that read only their input's shape: its value is never copied between devices for them."""
+
 
 @dataclass
 class Placement:
@@ -35,6 +38,8 @@ class Placement:
     reason: str = ""
     memory: str = "host"
     """The memory space its outputs live in ("host" for numpy arrays)."""
+    host_inputs: frozenset[int] = frozenset()
+    """Input positions the kernel takes from host memory whatever its own memory is."""
 
 
 @dataclass
@@ -221,7 +226,11 @@ def _plan_node(
             if value.name:
                 scope.new_slot(value.name)
         return None, placement
-    inputs = [_in_memory(slot, placement.memory, scope, choose) for slot in inputs]
+    if not (node.op_type in METADATA_ONLY and not domain):
+        inputs = [
+            _in_memory(slot, HOST if i in placement.host_inputs else placement.memory, scope, choose)
+            for i, slot in enumerate(inputs)
+        ]
     outputs = tuple(
         scope.new_slot(value.name) if value.name else NONE_SLOT for value in node.outputs
     )

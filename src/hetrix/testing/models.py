@@ -106,6 +106,8 @@ def light_model_randomized(
     them.  Here each such weight becomes a random initializer of the same shape, scaled so the
     activations stay in a sane range (He- or LeCun-style for Conv/Gemm weights, positive scale and
     variance near 1 for BatchNormalization and the ``Unsqueeze`` -> ``Mul``/``Add`` affine pairs).
+    The input of a final ``Softmax`` becomes an extra graph output, since random weights can
+    saturate the probabilities.
     """
     model = onnx.load(light_model_paths()[name], load_external_data=False)
     rng = np.random.default_rng(seed)
@@ -146,6 +148,14 @@ def light_model_randomized(
                    for t in new_initializers]
     del graph.input[:]
     graph.input.extend(inputs)
+    # Random weights can saturate the final Softmax; its input (the logits) is an output too.
+    outputs = {value.name for value in graph.output}
+    logits = [node.input[0] for node in graph.node
+              if node.op_type == "Softmax" and node.output[0] in outputs]
+    if logits:
+        inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+        known = {value.name: value for value in inferred}
+        graph.output.extend(known[name] for name in logits)
 
     feeds = {}
     for value in _feed_inputs(model):

@@ -109,8 +109,11 @@ def _horner(s: np.ndarray, coefs: tuple[float, ...]) -> np.ndarray:
     return acc
 
 
-def _erf_single_block(x: np.ndarray, out: np.ndarray) -> None:
-    xc = np.clip(x.astype(np.float64), -_ERF_CLAMP, _ERF_CLAMP)
+def _erf_single_block(x: np.ndarray, out: np.ndarray, scale: float) -> None:
+    xc = x.astype(np.float64)
+    if scale != 1.0:
+        xc *= scale
+    np.clip(xc, -_ERF_CLAMP, _ERF_CLAMP, out=xc)
     s = xc * xc
     s *= 1.0 / (_ERF_CLAMP * _ERF_CLAMP)
     num = _horner(s, _ERF_P)
@@ -118,12 +121,12 @@ def _erf_single_block(x: np.ndarray, out: np.ndarray) -> None:
     np.divide(num, _horner(s, _ERF_Q), out=out, casting="unsafe")
 
 
-def erf_single(x: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
-    """erf of ``x`` to float32 accuracy, as ``dtype`` (default x's); NaN propagates."""
+def erf_single(x: np.ndarray, dtype: np.dtype | None = None, scale: float = 1.0) -> np.ndarray:
+    """erf(scale * x) to float32 accuracy, as ``dtype`` (default x's); NaN propagates."""
     out = np.empty(x.shape, dtype=dtype or x.dtype)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
     for i in range(0, flat_x.size, _BLOCK):
-        _erf_single_block(flat_x[i : i + _BLOCK], flat_out[i : i + _BLOCK])
+        _erf_single_block(flat_x[i : i + _BLOCK], flat_out[i : i + _BLOCK], scale)
     return out
 
 
@@ -300,10 +303,12 @@ def _binary(
 
 def _trunc_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Integer division rounding toward zero (C semantics), as ONNX defines integer Div."""
-    q, r = np.divmod(a, b)
+    q = np.asarray(np.floor_divide(a, b))
     if a.dtype.kind == "i" or b.dtype.kind == "i":
-        # floor and trunc differ when the division is inexact and the signs differ
-        q += (r != 0) & ((a < 0) != (b < 0))
+        # floor and trunc differ where the signs differ and the division is inexact
+        signs_differ = np.asarray((a ^ b) < 0)
+        if signs_differ.any():
+            q += ((a - q * b) != 0) & signs_differ
     return q
 
 

@@ -135,7 +135,8 @@ def shape(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 @kernel("Size", since=1)
 def size(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """The number of elements of the input as an int64 scalar."""
-    return np.array(x.size, dtype=np.int64)
+    # Only .shape is read, so a device tensor needs no copy to the host (see plan.METADATA_ONLY).
+    return np.array(math.prod(x.shape), dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------------

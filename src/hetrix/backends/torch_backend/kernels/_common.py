@@ -124,15 +124,15 @@ __all__ = [
 ]
 
 
-AttrCheck = Callable[[Any], str]
-"""``check(node) -> reason`` for an onnx-ir node: empty when the torch kernel supports it."""
+AttrCheck = Callable[[Any, str], str]
+"""``check(node, device_type) -> reason`` for an onnx-ir node; empty when torch supports it."""
 
 ATTR_CHECKS: dict[str, AttrCheck] = {}
 """Per-op checks the backend runs at plan time, so unsupported modes fall back to another backend."""
 
 
 def attr_check(*op_types: str) -> Callable[[AttrCheck], AttrCheck]:
-    """Register ``check(node) -> reason`` for ``op_types`` (empty reason: supported)."""
+    """Register ``check(node, device_type) -> reason`` for ``op_types`` (empty: supported)."""
 
     def decorate(fn: AttrCheck) -> AttrCheck:
         for op_type in op_types:

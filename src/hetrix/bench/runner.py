@@ -1,0 +1,323 @@
+"""Time Hetrix and its competitors side by side in one process, on the same seeded inputs.
+
+:func:`run_benchmark` loads every runtime, warms each up, then alternates timed runs
+(H, C, H, C, ...) so that machine noise (other processes, frequency changes) hits all runtimes
+alike.  It then compares each competitor's outputs with Hetrix's and, unless disabled, measures
+each runtime's peak memory in its own fresh process (:mod:`hetrix.bench.memory`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hetrix.bench import inputs as inputs_mod
+from hetrix.bench.memory import MemoryStats, measure_memory
+from hetrix.bench.runtimes import HETRIX, RunFn, Runtime, blas_thread_limit, get_runtime
+from hetrix.bench.runtimes import RUNTIMES as _RUNTIMES
+from hetrix.errors import InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+RTOL = 1e-3
+ATOL = 1e-4
+"""Outputs agree when ``|h - c| <= ATOL * max(1, max|c|) + RTOL * |c|`` element-wise."""
+
+StepFn = Callable[[str], None]
+"""Progress hook: called with a description once per unit of work (see :func:`count_steps`)."""
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark and how."""
+
+    model: str
+    competitors: list[str] = field(default_factory=list)
+    batch: int = 1
+    threads: int = 0
+    warmup: int = 3
+    repeat: int = 20
+    dims: dict[str, int] = field(default_factory=dict)
+    providers: list[str] | None = None
+    seed: int = 0
+    memory: bool = True
+    memory_runs: int = 2
+
+
+@dataclass
+class LatencyStats:
+    """Latency of the timed runs in milliseconds."""
+
+    n: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    q1_ms: float
+    q3_ms: float
+    min_ms: float
+    max_ms: float
+    mean_ms: float
+
+    @classmethod
+    def from_seconds(cls, seconds: Sequence[float]) -> LatencyStats:
+        """Statistics of a list of run times given in seconds."""
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        p10, q1, median, q3, p90 = np.percentile(ms, [10, 25, 50, 75, 90])
+        return cls(len(ms), float(median), float(p10), float(p90), float(q1), float(q3),
+                   float(ms.min()), float(ms.max()), float(ms.mean()))
+
+
+@dataclass
+class RuntimeResult:
+    """One runtime's numbers; ``error`` is set (and the numbers absent) when it failed."""
+
+    name: str
+    version: str = ""
+    load_s: float | None = None
+    latency: LatencyStats | None = None
+    throughput: float | None = None
+    """Items (batch rows) per second at the median latency."""
+    memory: MemoryStats | None = None
+    threads: str = "default"
+    error: str = ""
+    memory_error: str = ""
+
+
+@dataclass
+class OutputDiff:
+    """How one output of a competitor differs from Hetrix's."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    agree: bool
+    problem: str = ""
+
+
+@dataclass
+class Agreement:
+    """Whether a competitor's outputs agree with Hetrix's (worst over all outputs)."""
+
+    competitor: str
+    agree: bool
+    max_abs: float
+    max_rel: float
+    rtol: float = RTOL
+    atol: float = ATOL
+    outputs: list[OutputDiff] = field(default_factory=list)
+
+
+@dataclass
+class BenchResult:
+    """Everything one ``hetrix bench`` run measured."""
+
+    config: BenchConfig
+    batch: int
+    inputs: dict[str, dict[str, Any]]
+    runtimes: list[RuntimeResult]
+    agreement: list[Agreement]
+    date: str
+
+    def runtime(self, name: str) -> RuntimeResult | None:
+        """The result of the runtime called ``name``, if it took part."""
+        return next((r for r in self.runtimes if r.name == name), None)
+
+    def ratios(self) -> dict[str, float]:
+        """Competitor name -> Hetrix median latency / competitor median latency."""
+        hetrix = self.runtime(HETRIX)
+        if hetrix is None or hetrix.latency is None:
+            return {}
+        return {r.name: hetrix.latency.median_ms / r.latency.median_ms
+                for r in self.runtimes
+                if r.name != HETRIX and r.latency is not None and r.latency.median_ms > 0}
+
+
+def count_steps(config: BenchConfig) -> int:
+    """How many times :func:`run_benchmark` calls its progress hook."""
+    n = 1 + len(config.competitors)
+    return n * (1 + config.warmup + config.repeat) + (n if config.memory else 0)
+
+
+def run_benchmark(config: BenchConfig, on_step: StepFn | None = None) -> BenchResult:
+    """Time, compare and (optionally) measure the memory of Hetrix and ``config.competitors``."""
+    step = on_step or (lambda _text: None)
+    path = str(Path(config.model))
+    if not Path(path).is_file():
+        raise InvalidArgumentError(f"model file '{path}' does not exist")
+    runtimes = [_RUNTIMES[HETRIX], *(_unique_competitors(config.competitors))]
+    specs = inputs_mod.model_inputs(path)
+    feeds = inputs_mod.make_feeds(specs, config.batch, config.dims, config.seed)
+    batch = inputs_mod.effective_batch(specs, feeds)
+    if batch != config.batch and not inputs_mod.has_symbolic_batch(specs):
+        logger.warning("the model's batch is fixed at %d: --batch %d ignored", batch, config.batch)
+    results = [RuntimeResult(r.name, version=_version(r)) for r in runtimes]
+    with blas_thread_limit(config.threads, warn=False) as how, _quiet():
+        results[0].threads = how
+        outputs = _time_all(runtimes, results, path, feeds, config, batch, step)
+    agreement = _agreements(results, outputs)
+    if config.memory:
+        _measure_all(results, path, feeds, config, step)
+    return BenchResult(config, batch,
+                       {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
+                       results, agreement,
+                       datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _unique_competitors(names: Sequence[str]) -> list[Runtime]:
+    found: list[Runtime] = []
+    for name in names:
+        runtime = get_runtime(name)
+        if runtime.name != HETRIX and runtime not in found:
+            found.append(runtime)
+    return found
+
+
+def _version(runtime: Runtime) -> str:
+    try:
+        return runtime.version()
+    except ImportError:
+        return "not installed"
+
+
+class _quiet:
+    """Silence NumPy floating-point warnings (random inputs overflow some ops) while timing."""
+
+    def __enter__(self) -> None:
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self._err = np.seterr(all="ignore")
+
+    def __exit__(self, *exc: object) -> None:
+        np.seterr(**self._err)
+        self._warnings.__exit__(*exc)
+
+
+def _time_all(
+    runtimes: Sequence[Runtime], results: Sequence[RuntimeResult], path: str,
+    feeds: Mapping[str, np.ndarray], config: BenchConfig, batch: int, step: StepFn,
+) -> dict[str, list[Any]]:
+    """Load every runtime, warm up, alternate the timed runs; the last outputs by runtime."""
+    runs: dict[str, RunFn] = {}
+    for runtime, result in zip(runtimes, results, strict=True):
+        step(f"{runtime.name}: load")
+        fn = _guard(result, lambda r=runtime: _timed_load(r, path, feeds, config, result))
+        if fn is not None:
+            runs[runtime.name] = fn
+    outputs: dict[str, list[Any]] = {}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    by_name = {r.name: r for r in results}
+    for index in range(config.warmup + config.repeat):
+        warm = index < config.warmup
+        for name in list(runs):
+            step(f"{name}: {'warm-up' if warm else 'run'} {index + 1}")
+            timed = _guard(by_name[name], lambda n=name: _timed_run(runs[n], feeds))
+            if timed is None:
+                del runs[name]
+                continue
+            outputs[name], seconds = timed
+            if not warm:
+                times[name].append(seconds)
+    for name, seconds in times.items():
+        if seconds and not by_name[name].error:
+            stats = LatencyStats.from_seconds(seconds)
+            by_name[name].latency = stats
+            by_name[name].throughput = batch / (stats.median_ms / 1e3)
+    return outputs
+
+
+def _timed_load(
+    runtime: Runtime, path: str, feeds: Mapping[str, np.ndarray], config: BenchConfig,
+    result: RuntimeResult,
+) -> RunFn:
+    start = time.perf_counter()
+    fn = runtime.load(path, feeds, config.threads, config.providers)
+    result.load_s = time.perf_counter() - start
+    if runtime.name != HETRIX:
+        result.threads = f"{config.threads} threads" if config.threads else "default"
+    return fn
+
+
+def _timed_run(fn: RunFn, feeds: Mapping[str, np.ndarray]) -> tuple[list[Any], float]:
+    start = time.perf_counter()
+    out = fn(feeds)
+    return out, time.perf_counter() - start
+
+
+def _guard(result: RuntimeResult, action: Callable[[], Any]) -> Any:
+    """Run ``action``; on failure record the error on ``result`` and return None."""
+    try:
+        return action()
+    except Exception as exc:  # one runtime failing must not stop the others
+        logger.debug("%s failed", result.name, exc_info=True)
+        result.error = result.error or f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return None
+
+
+def _agreements(results: Sequence[RuntimeResult],
+                outputs: Mapping[str, list[Any]]) -> list[Agreement]:
+    hetrix = outputs.get(HETRIX)
+    if hetrix is None:
+        return []
+    return [compare_outputs(r.name, hetrix, outputs[r.name])
+            for r in results if r.name != HETRIX and r.name in outputs]
+
+
+def compare_outputs(competitor: str, ours: Sequence[Any], theirs: Sequence[Any],
+                    names: Sequence[str] | None = None) -> Agreement:
+    """Compare Hetrix's outputs with a competitor's (the reference), output by output."""
+    if len(ours) != len(theirs):
+        diff = OutputDiff("*", float("nan"), float("nan"), False,
+                          f"{len(ours)} outputs vs {len(theirs)}")
+        return Agreement(competitor, False, float("nan"), float("nan"), outputs=[diff])
+    labels = list(names) if names else [str(i) for i in range(len(ours))]
+    diffs = [_diff(label, np.asarray(a), np.asarray(b))
+             for label, a, b in zip(labels, ours, theirs, strict=True)]
+    return Agreement(competitor, all(d.agree for d in diffs),
+                     max((d.max_abs for d in diffs), default=0.0),
+                     max((d.max_rel for d in diffs), default=0.0), outputs=diffs)
+
+
+def _diff(name: str, ours: np.ndarray, ref: np.ndarray) -> OutputDiff:
+    if ours.shape != ref.shape:
+        return OutputDiff(name, float("nan"), float("nan"), False,
+                          f"shape {list(ours.shape)} vs {list(ref.shape)}")
+    if ours.size == 0:
+        return OutputDiff(name, 0.0, 0.0, True)
+    if ours.dtype.kind not in "biufc" or ref.dtype.kind not in "biufc":
+        same = bool(np.array_equal(ours, ref))
+        return OutputDiff(name, 0.0 if same else float("nan"), 0.0 if same else float("nan"),
+                          same, "" if same else "values differ")
+    a, b = ours.astype(np.float64), ref.astype(np.float64)
+    diff = np.abs(a - b)
+    finite = np.isfinite(b)
+    scale = float(np.abs(b[finite]).max()) if finite.any() else 1.0
+    atol = ATOL * max(1.0, scale)
+    max_abs = float(np.nanmax(diff)) if not np.isnan(diff).all() else 0.0
+    max_rel = float(np.nanmax(diff / np.maximum(np.abs(b), atol))) if max_abs else 0.0
+    agree = bool(np.allclose(a, b, rtol=RTOL, atol=atol, equal_nan=True))
+    return OutputDiff(name, max_abs, max_rel, agree)
+
+
+def _measure_all(results: Sequence[RuntimeResult], path: str, feeds: Mapping[str, np.ndarray],
+                 config: BenchConfig, step: StepFn) -> None:
+    """Peak memory of each runtime that ran, each in its own spawned process."""
+    for result in results:
+        step(f"{result.name}: memory (fresh process)")
+        if result.error:
+            continue
+        try:
+            result.memory = measure_memory(result.name, path, feeds, config.threads,
+                                           config.providers if result.name == HETRIX else None,
+                                           config.memory_runs)
+        except Exception as exc:  # memory is a bonus: its failure keeps the timings
+            logger.debug("memory of %s failed", result.name, exc_info=True)
+            result.memory_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
