@@ -167,3 +167,17 @@ def test_kernel_failure_names_the_node() -> None:
         graph, opset_imports=[helper.make_opsetid("", 14)]))
     with pytest.raises(hetrix.ExecutionError, match="bad_reshape.*Reshape"):
         session.run(None, {"x": np.ones(6, np.float32), "s": np.array([4, 4], np.int64)})
+
+
+def test_torch_tensor_feeds_are_accepted_and_checked(session) -> None:
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    ours = session.run(None, {"x": torch.from_numpy(x)})
+    expected = session.run(None, {"x": x})
+    for a, b in zip(ours, expected):
+        assert isinstance(a, np.ndarray)
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(InvalidInputError, match="dtype torch.float64, expected float32"):
+        session.run(None, {"x": torch.zeros((2, 4), dtype=torch.float64)})
+    with pytest.raises(InvalidInputError, match="dimension 1 must be 4"):
+        session.run(None, {"x": torch.zeros((2, 5))})

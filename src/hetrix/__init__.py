@@ -12,7 +12,13 @@ from hetrix.errors import (
     UnsupportedOperatorError,
 )
 from hetrix.runtime.providers import available_providers as get_available_providers
-from hetrix.runtime.session import InferenceSession, ModelMetadata, NodeArg, SessionOptions
+from hetrix.runtime.session import (
+    InferenceSession,
+    ModelMetadata,
+    NodeArg,
+    RunOptions,
+    SessionOptions,
+)
 
 __version__ = "0.1.0"
 
@@ -25,6 +31,7 @@ __all__ = [
     "ModelLoadError",
     "ModelMetadata",
     "NodeArg",
+    "RunOptions",
     "SessionOptions",
     "UnsafeExternalDataError",
     "UnsupportedOperatorError",

@@ -8,11 +8,13 @@ each runtime's peak memory in its own fresh process (:mod:`hetrix.bench.memory`)
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
 import logging
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,10 +167,9 @@ def run_benchmark(config: BenchConfig, on_step: StepFn | None = None) -> BenchRe
     agreement = _agreements(results, outputs)
     if config.memory:
         _measure_all(results, path, feeds, config, step)
-    return BenchResult(config, batch,
-                       {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
-                       results, agreement,
-                       datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    described = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()}
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return BenchResult(config, batch, described, results, agreement, now)
 
 
 def _unique_competitors(names: Sequence[str]) -> list[Runtime]:
@@ -187,18 +188,12 @@ def _version(runtime: Runtime) -> str:
         return "not installed"
 
 
-class _quiet:
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
     """Silence NumPy floating-point warnings (random inputs overflow some ops) while timing."""
-
-    def __enter__(self) -> None:
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        self._err = np.seterr(all="ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        np.seterr(**self._err)
-        self._warnings.__exit__(*exc)
+        yield
 
 
 def _time_all(
@@ -209,7 +204,7 @@ def _time_all(
     runs: dict[str, RunFn] = {}
     for runtime, result in zip(runtimes, results, strict=True):
         step(f"{runtime.name}: load")
-        fn = _guard(result, lambda r=runtime: _timed_load(r, path, feeds, config, result))
+        fn = _guard(result, functools.partial(_timed_load, runtime, path, feeds, config, result))
         if fn is not None:
             runs[runtime.name] = fn
     outputs: dict[str, list[Any]] = {}
@@ -219,7 +214,7 @@ def _time_all(
         warm = index < config.warmup
         for name in list(runs):
             step(f"{name}: {'warm-up' if warm else 'run'} {index + 1}")
-            timed = _guard(by_name[name], lambda n=name: _timed_run(runs[n], feeds))
+            timed = _guard(by_name[name], functools.partial(_timed_run, runs[name], feeds))
             if timed is None:
                 del runs[name]
                 continue

@@ -2,11 +2,13 @@
 
 Each :class:`Runtime` loads a model into a ``run(feeds) -> list[np.ndarray]`` callable.  Thread
 settings: ONNX Runtime's ``intra_op_num_threads`` (with ``inter_op_num_threads=1``), OpenVINO's
-``INFERENCE_NUM_THREADS`` (with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX512-BF16
-it would otherwise compute in bfloat16, faster but not comparable), and for Hetrix ``SessionOptions.intra_op_num_threads`` plus a limit on
+``INFERENCE_NUM_THREADS``, and for Hetrix ``SessionOptions.intra_op_num_threads`` plus a limit on
 NumPy's BLAS threads through ``threadpoolctl`` when it is installed (:func:`blas_thread_limit`);
 without it the BLAS uses its own default (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` when set
 before the process starts, which the memory phase's child processes do).
+
+OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX512-BF16 it would
+otherwise compute in bfloat16, faster but neither comparable nor agreeing with float32 outputs.
 """
 
 from __future__ import annotations

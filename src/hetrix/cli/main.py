@@ -137,12 +137,12 @@ def info(
 
 def _print_op_histogram(out: Console, counts: dict[str, int], nodes: int, nested: int) -> None:
     total = sum(counts.values())
-    title = f"Operators ({len(counts)} types, {nodes} nodes"
-    title += f" + {nested} in subgraphs)" if nested else ")"
-    table = make_table(title, "op", "nodes", "share", right=("nodes", "share"))
+    table = make_table("Operators", "op", "nodes", "share", right=("nodes", "share"))
     for op, count in counts.items():
         table.add_row(escape(op), str(count), percent(count, total))
     out.print(table)
+    where = f"{nodes} nodes" + (f" + {nested} in subgraphs" if nested else "")
+    out.print(f"{len(counts)} operator types, {where}")
 
 
 # -- run ---------------------------------------------------------------------------------------

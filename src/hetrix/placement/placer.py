@@ -103,11 +103,12 @@ class PriorityPlacer(KernelChooser):
 
     def transfer(self, source: str, target: str):  # type: ignore[no-untyped-def]
         """Copy function from memory ``source`` to ``target`` through the owning backends."""
-        source_backend = self._owner(source)
-        target_backend = self._owner(target)
+        source_backend = self.owner(source)
+        target_backend = self.owner(target)
         return lambda value: target_backend.copy_from(value, source_backend)
 
-    def _owner(self, memory: str) -> Backend:
+    def owner(self, memory: str) -> Backend:
+        """The backend whose values live in ``memory`` (the host one for "host")."""
         for backend in self.backends:
             if backend.memory == memory:
                 return backend

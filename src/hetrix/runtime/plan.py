@@ -72,6 +72,9 @@ class Plan:
     """Outer-scope names this (sub)graph reads; their slots are ``captured_slots``."""
     captured_slots: list[int] = field(default_factory=list)
     placements: list[Placement] = field(default_factory=list)
+    output_memory: list[str] = field(default_factory=list)
+    """Memory space of each output: a top-level plan leaves outputs where they were computed,
+    and the session brings them to the host unless the caller keeps them on the device."""
 
 
 class KernelChooser:
@@ -157,8 +160,11 @@ def build_plan(
     for name in output_names:
         if name not in scope.slots:
             _resolve(name, scope, f"graph output '{name}'")
-    output_slots = [_in_memory(scope.slots[name], HOST, scope, choose) for name in output_names]
-    steps.extend(scope.pending)
+    output_slots = [scope.slots[name] for name in output_names]
+    if is_subgraph:  # control-flow kernels run on the host and take their results from there
+        output_slots = [_in_memory(slot, HOST, scope, choose) for slot in output_slots]
+        steps.extend(scope.pending)
+    output_memory = [scope.memory.get(slot, HOST) for slot in output_slots]
     captured_slots = [scope.slots[name] for name in scope.captured]
     keep = {NONE_SLOT, *output_slots, *initial}
     _assign_frees(steps, keep)
@@ -178,6 +184,7 @@ def build_plan(
         output_names=output_names,
         captured_names=scope.captured,
         captured_slots=captured_slots,
+        output_memory=output_memory,
         placements=placements,
     )
 

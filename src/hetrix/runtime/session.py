@@ -27,7 +27,7 @@ from hetrix.errors import InvalidArgumentError, InvalidInputError, ModelLoadErro
 from hetrix.model.loader import LoadedModel, ModelSource, load_model
 from hetrix.placement.placer import PriorityPlacer
 from hetrix.runtime.executor import SubgraphRunner, execute
-from hetrix.runtime.plan import Placement, Plan, build_plan
+from hetrix.runtime.plan import HOST, Placement, Plan, build_plan
 from hetrix.runtime.providers import ProviderSpec, make_backends
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,16 @@ class SessionOptions:
     """Fail instead of moving any node off the first provider; the error lists the nodes."""
     optimized_model_filepath: str = ""
     custom: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunOptions:
+    """Per-call settings of ``run`` (ORT's RunOptions fields that apply, plus Hetrix's own)."""
+
+    keep_outputs_on_device: bool = False
+    """Return outputs computed on an accelerator as that backend's tensors (e.g. torch tensors
+    on the GPU) instead of copying them to numpy: for chaining runs without host round trips."""
+    log_severity_level: int = 2
 
 
 @dataclass(frozen=True)
@@ -136,8 +146,20 @@ class InferenceSession:
         if self._options.enable_reference_fallback and not self._options.disable_fallback:
             backends.append(ReferenceFallbackBackend())
         placer = PriorityPlacer(backends, allow_fallback=not self._options.disable_fallback)
+        self._placer = placer
         opsets = {("" if d == "ai.onnx" else d): v for d, v in self._model.opset_imports.items()}
-        return build_plan(self._model.graph, opsets, placer, SubgraphRunner)
+        plan = build_plan(self._model.graph, opsets, placer, SubgraphRunner)
+        readers: dict[int, set[str]] = {}
+        for step in plan.steps:
+            for slot in step.inputs:
+                readers.setdefault(slot, set()).add(step.ctx.op_type)
+        # An input whose only readers are copy steps may arrive as a device tensor: the copy
+        # step takes it as it is.  Any other input must reach the kernels as a host array.
+        self._device_ready_inputs = {
+            name for name, slot in zip(plan.input_names, plan.input_slots)
+            if readers.get(slot) == {"Copy"}
+        }
+        return plan
 
     def _feed_spec(self, value: ir.Value) -> _FeedSpec:
         type_ = value.type
@@ -164,7 +186,14 @@ class InferenceSession:
         wanted = self._output_positions(output_names)
         feeds = self._feed_list(input_feed)
         outputs = execute(self._plan, feeds)
-        return [_own_output(_as_output(outputs[i]), feeds) for i in wanted]
+        keep = isinstance(run_options, RunOptions) and run_options.keep_outputs_on_device
+        results = []
+        for i in wanted:
+            value, memory = outputs[i], self._plan.output_memory[i]
+            if memory != HOST and not keep:
+                value = self._placer.owner(memory).to_host(value)
+            results.append(_own_output(_as_output(value), feeds))
+        return results
 
     def run_with_intermediates(self, input_feed: Mapping[str, Any]) -> dict[str, Any]:
         """Run and return every value the graph computes, by name (for debugging; slower)."""
@@ -251,7 +280,10 @@ class InferenceSession:
                 )
         for name, value in input_feed.items():
             spec = next((f for f in self._feeds if f.name == name), None)
-            feeds[self._input_index[name]] = _check_feed(spec, value) if spec else value
+            value = _check_feed(spec, value) if spec else value
+            if _is_torch_tensor(value) and name not in self._device_ready_inputs:
+                value = _torch_to_numpy(value)
+            feeds[self._input_index[name]] = value
         return feeds
 
 
@@ -261,6 +293,8 @@ def _check_feed(spec: _FeedSpec, value: Any) -> Any:
         return value
     if isinstance(value, np.generic):
         value = np.asarray(value)
+    if _is_torch_tensor(value):
+        return _check_torch_feed(spec, value)
     if not isinstance(value, np.ndarray):
         raise InvalidInputError(
             f"input '{spec.name}' must be a numpy.ndarray ({spec.type}), "
@@ -271,19 +305,51 @@ def _check_feed(spec: _FeedSpec, value: Any) -> Any:
             raise InvalidInputError(
                 f"input '{spec.name}' has dtype {value.dtype}, expected {spec.dtype} ({spec.type})"
             )
+    _check_shape(spec, value.shape)
+    return value
+
+
+def _check_shape(spec: _FeedSpec, shape: tuple[int, ...]) -> None:
     if spec.shape is not None:
-        if value.ndim != len(spec.shape):
+        if len(shape) != len(spec.shape):
             raise InvalidInputError(
-                f"input '{spec.name}' has rank {value.ndim} (shape {list(value.shape)}), "
+                f"input '{spec.name}' has rank {len(shape)} (shape {list(shape)}), "
                 f"expected rank {len(spec.shape)} (shape {list(spec.shape)})"
             )
-        for axis, (got, want) in enumerate(zip(value.shape, spec.shape)):
+        for axis, (got, want) in enumerate(zip(shape, spec.shape)):
             if isinstance(want, int) and want >= 0 and got != want:
                 raise InvalidInputError(
-                    f"input '{spec.name}' has shape {list(value.shape)}, expected "
+                    f"input '{spec.name}' has shape {list(shape)}, expected "
                     f"{list(spec.shape)}: dimension {axis} must be {want}"
                 )
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch.Tensor, without importing torch."""
+    return type(value).__module__.startswith("torch") and hasattr(value, "device")
+
+
+def _check_torch_feed(spec: _FeedSpec, value: Any) -> Any:
+    """A torch tensor feed: same checks as for numpy, dtype compared by name."""
+    dtype_name = str(value.dtype).removeprefix("torch.")
+    if spec.dtype is not None and dtype_name != spec.dtype.name:
+        raise InvalidInputError(
+            f"input '{spec.name}' has dtype {value.dtype}, expected {spec.dtype} ({spec.type})"
+        )
+    _check_shape(spec, tuple(value.shape))
     return value
+
+
+def _torch_to_numpy(tensor: Any) -> np.ndarray:
+    """A torch tensor as a host numpy array (bfloat16 through ml_dtypes)."""
+    import torch
+
+    tensor = tensor.detach().to("cpu")
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
 
 
 def _as_output(value: Any) -> Any:

@@ -61,7 +61,7 @@ def _is_float(dtype: np.dtype) -> bool:
 # strings
 
 
-def _from_strings(x: np.ndarray, to: np.dtype) -> np.ndarray:
+def _from_strings(x: np.ndarray, to: np.dtype, saturate: bool, round_mode: str) -> np.ndarray:
     """Parse numeric strings ("3.14", "1e-5", "INF", "-inf", "NaN") into ``to``."""
     flat = [s.decode() if isinstance(s, bytes) else str(s) for s in x.reshape(-1)]
     if to.kind in "iu":
@@ -77,7 +77,7 @@ def _from_strings(x: np.ndarray, to: np.dtype) -> np.ndarray:
         values = np.array([float(s) for s in flat], dtype=np.float64).reshape(x.shape)
     except ValueError as err:
         raise ValueError(f"Cast: cannot parse a number from a string: {err}") from None
-    return _cast(values, to, saturate=True, round_mode="up")
+    return _cast(values, to, saturate, round_mode)
 
 
 def _to_strings(x: np.ndarray) -> np.ndarray:
@@ -158,7 +158,7 @@ def _cast(x: np.ndarray, to: np.dtype, saturate: bool, round_mode: str) -> np.nd
     if src == to:
         return x
     if src == _STRING:
-        return _from_strings(x, to)
+        return _from_strings(x, to, saturate, round_mode)
     if to == _STRING:
         return _to_strings(x)
     if to == np.bool_:
