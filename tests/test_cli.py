@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import hetrix
 from hetrix.cli import demo as demo_mod
+from hetrix.cli.check import select_cases
 from hetrix.cli.main import app
 from hetrix.devices import detect_cpu
 from hetrix.testing.conformance import run_cases
@@ -188,8 +189,6 @@ def test_check_relu_agrees_with_the_runner(tmp_path: Path) -> None:
     report = json.loads(report_file.read_text())
     names = [case["name"] for case in report["cases"]]
     assert "test_relu" in names and all(name.startswith("test_relu") for name in names)
-    from hetrix.cli.check import select_cases
-
     direct = run_cases(select_cases(["Relu"]))
     assert [r.status for r in direct] == [case["status"] for case in report["cases"]]
     summary = report["summary"]
@@ -233,7 +232,7 @@ def test_demo_vs_onnxruntime_adds_a_ratio() -> None:
     pytest.importorskip("onnxruntime")
     result = invoke("demo", "light_squeezenet", "--vs-onnxruntime")
     assert result.exit_code == 0, result.output
-    assert "ORT run" in result.output and re.search(r"\d+\.\dx", result.output)
+    assert "Hetrix/ORT" in result.output and re.search(r"\d+\.\dx", result.output)
 
 
 def test_demo_unknown_model_exits_2() -> None:
@@ -245,3 +244,18 @@ def test_demo_unknown_model_exits_2() -> None:
 def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0 and hetrix.__version__ in result.output
+
+
+def test_help_lists_the_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("info", "run", "devices", "check", "demo"):
+        assert re.search(rf"│ {command}\s", result.output), command
+
+
+def test_select_cases_by_operator_use() -> None:
+    names = {case.name for case in select_cases(["Conv"])}
+    assert {"test_basic_conv_with_padding", "test_conv_with_strides_padding"} <= names
+    assert not any(name.startswith("test_convtranspose") for name in names)
+    relu = {case.name for case in select_cases(["Relu"])}
+    assert {"test_relu", "test_relu_expanded_ver18"} <= relu

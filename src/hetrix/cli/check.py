@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,29 +27,20 @@ class OpStats:
 
 
 def select_cases(ops: Sequence[str] = (), prefixes: Sequence[str] = ()) -> list[Any]:
-    """Spec cases for the given operators and/or case-name prefixes (all when both are empty).
+    """Spec cases that test the given operators and/or whose names start with a prefix.
 
-    ``--op Add`` selects the cases named ``test_add*`` whose model uses Add (``test_addmul``
-    does not) plus the ``_expanded`` variants of those names; ``--op LayerNormalization``
-    also looks for ``test_layer_normalization*``.
+    Both empty: every case.  ``--op Conv`` selects the cases whose model uses Conv
+    (``test_conv_*``, ``test_basic_conv_*``...) and the ``_expanded`` variants of those.
     """
-    op_prefixes = sorted({f"test_{name}" for op in ops for name in (op.lower(), _snake(op))})
-    cases = collect_cases([*op_prefixes, *prefixes])
-    if not ops:
+    cases = collect_cases()
+    if not ops and not prefixes:
         return cases
     wanted = set(ops)
-    by_prefix = set(prefixes)
     return [
-        c for c in cases
-        if wanted & {o.split("::")[-1] for o in case_ops(c)}
-        or "_expanded" in c.name
-        or any(c.name.startswith(p) for p in by_prefix)
+        case for case, tested in zip(cases, tested_ops(cases), strict=True)
+        if wanted & {op.split("::")[-1] for op in tested}
+        or any(case.name.startswith(p) for p in prefixes)
     ]
-
-
-def _snake(op: str) -> str:
-    """``LayerNormalization`` -> ``layer_normalization`` (``LSTM`` stays ``lstm``)."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", op).lower()
 
 
 def tested_ops(cases: Sequence[Any]) -> list[list[str]]:
@@ -77,7 +67,7 @@ def op_stats(
             row.cases += 1
             row.passed += result.passed
             row.native += result.native
-    return sorted(rows.values(), key=lambda r: r.op.lower())
+    return sorted(rows.values(), key=lambda r: (r.op.split("::")[-1].lower(), r.op))
 
 
 def report(

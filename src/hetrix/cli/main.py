@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hetrix.cli import bench as bench_mod
 from hetrix.cli import check as check_mod
 from hetrix.cli import demo as demo_mod
 from hetrix.cli import feeds as feeds_mod
@@ -396,7 +397,7 @@ def demo(
 
 def _print_demo(out: Console, results: Sequence[demo_mod.DemoResult], vs_ort: bool) -> None:
     columns = ["model", "ops", "nodes", "load+plan", "run"]
-    columns += ["ORT run", "vs ORT"] if vs_ort else []
+    columns += ["ORT run", "Hetrix/ORT"] if vs_ort else []
     columns += ["max abs err", "max rel err", "result"]
     table = make_table(f"Light models (rtol {demo_mod.RTOL:g}, atol {demo_mod.ATOL:g}; "
                        f"run = median of {demo_mod.TIMED_RUNS} after a warm-up)", *columns,
@@ -417,6 +418,11 @@ def _print_demo(out: Console, results: Sequence[demo_mod.DemoResult], vs_ort: bo
             out.print(f"[red]{escape(r.name)}: {escape(r.error)}[/red]")
     passed = sum(r.ok for r in results)
     out.print(f"[bold]{passed}/{len(results)} models match their expected outputs[/bold]")
+
+
+# -- bench (its own module) -------------------------------------------------------------------
+
+bench_mod.register(app)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def summarize_model(model: ModelSource) -> ModelSummary:
         parameter_bytes=sum(tensor_nbytes(t) for _, t in tensors),
         initializers=sum(kind == "initializer" for kind, _ in tensors),
         constants=sum(kind == "constant" for kind, _ in tensors),
-        overridable_initializers=[v.name for v in graph.inputs if v.name in init_names],
+        overridable_initializers=[v.name or "" for v in graph.inputs if v.name in init_names],
     )
 
 

@@ -104,7 +104,7 @@ def light_model_randomized(
     The shipped light models build every weight with ``ConstantOfShape(0.02)``, so their outputs
     are nearly uniform and a kernel that mixes up spatial positions or channels can still match
     them.  Here each such weight becomes a random initializer of the same shape, scaled so the
-    activations stay in a sane range (He- or LeCun-style for Conv/Gemm weights, positive scale and
+    activations stay in a sane range (He- or LeCun-scaled uniform Conv/Gemm weights, positive scale and
     variance near 1 for BatchNormalization and the ``Unsqueeze`` -> ``Mul``/``Add`` affine pairs).
     The input of a final ``Softmax`` becomes an extra graph output, since random weights can
     saturate the probabilities.
@@ -112,6 +112,9 @@ def light_model_randomized(
     model = onnx.load(light_model_paths()[name], load_external_data=False)
     rng = np.random.default_rng(seed)
     graph = model.graph
+    # Types for the logits outputs added below; inferred now, while the model is still small.
+    inferred = {value.name: value
+                for value in onnx.shape_inference.infer_shapes(model).graph.value_info}
     initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in graph.node:
@@ -152,10 +155,7 @@ def light_model_randomized(
     outputs = {value.name for value in graph.output}
     logits = [node.input[0] for node in graph.node
               if node.op_type == "Softmax" and node.output[0] in outputs]
-    if logits:
-        inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
-        known = {value.name: value for value in inferred}
-        graph.output.extend(known[name] for name in logits)
+    graph.output.extend(inferred[name] for name in logits)
 
     feeds = {}
     for value in _feed_inputs(model):
@@ -168,19 +168,28 @@ def _random_weight(
     consumer: onnx.NodeProto | None, gain: float,
 ) -> np.ndarray:
     op_type, index = role
-    if op_type == "BatchNormalization" and index in (1, 4):  # scale, variance: positive
-        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    if op_type == "BatchNormalization":  # bias, mean
-        return (0.1 * rng.standard_normal(shape)).astype(np.float32)
-    if op_type == "Unsqueeze":  # densenet/inception_v2 spell BN as Unsqueeze -> Mul/Add
+    if op_type in ("BatchNormalization", "Unsqueeze") and index in (0, 1, 4):
+        # BN scale and variance (positive), and the Unsqueeze -> Mul/Add pairs densenet and
+        # inception_v2 spell BN with
         return rng.uniform(0.5, 1.5, shape).astype(np.float32)
     if len(shape) >= 2:  # Conv [M, C/g, kH, kW], Gemm [N, K] (transB) or [K, N]
         fan_in = int(np.prod(shape[1:]))
         if op_type == "Gemm" and consumer is not None:
             trans_b = any(a.name == "transB" and a.i for a in consumer.attribute)
             fan_in = shape[1] if trans_b else shape[0]
-        return (rng.standard_normal(shape) * np.sqrt(gain / max(fan_in, 1))).astype(np.float32)
-    return (0.1 * rng.standard_normal(shape)).astype(np.float32)  # biases
+        return _uniform(rng, shape, np.sqrt(gain / max(fan_in, 1)))
+    return _uniform(rng, shape, 0.1)  # biases, BN mean
+
+
+def _uniform(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
+    """Zero-mean uniform float32 values with standard deviation ``std``.
+
+    Uniform rather than normal, made in float32 in place: vgg19 alone has 143M weights.
+    """
+    values = rng.random(shape, dtype=np.float32)
+    values -= np.float32(0.5)
+    values *= np.float32(std * np.sqrt(12.0))
+    return values
 
 
 # -- transformers exports ------------------------------------------------------------------------

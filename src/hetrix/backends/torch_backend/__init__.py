@@ -65,6 +65,8 @@ class TorchBackend(RegistryBackend):
             return None
         if isinstance(value, list):
             return [self.from_host(item) for item in value]
+        if isinstance(value, torch.Tensor):  # a torch feed handed straight to the copy step
+            return value.to(self.torch_device)
         tensor = _tensor_from_numpy(np.asarray(value))
         if self.torch_device.type == "cpu":
             return tensor

@@ -2,29 +2,47 @@
 
 Each kernel keeps the input dtype.  float16 / bfloat16 inputs are computed in float32 (numpy's
 float16 transcendental loops are slow, ml_dtypes' bfloat16 has few), float32 and float64 natively.
-Formulas are arranged so that no intermediate overflows (``exp`` only of non-positive values).
+Formulas avoid cancellation (Softplus, Gelu's tail) and ``np.where`` on hot paths (it is several
+times slower than arithmetic on unpredictable masks); overflow to inf is allowed only where the
+result stays right (``1 / (1 + inf) = 0`` in Sigmoid).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.kernels.elementwise import erf_single, erfc64
+from hetrix.backends.registry import Kernel
 
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _quiet(fn: Kernel) -> Kernel:
+    """Run the kernel with numpy's float warnings off: extreme inputs give inf / NaN exactly as
+    the ONNX formula does (e.g. -inf * 0 in HardSwish), and the warnings would only be noise."""
+
+    @functools.wraps(fn)
+    def run(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return fn(ctx, *inputs)
+
+    return run
+
+
 def _compute(x: np.ndarray) -> np.ndarray:
-    """``x`` in the dtype the math runs in: float32/float64 as is, other types in float32."""
-    return x if x.dtype in _NATIVE else x.astype(np.float32)
+    """``x`` as the math runs on it: float32/float64 as is, other types in float32, and 0-d as
+    1-d (ufuncs return numpy scalars for 0-d arrays, which in-place ``out=`` cannot take)."""
+    xc = x if x.dtype in _NATIVE else x.astype(np.float32)
+    return xc.reshape(1) if xc.ndim == 0 else xc
 
 
 def _back(y: np.ndarray | np.generic, x: np.ndarray) -> np.ndarray:
-    """The result as an ndarray of x's dtype."""
-    return np.asarray(y).astype(x.dtype, copy=False)
+    """The result as an ndarray of x's dtype and shape."""
+    return np.asarray(y).astype(x.dtype, copy=False).reshape(x.shape)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -33,8 +51,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     Relative accuracy holds on both tails: for x << 0, exp(-x) is large and the division exact
     enough; exp overflows to inf only where the true result is below the smallest normal float.
     """
-    with np.errstate(over="ignore"):
-        y = np.exp(-x)
+    y = np.exp(-x)
     y += 1.0
     np.reciprocal(y, out=y)
     return y
@@ -70,6 +87,7 @@ def _leaky(x: np.ndarray, slope: np.ndarray | float) -> np.ndarray:
 
 
 @kernel("Relu", since=1)
+@_quiet
 def relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Relu: max(x, 0)."""
     if x.dtype.kind == "V":
@@ -78,6 +96,7 @@ def relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 @kernel("LeakyRelu", since=1)
+@_quiet
 def leaky_relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """LeakyRelu: x for x >= 0, alpha * x otherwise."""
     xc = _compute(x)
@@ -88,6 +107,7 @@ def leaky_relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 @kernel("PRelu", since=1)
+@_quiet
 def prelu(ctx: NodeContext, x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     """PRelu: x for x >= 0, slope * x otherwise; slope broadcasts onto X."""
     if ctx.opset < 7 and slope.ndim == 1 and x.ndim > 2 and slope.shape[0] == x.shape[1] > 1:
@@ -105,6 +125,7 @@ def prelu(ctx: NodeContext, x: np.ndarray, slope: np.ndarray) -> np.ndarray:
 
 
 @kernel("ThresholdedRelu", since=10)
+@_quiet
 def thresholded_relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """ThresholdedRelu: x for x > alpha, 0 otherwise."""
     xc = _compute(x)
@@ -113,12 +134,14 @@ def thresholded_relu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 @kernel("Elu", since=1)
+@_quiet
 def elu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Elu: x for x > 0, alpha * (exp(x) - 1) otherwise."""
     return _back(_elu(_compute(x), ctx.attrs.get("alpha", 1.0)), x)
 
 
 @kernel("Selu", since=1)
+@_quiet
 def selu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Selu: gamma * (x for x > 0, alpha * (exp(x) - 1) otherwise)."""
     alpha = ctx.attrs.get("alpha", 1.67326319217681884765625)
@@ -129,6 +152,7 @@ def selu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 @kernel("Celu", since=12)
+@_quiet
 def celu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Celu: max(0, x) + min(0, alpha * (exp(x / alpha) - 1))."""
     alpha = ctx.attrs.get("alpha", 1.0)
@@ -144,6 +168,7 @@ def celu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 @kernel("HardSigmoid", since=1)
+@_quiet
 def hard_sigmoid(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """HardSigmoid: clip(alpha * x + beta, 0, 1)."""
     xc = _compute(x)
@@ -154,6 +179,7 @@ def hard_sigmoid(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 @kernel("HardSwish", since=14)
+@_quiet
 def hard_swish(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """HardSwish: x * clip(x / 6 + 0.5, 0, 1)."""
     xc = _compute(x)
@@ -165,6 +191,7 @@ def hard_swish(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 @kernel("Sigmoid", since=1)
+@_quiet
 def sigmoid(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Sigmoid: 1 / (1 + exp(-x))."""
     return _back(_sigmoid(_compute(x)), x)
@@ -172,20 +199,21 @@ def sigmoid(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 def _swish(xc: np.ndarray, alpha: float) -> np.ndarray:
     """x * sigmoid(alpha * x) = x / (1 + exp(-alpha x)), in a new array."""
-    with np.errstate(over="ignore"):
-        y = np.exp(xc * xc.dtype.type(-alpha))
+    y = np.exp(xc * xc.dtype.type(-alpha))
     y += 1.0
     np.divide(xc, y, out=y)
     return y
 
 
 @kernel("Swish", since=24)
+@_quiet
 def swish(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Swish: x * sigmoid(alpha * x)."""
     return _back(_swish(_compute(x), ctx.attrs.get("alpha", 1.0)), x)
 
 
 @kernel("SwiGLU", since=28)
+@_quiet
 def swiglu(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SwiGLU: Swish_alpha(A) * B, for A and B of identical shapes."""
     if a.shape != b.shape:
@@ -198,12 +226,14 @@ def swiglu(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @kernel("Softplus", since=1)
+@_quiet
 def softplus(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Softplus: log(1 + exp(x))."""
     return _back(_softplus(_compute(x)), x)
 
 
 @kernel("Softsign", since=1)
+@_quiet
 def softsign(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Softsign: x / (1 + |x|)."""
     xc = _compute(x)
@@ -213,6 +243,7 @@ def softsign(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 @kernel("Mish", since=18)
+@_quiet
 def mish(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Mish: x * tanh(softplus(x))."""
     xc = _compute(x)
@@ -223,6 +254,7 @@ def mish(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 
 
 @kernel("Shrink", since=9)
+@_quiet
 def shrink(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Shrink: x + bias for x < -lambd, x - bias for x > lambd, 0 otherwise."""
     lambd, bias = ctx.attrs.get("lambd", 0.5), ctx.attrs.get("bias", 0.0)
@@ -238,6 +270,7 @@ _GELU_TAIL = 1.4
 
 
 @kernel("Gelu", since=20)
+@_quiet
 def gelu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Gelu: 0.5 x (1 + erf(x / sqrt 2)), or its tanh approximation (``approximate="tanh"``)."""
     approximate = ctx.attrs.get("approximate", "none")

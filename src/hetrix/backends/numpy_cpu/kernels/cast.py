@@ -156,7 +156,7 @@ def _cast(x: np.ndarray, to: np.dtype, saturate: bool, round_mode: str) -> np.nd
     """Convert ``x`` to ``to`` following ONNX Cast semantics."""
     src = x.dtype
     if src == to:
-        return x
+        return x.copy()  # a new value: the caller may own and later modify x
     if src == _STRING:
         return _from_strings(x, to, saturate, round_mode)
     if to == _STRING:

@@ -110,6 +110,7 @@ def _horner(s: np.ndarray, coefs: tuple[float, ...]) -> np.ndarray:
 
 
 def _erf_single_block(x: np.ndarray, out: np.ndarray, scale: float) -> None:
+    """out[:] = erf(scale * x) for one block, through the float64 rational."""
     xc = x.astype(np.float64)
     if scale != 1.0:
         xc *= scale
@@ -290,8 +291,6 @@ def _binary(
     ctx: NodeContext, fn: Ufunc, a: np.ndarray, b: np.ndarray, dtype: np.dtype
 ) -> np.ndarray:
     """``fn(a, b)`` with numpy broadcasting, as ``dtype``; a clear error on bad shapes."""
-    if ctx.opset < 7:
-        b = _legacy_operands(ctx, a, b)
     try:
         with np.errstate(all="ignore"):
             y = fn(_wide(a), _wide(b))
@@ -299,6 +298,27 @@ def _binary(
         _check_broadcast(ctx, a, b)
         raise
     return _out(y, dtype)
+
+
+def _register_binary(op: str, since: int, fn: Ufunc, bool_out: bool, doc: str) -> None:
+    """Register ``op`` from ``since``; ops that exist at opset 1 get a legacy kernel until 7.
+
+    Output dtype: bool for comparisons and logic, A's dtype otherwise.
+    """
+
+    def run(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _binary(ctx, fn, a, b, np.dtype(bool) if bool_out else a.dtype)
+
+    def run_legacy(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return run(ctx, a, _legacy_operands(ctx, a, b))
+
+    run.__name__, run_legacy.__name__ = op.lower(), op.lower() + "_v1"
+    run.__doc__ = f"{op}: {doc}."
+    run_legacy.__doc__ = f"{op} (opset 1-6): {doc}, with the legacy broadcast/axis attributes."
+    if since < 7:
+        kernel(op, since=since)(run_legacy)
+        since = 7
+    kernel(op, since=since)(run)
 
 
 def _trunc_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -313,73 +333,32 @@ def _trunc_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX Div: true division for floats, truncating division for integers."""
     if a.dtype.kind in "iu" and b.dtype.kind in "iu":
         return _trunc_divide(a, b)
     return np.true_divide(a, b)
 
 
-def _arith(op: str, fn: Ufunc) -> None:
-    """Register ``op`` (opset 1 legacy broadcast, then numpy broadcast from 7): dtype of A."""
-
-    def run(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return _binary(ctx, fn, a, b, a.dtype)
-
-    run.__name__ = op.lower()
-    run.__doc__ = f"{op}: elementwise {op.lower()} with broadcasting, in A's dtype."
-    kernel(op, since=1)(run)
-
-
-def _compare(op: str, since: int, fn: Ufunc) -> None:
-    """Register a broadcasting comparison or logic op with a bool output."""
-
-    def run(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return _binary(ctx, fn, a, b, np.dtype(bool))
-
-    run.__name__ = op.lower()
-    run.__doc__ = f"{op}: elementwise {fn.__name__} with broadcasting, bool output."
-    kernel(op, since=since)(run)
-
-
-_ARITH_TABLE: tuple[tuple[str, Ufunc], ...] = (
-    ("Add", np.add),
-    ("Sub", np.subtract),
-    ("Mul", np.multiply),
-    ("Div", _divide),
+# (op, first opset, numpy function, bool output)
+_BINARY_TABLE: tuple[tuple[str, int, Ufunc, bool], ...] = (
+    ("Add", 1, np.add, False),
+    ("Sub", 1, np.subtract, False),
+    ("Mul", 1, np.multiply, False),
+    ("Div", 1, _divide, False),
+    ("Equal", 1, np.equal, True),
+    ("Greater", 1, np.greater, True),
+    ("Less", 1, np.less, True),
+    ("GreaterOrEqual", 12, np.greater_equal, True),
+    ("LessOrEqual", 12, np.less_equal, True),
+    ("And", 1, np.logical_and, True),
+    ("Or", 1, np.logical_or, True),
+    ("Xor", 1, np.logical_xor, True),
+    ("BitwiseAnd", 18, np.bitwise_and, False),
+    ("BitwiseOr", 18, np.bitwise_or, False),
+    ("BitwiseXor", 18, np.bitwise_xor, False),
 )
-for _op, _fn in _ARITH_TABLE:
-    _arith(_op, _fn)
-
-_COMPARE_TABLE: tuple[tuple[str, int, Ufunc], ...] = (
-    ("Equal", 1, np.equal),
-    ("Greater", 1, np.greater),
-    ("Less", 1, np.less),
-    ("GreaterOrEqual", 12, np.greater_equal),
-    ("LessOrEqual", 12, np.less_equal),
-    ("And", 1, np.logical_and),
-    ("Or", 1, np.logical_or),
-    ("Xor", 1, np.logical_xor),
-)
-for _op, _since, _fn in _COMPARE_TABLE:
-    _compare(_op, _since, _fn)
-
-
-def _bitwise(op: str, fn: Ufunc) -> None:
-    """Register a broadcasting bitwise op on integers (opset 18)."""
-
-    def run(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return _binary(ctx, fn, a, b, a.dtype)
-
-    run.__name__ = op.lower()
-    run.__doc__ = f"{op}: elementwise {fn.__name__} with broadcasting."
-    kernel(op, since=18)(run)
-
-
-for _op, _fn in (
-    ("BitwiseAnd", np.bitwise_and),
-    ("BitwiseOr", np.bitwise_or),
-    ("BitwiseXor", np.bitwise_xor),
-):
-    _bitwise(_op, _fn)
+for _op, _since, _fn, _bool in _BINARY_TABLE:
+    _register_binary(_op, _since, _fn, _bool, f"elementwise {_op} with broadcasting")
 
 
 @kernel("BitShift", since=11)
@@ -403,7 +382,7 @@ def mod(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _power(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a ** b computed in the promoted type; integer bases tolerate negative exponents."""
-    if b.size == 1 and a.dtype.kind == "f":
+    if b.size == 1 and b.ndim <= a.ndim and a.dtype.kind == "f":
         # common constant exponents (GELU's x^3, variance's x^2): cheaper than np.power
         e = b.item()
         if e == 2:
@@ -421,10 +400,7 @@ def _power(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.power(a, b)
 
 
-@kernel("Pow", since=1)
-def pow_(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pow: A ** B with broadcasting; the output keeps the base's dtype."""
-    return _binary(ctx, _power, a, b, a.dtype)
+_register_binary("Pow", 1, _power, False, "A ** B with broadcasting, in the base's dtype")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -82,11 +82,21 @@ def host_ints(value: torch.Tensor | np.ndarray | Sequence[int] | None) -> list[i
     return [int(v) for v in np.asarray(value).reshape(-1).tolist()]
 
 
-def host_scalar(value: torch.Tensor | None, default: Any = None) -> Any:
-    """A scalar input as a Python number (None/empty input gives ``default``)."""
-    if value is None or value.numel() == 0:
+def host_scalar(value: torch.Tensor | np.ndarray | None, default: Any = None) -> Any:
+    """A scalar input (tensor or host array) as a Python number; None/empty gives ``default``."""
+    if value is None:
         return default
-    return value.reshape(-1)[0].item()
+    flat = value.reshape(-1)
+    if flat.shape[0] == 0:
+        return default
+    return flat[0].item()
+
+
+def host_size(value: torch.Tensor | np.ndarray | None) -> int:
+    """Element count of an optional input held on the host or the device."""
+    if value is None:
+        return 0
+    return int(np.prod(value.shape)) if not isinstance(value, torch.Tensor) else value.numel()
 
 
 def as_tensor(value: Any, like: torch.Tensor) -> torch.Tensor:
@@ -117,6 +127,7 @@ __all__ = [
     "compute_dtype",
     "host_ints",
     "host_scalar",
+    "host_size",
     "kernel",
     "needs_device",
     "normalize_axis",

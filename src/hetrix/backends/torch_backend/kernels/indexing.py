@@ -12,7 +12,7 @@ import torch
 
 from hetrix.backends.torch_backend.kernels._common import (
     NodeContext,
-    host_ints,
+    host_scalar,
     kernel,
     normalize_axis,
 )
@@ -114,8 +114,7 @@ def one_hot(
     ctx: NodeContext, indices: torch.Tensor, depth: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
     """OneHot: values[1] where the new ``axis`` equals the index, values[0] elsewhere."""
-    size = int(host_ints(depth.to(torch.int64))[0]) if depth.dtype.is_floating_point is False \
-        else int(depth.reshape(-1)[0].item())
+    size = int(host_scalar(depth))
     index = indices.to(torch.int64)
     index = torch.where(index < 0, index + size, index)
     valid = (index >= 0) & (index < size)

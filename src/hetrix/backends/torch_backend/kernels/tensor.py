@@ -22,6 +22,7 @@ from hetrix.backends.torch_backend.kernels._common import (
     needs_device,
     normalize_axis,
     numpy_to_torch_dtype,
+    onnx_dtype,
 )
 
 
@@ -215,13 +216,16 @@ def size(ctx: NodeContext, x: torch.Tensor) -> torch.Tensor:
 
 
 @kernel("ConstantOfShape", since=9)
-def constant_of_shape(ctx: NodeContext, shape: torch.Tensor) -> torch.Tensor:
+@needs_device
+def constant_of_shape(
+    ctx: NodeContext, shape: torch.Tensor | np.ndarray, *, device: torch.device
+) -> torch.Tensor:
     """ConstantOfShape: a tensor of ``shape`` filled with ``value`` (float32 0 by default)."""
     value = ctx.attrs.get("value")
     array = np.asarray(value) if value is not None else np.zeros(1, np.float32)
     dtype = numpy_to_torch_dtype(array.dtype)
     return torch.full(host_ints(shape), array.reshape(-1)[0].item(), dtype=dtype,
-                      device=shape.device)
+                      device=device)
 
 
 @kernel("Constant", since=1)
@@ -251,15 +255,27 @@ def _constant_value(ctx: NodeContext, device: torch.device) -> torch.Tensor:
 
 
 @kernel("Range", since=11)
+@needs_device
 def range_(
-    ctx: NodeContext, start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor
+    ctx: NodeContext, start: Any, limit: Any, delta: Any, *, device: torch.device
 ) -> torch.Tensor:
-    """Range: start + i * delta for i in [0, ceil((limit - start) / delta))."""
-    first, last, step = start.item(), limit.item(), delta.item()
+    """Range: start + i * delta for i in [0, ceil((limit - start) / delta)).
+
+    The three scalars arrive on the host (they are shape arguments); the result is made on the
+    backend's device.
+    """
+    first, last, step = host_scalar(start), host_scalar(limit), host_scalar(delta)
     count = max(int(math.ceil((last - first) / step)), 0)
-    steps = torch.arange(count, device=start.device, dtype=torch.float64 if
-                         start.dtype.is_floating_point else torch.int64)
-    return (steps * step + first).to(start.dtype)
+    dtype = _torch_dtype_of(start)
+    steps = torch.arange(count, device=device,
+                         dtype=torch.float64 if dtype.is_floating_point else torch.int64)
+    return (steps * step + first).to(dtype)
+
+
+def _torch_dtype_of(value: Any) -> torch.dtype:
+    if isinstance(value, torch.Tensor):
+        return value.dtype
+    return numpy_to_torch_dtype(np.asarray(value).dtype) or torch.float32
 
 
 @kernel("Dropout", since=1)
@@ -300,8 +316,6 @@ def non_zero(ctx: NodeContext, x: torch.Tensor) -> torch.Tensor:
 @kernel("EyeLike", since=9)
 def eye_like(ctx: NodeContext, x: torch.Tensor) -> torch.Tensor:
     """EyeLike: ones on diagonal ``k`` of a 2-D tensor shaped like x."""
-    from hetrix.backends.torch_backend.kernels._common import onnx_dtype
-
     dtype = onnx_dtype(ctx.attrs["dtype"]) if ctx.attrs.get("dtype") is not None else x.dtype
     rows, cols = x.shape
     ones = torch.ones(rows, cols, dtype=dtype, device=x.device)

@@ -1,0 +1,173 @@
+"""Kernels of Hetrix's own fused ops (domain ``hetrix``), which the graph passes introduce.
+
+Each runs the existing kernel of the op it replaces, then applies the activation in place on the
+fresh output, so a fused node computes exactly what the unfused pair did minus one temporary:
+
+* ``FusedConv(X, W, B?)``, ``FusedGemm(A, B, C?)``: Conv / Gemm attributes, plus ``activation``
+  (``Relu``, ``LeakyRelu``, ``Clip``, ``Sigmoid``, ``HardSigmoid``, ``Tanh``, ``Gelu``,
+  ``GeluTanh`` or empty) and ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid
+  alpha, beta);
+* ``FusedMatMul(A, B, bias?)``: MatMul, plus a bias along the last axis, plus the activation;
+* ``Gelu(X)`` with ``approximate``, ``LayerNormalization(X, scale, B?)`` with ``axis``,
+  ``epsilon``: the standard ops for models whose opset predates them (20 and 17);
+* ``Attention(Q, Kt, V, mask?)`` with ``scale``: ``softmax(Q @ Kt * scale + mask) @ V`` where
+  ``Kt`` is the key already transposed to ``[..., D, S_kv]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from hetrix.backends.numpy_cpu.kernels import activations, normalization
+from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+from hetrix.backends.numpy_cpu.kernels.conv import conv
+from hetrix.backends.numpy_cpu.kernels.linalg import gemm, matmul
+from hetrix.backends.numpy_cpu.kernels.softmax import softmax
+
+Activation = Callable[[NodeContext, np.ndarray], np.ndarray]
+
+
+def _relu(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
+    return np.maximum(y, y.dtype.type(0), out=y)
+
+
+def _leaky_relu(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
+    (alpha,) = _params(ctx, 1)
+    np.multiply(y, y.dtype.type(alpha), out=y, where=y < 0)
+    return y
+
+
+def _clip(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
+    low, high = _params(ctx, 2)
+    return np.clip(y, low, high, out=y)
+
+
+def _tanh(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
+    return np.tanh(y, out=y)
+
+
+def _hard_sigmoid(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
+    alpha, beta = _params(ctx, 2)
+    y *= y.dtype.type(alpha)
+    y += y.dtype.type(beta)
+    return np.clip(y, 0, 1, out=y)
+
+
+def _by_kernel(fn: Activation, **attrs: object) -> Activation:
+    """An activation computed by the standard kernel (not in place, same numbers as unfused)."""
+
+    def apply(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
+        inner = ctx.cache.get("activation_ctx")
+        if inner is None:
+            inner = NodeContext(op_type=ctx.attrs.get("activation", ""), domain="", name=ctx.name,
+                                opset=20, attrs=dict(attrs), num_inputs=1, num_outputs=1)
+            ctx.cache["activation_ctx"] = inner
+        return fn(inner, y)
+
+    return apply
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "": lambda ctx, y: y,
+    "Relu": _relu,
+    "LeakyRelu": _leaky_relu,
+    "Clip": _clip,
+    "Tanh": _tanh,
+    "HardSigmoid": _hard_sigmoid,
+    "Sigmoid": _by_kernel(activations.sigmoid),
+    "Gelu": _by_kernel(activations.gelu, approximate="none"),
+    "GeluTanh": _by_kernel(activations.gelu, approximate="tanh"),
+}
+"""Activation name -> function applying it to a fresh output (in place where it can)."""
+
+
+def _params(ctx: NodeContext, n: int) -> list[float]:
+    params = list(ctx.attrs.get("activation_params") or [])
+    if len(params) != n:
+        raise ValueError(
+            f"{ctx.op_type} '{ctx.name}': activation {ctx.attrs.get('activation')!r} needs {n} "
+            f"activation_params, got {params}"
+        )
+    return params
+
+
+def activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
+    """Apply the node's ``activation`` to ``y``, a fresh array the kernel may overwrite."""
+    name = ctx.attrs.get("activation", "")
+    if isinstance(name, bytes):
+        name = name.decode()
+    fn = ACTIVATIONS.get(name)
+    if fn is None:
+        raise ValueError(f"{ctx.op_type} '{ctx.name}': unknown activation {name!r}")
+    if not y.flags.writeable:
+        y = y.copy()
+    return fn(ctx, y)
+
+
+@kernel("FusedConv", since=1, domain="hetrix")
+def fused_conv(
+    ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
+) -> np.ndarray:
+    """Conv, then the activation in place."""
+    return activate(ctx, conv(ctx, x, w, b))
+
+
+@kernel("FusedGemm", since=1, domain="hetrix")
+def fused_gemm(
+    ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None
+) -> np.ndarray:
+    """Gemm, then the activation in place."""
+    return activate(ctx, gemm(ctx, a, b, c))
+
+
+@kernel("FusedMatMul", since=1, domain="hetrix")
+def fused_matmul(
+    ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None
+) -> np.ndarray:
+    """MatMul, plus the bias along the last axis, then the activation, both in place."""
+    y = matmul(a, b)
+    if bias is not None:
+        if bias.ndim > 1 or bias.size not in (1, y.shape[-1]):
+            raise ValueError(
+                f"FusedMatMul '{ctx.name}': bias of shape {bias.shape} for output {y.shape}"
+            )
+        np.add(y, bias.astype(y.dtype, copy=False), out=y)
+    return activate(ctx, y)
+
+
+@kernel("Gelu", since=1, domain="hetrix")
+def gelu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """The standard Gelu (opset 20) for models of older opsets."""
+    return activations.gelu(ctx, x)
+
+
+@kernel("LayerNormalization", since=1, domain="hetrix")
+def layer_norm(
+    ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None
+) -> np.ndarray | tuple[np.ndarray, ...]:
+    """The standard LayerNormalization (opset 17) for models of older opsets."""
+    return normalization.layer_norm(ctx, x, scale, bias)
+
+
+@kernel("Attention", since=1, domain="hetrix")
+def attention(
+    ctx: NodeContext, q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """``softmax(q @ kt * scale + mask) @ v`` with one scores buffer, updated in place."""
+    scores = matmul(q, kt)
+    scale = ctx.attrs.get("scale", 1.0)
+    if scale != 1.0:
+        scores *= scores.dtype.type(scale)
+    if mask is not None:
+        if np.broadcast_shapes(scores.shape, mask.shape) == scores.shape:
+            scores += mask.astype(scores.dtype, copy=False)
+        else:
+            scores = scores + mask
+    inner = ctx.cache.get("softmax_ctx")
+    if inner is None:
+        inner = NodeContext(op_type="Softmax", domain="", name=ctx.name, opset=13,
+                            attrs={"axis": -1}, num_inputs=1, num_outputs=1)
+        ctx.cache["softmax_ctx"] = inner
+    return matmul(softmax(inner, scores), v)

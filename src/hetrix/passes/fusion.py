@@ -1,0 +1,173 @@
+"""Fusions of a linear op with what follows it: a bias Add, then an activation.
+
+* ``MatMul(A, W) + b`` with constant 2-D ``W`` and a constant bias along the last axis becomes
+  ``Gemm(A, W, b)`` when ``A`` is known to be 2-D, else ``hetrix.FusedMatMul(A, W, b)``.
+* ``Conv``/``Gemm``/``MatMul``/``FusedMatMul`` followed by Relu, LeakyRelu, Clip, Sigmoid,
+  HardSigmoid, Tanh or Gelu becomes ``hetrix.FusedConv``/``FusedGemm``/``FusedMatMul`` with the
+  producer's attributes plus ``activation`` (the op name, ``"GeluTanh"`` for the tanh Gelu) and
+  ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid alpha, beta).  The kernels in
+  ``hetrix.backends.numpy_cpu.kernels.fused`` run the original kernel, then the activation in
+  place on its fresh output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from hetrix.passes import _ir
+from hetrix.passes.rewrite import Reject, RewriteContext, RewritePass, Rule
+
+FUSED_OP = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul"}
+"""The hetrix op a producer becomes when an activation is fused into it."""
+
+_FLOAT_MAX = float(np.finfo(np.float32).max)
+
+
+class MatMulAddRule(Rule):
+    """``MatMul(A, W) + b`` (``W`` a constant matrix, ``b`` a constant row) -> Gemm/FusedMatMul."""
+
+    name = "MatMul+Add"
+    op_types = ("Add",)
+
+    def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, ir.Node, np.ndarray]:
+        for index in (0, 1):
+            matmul = _ir.producer(node.inputs[index])
+            if _ir.is_op(matmul, "MatMul"):
+                return matmul, node, self._bias(matmul, node.inputs[1 - index])
+        raise Reject("no operand is produced by a MatMul")
+
+    @staticmethod
+    def _bias(matmul: ir.Node, value: ir.Value | None) -> np.ndarray:
+        if _ir.sole_consumer(matmul.outputs[0]) is None:
+            raise Reject("the MatMul output has other readers")
+        weight = _ir.const_array(matmul.inputs[1])
+        bias = _ir.const_array(value)
+        if weight is None or weight.ndim != 2 or weight.dtype.kind != "f":
+            raise Reject("the MatMul weight is not a constant float matrix")
+        if bias is None or bias.dtype != weight.dtype:
+            raise Reject("the addend is not a constant of the weight's type")
+        rank = _ir.rank(matmul.inputs[0])
+        if bias.ndim > (rank if rank is not None else 1):
+            raise Reject("the bias would broadcast the product to a higher rank")
+        if any(d != 1 for d in bias.shape[:-1]) or bias.size not in (1, weight.shape[1]):
+            raise Reject(f"bias of shape {list(bias.shape)} is not one value per column")
+        return bias.reshape(-1)
+
+    def apply(self, match: tuple[ir.Node, ir.Node, np.ndarray], ctx: RewriteContext) -> None:
+        matmul, add, bias = match
+        assert matmul.graph is not None
+        bias_value = _ir.add_initializer(matmul.graph, (matmul.name or "matmul") + "_bias", bias)
+        inputs = [matmul.inputs[0], matmul.inputs[1], bias_value]
+        out = ir.Value(name=_ir.fresh_name(add.outputs[0].name or "matmul_add"))
+        if _ir.rank(matmul.inputs[0]) == 2:
+            attributes = {"broadcast": 1} if (ctx.opset() or 13) < 7 else {}
+            fused = ir.node("Gemm", inputs, attributes, name=matmul.name, outputs=[out])
+        else:
+            ctx.import_hetrix()
+            fused = ir.node("FusedMatMul", inputs, {"activation": ""}, domain=_ir.HETRIX_DOMAIN,
+                            name=matmul.name, outputs=[out])
+        _ir.replace(add, [matmul, add], [fused], [add.outputs[0]], [out])
+
+
+class ActivationFusionRule(Rule):
+    """Conv/Gemm/MatMul (or an activation-free FusedMatMul) -> activation: one fused node."""
+
+    name = "activation fusion"
+    op_types = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "Gelu")
+
+    def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, ir.Node, str, list]:
+        producer = _ir.producer(node.inputs[0])
+        if not (_ir.is_op(producer, "Conv", "Gemm", "MatMul") or _is_plain_fused(producer)):
+            raise Reject("input is not produced by Conv, Gemm or MatMul")
+        assert producer is not None
+        if _ir.sole_consumer(node.inputs[0]) is None:
+            raise Reject(f"the {producer.op_type} output has other readers")
+        if producer.outputs[0].dtype not in (None, ir.DataType.FLOAT, ir.DataType.DOUBLE,
+                                             ir.DataType.FLOAT16):
+            raise Reject("not a floating-point output")
+        activation, params = activation_spec(node, ctx)
+        return producer, node, activation, params
+
+    def apply(self, match: tuple[ir.Node, ir.Node, str, list], ctx: RewriteContext) -> None:
+        producer, node, activation, params = match
+        ctx.import_hetrix()
+        attributes = {k: v for k, v in producer.attributes.items()
+                      if k not in ("activation", "activation_params")}
+        op_type = FUSED_OP.get(producer.op_type, producer.op_type)
+        fused = ir.Node(_ir.HETRIX_DOMAIN, op_type, list(producer.inputs), attributes.values(),
+                        name=producer.name,
+                        outputs=[ir.Value(name=_ir.fresh_name(node.outputs[0].name or "fused"))])
+        fused.attributes["activation"] = ir.Attr("activation", ir.AttributeType.STRING,
+                                                 activation)
+        fused.attributes["activation_params"] = ir.Attr(
+            "activation_params", ir.AttributeType.FLOATS, [float(p) for p in params])
+        _ir.replace(node, [producer, node], [fused], [node.outputs[0]], fused.outputs)
+
+
+def activation_spec(node: ir.Node, ctx: RewriteContext) -> tuple[str, list[float]]:
+    """``(activation, activation_params)`` of an activation node, or Reject."""
+    version = ctx.opset(node.domain)
+    op = node.op_type
+    if op == "Gelu":
+        approximate = _ir.attribute(node, "approximate", version) or "none"
+        return ("GeluTanh" if approximate == "tanh" else "Gelu"), []
+    if op == "LeakyRelu":
+        alpha = _ir.attribute(node, "alpha", version)
+        return op, [0.01 if alpha is None else alpha]
+    if op == "HardSigmoid":
+        alpha = _ir.attribute(node, "alpha", version)
+        beta = _ir.attribute(node, "beta", version)
+        return op, [0.2 if alpha is None else alpha, 0.5 if beta is None else beta]
+    if op == "Clip":
+        return op, _clip_bounds(node, version)
+    return op, []
+
+
+def _clip_bounds(node: ir.Node, version: int | None) -> list[float]:
+    if version is not None and version < 11:
+        low = _ir.attribute(node, "min", version)
+        high = _ir.attribute(node, "max", version)
+        return [-_FLOAT_MAX if low is None else low, _FLOAT_MAX if high is None else high]
+    bounds = []
+    for index, default in ((1, -math.inf), (2, math.inf)):
+        value = node.inputs[index] if len(node.inputs) > index else None
+        if value is None:
+            bounds.append(default)
+            continue
+        bound = _ir.scalar(value)
+        if bound is None:
+            raise Reject("Clip bounds are not constants")
+        bounds.append(bound)
+    return bounds
+
+
+def _is_plain_fused(node: ir.Node | None) -> bool:
+    """A FusedMatMul (bias only) that has no activation yet."""
+    if not _ir.is_op(node, "FusedMatMul", domain=_ir.HETRIX_DOMAIN):
+        return False
+    assert node is not None
+    return not _ir.attribute(node, "activation", None)
+
+
+class HetrixGeluFusionRule(ActivationFusionRule):
+    """The activation fusion for the ``hetrix.Gelu`` the GELU recognition emits below opset 20."""
+
+    op_types = ("Gelu",)
+    domain = _ir.HETRIX_DOMAIN
+
+
+class MatMulAddFusionPass(RewritePass):
+    """MatMul + bias Add -> Gemm (2-D) or hetrix FusedMatMul."""
+
+    def __init__(self) -> None:
+        super().__init__([MatMulAddRule()])
+
+
+class ActivationFusionPass(RewritePass):
+    """Folds an activation into the Conv/Gemm/MatMul that feeds it (hetrix Fused* ops)."""
+
+    def __init__(self) -> None:
+        super().__init__([ActivationFusionRule(), HetrixGeluFusionRule()])
