@@ -1,10 +1,11 @@
 """The ONNX specification's own node test cases: a pass-count floor that may only go up.
 
-Every case of ``onnx.backend.test.case.node.collect_testcases(None)`` runs through a full session and
-is compared with its expected outputs at the case's own rtol/atol.  The floor (``floor.json``) holds
-the number of passing cases in total and on Hetrix's own kernels (no reference-evaluator fallback);
-``known_failures.txt`` lists every case still failing, each with a one-line reason.  A case failing
-that is not listed fails this test, so a regression cannot hide behind the floor.
+Every case of ``onnx.backend.test.case.node.collect_testcases(None)`` runs through a full session
+and is compared with its expected outputs at the case's own rtol/atol.  The floor
+(``floor.json``) holds the number of passing cases in total and on Hetrix's own kernels (no
+reference-evaluator fallback); ``known_failures.txt`` lists every case still failing, each with a
+one-line reason.  A case failing that is not listed fails this test, so a regression cannot hide
+behind the floor.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def test_pass_counts_do_not_fall_below_floor(results) -> None:
 def test_every_failing_case_is_listed_with_a_reason(results) -> None:
     known = _known_failures()
     assert all(known.values()), "every known failure needs a reason"
-    unexpected = [f"{r.name}: {r.status} {r.reason}" for r in results
-                  if not r.passed and r.name not in known]
+    unexpected = [
+        f"{r.name}: {r.status} {r.reason}" for r in results if not r.passed and r.name not in known
+    ]
     assert not unexpected, "new failures:\n" + "\n".join(unexpected)

@@ -40,17 +40,27 @@ def test_model_local_function_is_inlined_with_attribute_reference() -> None:
     constant = helper.make_node("Constant", [], ["a"])
     constant.attribute.append(alpha_ref)
     function = helper.make_function(
-        "local", "scale_add", ["x", "b"], ["y"],
-        [constant, helper.make_node("Mul", ["x", "a"], ["xa"]),
-         helper.make_node("Add", ["xa", "b"], ["y"])],
-        [helper.make_opsetid("", 18)], attributes=["alpha"],
+        "local",
+        "scale_add",
+        ["x", "b"],
+        ["y"],
+        [
+            constant,
+            helper.make_node("Mul", ["x", "a"], ["xa"]),
+            helper.make_node("Add", ["xa", "b"], ["y"]),
+        ],
+        [helper.make_opsetid("", 18)],
+        attributes=["alpha"],
     )
     model = _model(
         [helper.make_node("scale_add", ["x", "b"], ["y"], domain="local", alpha=3.0)],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-        functions=[function], extra_opsets=[helper.make_opsetid("local", 1)],
+        functions=[function],
+        extra_opsets=[helper.make_opsetid("local", 1)],
     )
     session = hetrix.InferenceSession(model)
     assert {p.op_type for p in session.get_placement()} == {"Constant", "Mul", "Add"}
@@ -62,9 +72,11 @@ def test_function_op_without_kernel_is_expanded_and_matches_onnxruntime() -> Non
     """With LayerNormalization declared unavailable, its schema body runs instead."""
     model = _model(
         [helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=-1, epsilon=1e-5)],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5]),
-         helper.make_tensor_value_info("s", TensorProto.FLOAT, [5]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, [5])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [5]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [5]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
         opset=17,
     )
@@ -72,9 +84,11 @@ def test_function_op_without_kernel_is_expanded_and_matches_onnxruntime() -> Non
     ops = {n.op_type for n in loaded.proto.graph.node}
     assert "LayerNormalization" not in ops and loaded.functions_expanded == 1
     rng = np.random.default_rng(1)
-    feeds = {"x": rng.standard_normal((2, 5)).astype(np.float32),
-             "s": rng.standard_normal(5).astype(np.float32),
-             "b": rng.standard_normal(5).astype(np.float32)}
+    feeds = {
+        "x": rng.standard_normal((2, 5)).astype(np.float32),
+        "s": rng.standard_normal(5).astype(np.float32),
+        "b": rng.standard_normal(5).astype(np.float32),
+    }
     (ours,) = hetrix.InferenceSession(loaded.proto).run(None, feeds)
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(ours, reference.run(None, feeds)[0], rtol=1e-4, atol=1e-5)

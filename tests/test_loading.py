@@ -1,4 +1,4 @@
-"""Model loading: malformed files, opsets, and external data that must stay inside the model folder."""
+"""Model loading: malformed files, opsets, external data that must stay in the model folder."""
 
 from __future__ import annotations
 
@@ -26,16 +26,20 @@ def _add_model(weight: np.ndarray, opset: int = 17) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _externalize(model: onnx.ModelProto, location: str, offset: int = 0,
-                 length: int | None = None) -> onnx.ModelProto:
+def _externalize(
+    model: onnx.ModelProto, location: str, offset: int = 0, length: int | None = None
+) -> onnx.ModelProto:
     """Point initializer 'w' at ``location`` without writing any data."""
     tensor = model.graph.initializer[0]
     nbytes = len(tensor.raw_data) if tensor.raw_data else tensor.ByteSize()
     tensor.ClearField("raw_data")
     tensor.ClearField("float_data")
     tensor.data_location = TensorProto.EXTERNAL
-    entries = {"location": location, "offset": str(offset),
-               "length": str(nbytes if length is None else length)}
+    entries = {
+        "location": location,
+        "offset": str(offset),
+        "length": str(nbytes if length is None else length),
+    }
     for key, value in entries.items():
         tensor.external_data.add(key=key, value=value)
     return model
@@ -68,8 +72,15 @@ def test_external_data_through_inner_symlink_loads(tmp_path: Path, weight: np.nd
 
 @pytest.mark.parametrize(
     "location",
-    ["/etc/passwd", "../secret.bin", "weights/../../secret.bin", "..\\secret.bin",
-     "C:\\Windows\\secret.bin", "\\\\server\\share\\secret.bin", "./../secret.bin"],
+    [
+        "/etc/passwd",
+        "../secret.bin",
+        "weights/../../secret.bin",
+        "..\\secret.bin",
+        "C:\\Windows\\secret.bin",
+        "\\\\server\\share\\secret.bin",
+        "./../secret.bin",
+    ],
 )
 def test_external_data_escaping_folder_is_refused(
     tmp_path: Path, weight: np.ndarray, location: str
@@ -122,11 +133,14 @@ def test_external_data_in_subgraph_constant_is_checked(tmp_path: Path) -> None:
     value.data_location = TensorProto.EXTERNAL
     value.external_data.add(key="location", value="../../etc/passwd")
     branch = helper.make_graph(
-        [helper.make_node("Constant", [], ["k"], value=value)], "then", [],
+        [helper.make_node("Constant", [], ["k"], value=value)],
+        "then",
+        [],
         [helper.make_tensor_value_info("k", TensorProto.FLOAT, [3])],
     )
     graph = helper.make_graph(
-        [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)], "g",
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)],
+        "g",
         [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
     )
@@ -192,12 +206,14 @@ def test_opset_newer_than_onnx_is_refused(weight: np.ndarray) -> None:
 
 def test_unknown_operator_names_op_domain_opset_and_node() -> None:
     graph = helper.make_graph(
-        [helper.make_node("FancyOp", ["x"], ["y"], name="the_node", domain="com.example")], "g",
+        [helper.make_node("FancyOp", ["x"], ["y"], name="the_node", domain="com.example")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.example", 3)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 3)]
+    )
     with pytest.raises(UnsupportedOperatorError) as info:
         hetrix.InferenceSession(model)
     message = str(info.value)
@@ -207,7 +223,8 @@ def test_unknown_operator_names_op_domain_opset_and_node() -> None:
 
 def test_undefined_value_is_reported() -> None:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["ghost"], ["y"], name="r")], "g",
+        [helper.make_node("Relu", ["ghost"], ["y"], name="r")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
     )
@@ -218,7 +235,8 @@ def test_undefined_value_is_reported() -> None:
 
 def test_unsorted_graph_is_planned_in_dependency_order() -> None:
     graph = helper.make_graph(
-        [helper.make_node("Neg", ["t"], ["y"]), helper.make_node("Relu", ["x"], ["t"])], "g",
+        [helper.make_node("Neg", ["t"], ["y"]), helper.make_node("Relu", ["x"], ["t"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
     )

@@ -40,12 +40,18 @@ class OnlyRelu(Backend):
 
 @pytest.fixture
 def graph() -> ir.Graph:
-    model = helper.make_model(helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-         helper.make_node("Add", ["r", "x"], ["y"], name="add")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
-    ), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                helper.make_node("Add", ["r", "x"], ["y"], name="add"),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     return ir.serde.deserialize_model(model).graph
 
 
@@ -115,18 +121,31 @@ class FakeDevice(Backend):
 
 def test_values_are_copied_once_where_they_cross_devices() -> None:
     w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3], np.eye(3).ravel().tolist())
-    model = helper.make_model(helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
-         helper.make_node("Relu", ["m"], ["r"], name="relu"),
-         helper.make_node("Add", ["r", "x"], ["y"], name="add"),
-         helper.make_node("Mul", ["r", "r"], ["z"], name="mul")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
-         helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])], [w],
-    ), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                helper.make_node("Relu", ["m"], ["r"], name="relu"),
+                helper.make_node("Add", ["r", "x"], ["y"], name="add"),
+                helper.make_node("Mul", ["r", "r"], ["z"], name="mul"),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+            [
+                helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+                helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]),
+            ],
+            [w],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     device = FakeDevice()
-    plan = build_plan(ir.serde.deserialize_model(model).graph, {"": 17},
-                      PriorityPlacer([device, NumpyBackend()]), SubgraphRunner)
+    plan = build_plan(
+        ir.serde.deserialize_model(model).graph,
+        {"": 17},
+        PriorityPlacer([device, NumpyBackend()]),
+        SubgraphRunner,
+    )
     assert device.uploads == 1, "the weight moves to the device once, at plan time"
     copies = [s.ctx.name for s in plan.steps if s.ctx.op_type == "Copy"]
     assert copies == ["copy:x@fake:0", "copy:r@host"], "x goes up once; r comes down once"
@@ -150,8 +169,9 @@ class EverythingDevice(FakeDevice):
 
         def on_device(ctx, *args):
             result = inner(ctx, *[a.array if isinstance(a, Boxed) else a for a in args])
-            assert not any(isinstance(a, np.ndarray) and a.size > 8 for a in args), \
+            assert not any(isinstance(a, np.ndarray) and a.size > 8 for a in args), (
                 "large host arrays must have been copied to the device"
+            )
             return Boxed(result)
 
         return on_device
@@ -159,30 +179,48 @@ class EverythingDevice(FakeDevice):
 
 def test_shape_arithmetic_stays_on_the_cpu() -> None:
     """Shape -> Gather -> Unsqueeze -> Concat feeds Reshape: only Reshape/Relu use the device."""
-    model = helper.make_model(helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-         helper.make_node("Shape", ["r"], ["s"], name="shape"),
-         helper.make_node("Constant", [], ["i"], name="index",
-                          value=helper.make_tensor("i", TensorProto.INT64, [], [0])),
-         helper.make_node("Gather", ["s", "i"], ["b"], name="gather"),
-         helper.make_node("Unsqueeze", ["b", "zero"], ["b1"], name="unsqueeze"),
-         helper.make_node("Concat", ["b1", "minus_one"], ["target"], name="concat", axis=0),
-         helper.make_node("Reshape", ["r", "target"], ["y"], name="reshape")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 12])],
-        [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-         helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1])],
-    ), opset_imports=[helper.make_opsetid("", 17)])
-    plan = build_plan(ir.serde.deserialize_model(model).graph, {"": 17},
-                      PriorityPlacer([EverythingDevice(), NumpyBackend()]), SubgraphRunner)
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                helper.make_node("Shape", ["r"], ["s"], name="shape"),
+                helper.make_node(
+                    "Constant",
+                    [],
+                    ["i"],
+                    name="index",
+                    value=helper.make_tensor("i", TensorProto.INT64, [], [0]),
+                ),
+                helper.make_node("Gather", ["s", "i"], ["b"], name="gather"),
+                helper.make_node("Unsqueeze", ["b", "zero"], ["b1"], name="unsqueeze"),
+                helper.make_node("Concat", ["b1", "minus_one"], ["target"], name="concat", axis=0),
+                helper.make_node("Reshape", ["r", "target"], ["y"], name="reshape"),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 12])],
+            [
+                helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+                helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1]),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    plan = build_plan(
+        ir.serde.deserialize_model(model).graph,
+        {"": 17},
+        PriorityPlacer([EverythingDevice(), NumpyBackend()]),
+        SubgraphRunner,
+    )
     where = {p.node: p for p in plan.placements}
     assert where["relu"].backend == "fake:all" and where["reshape"].backend == "fake:all"
     for name in ("shape", "index", "gather", "unsqueeze", "concat"):
         assert where[name].backend == "numpy:cpu", name
         assert where[name].reason == "shape arithmetic stays on the CPU"
     copies = [s.ctx.name for s in plan.steps if s.ctx.op_type == "Copy"]
-    assert copies == ["copy:x@fake:0"], \
+    assert copies == ["copy:x@fake:0"], (
         "Shape reads the device tensor's shape without copying it; Reshape's target stays on host"
+    )
     assert plan.output_memory == ["fake:0"], "outputs stay where computed; the session decides"
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 12
     (y,) = execute(plan, [x])

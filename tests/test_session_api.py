@@ -30,8 +30,12 @@ def model() -> onnx.ModelProto:
         ],
         [w, helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
     )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
-                          producer_name="hetrix-tests", ir_version=9)
+    m = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 18)],
+        producer_name="hetrix-tests",
+        ir_version=9,
+    )
     m.model_version = 7
     helper.set_model_props(m, {"purpose": "unit test"})
     return m
@@ -44,8 +48,10 @@ def session(model: onnx.ModelProto) -> hetrix.InferenceSession:
 
 def test_inputs_and_outputs_match_onnxruntime(model, session) -> None:
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for ours, theirs in ((session.get_inputs(), reference.get_inputs()),
-                         (session.get_outputs(), reference.get_outputs())):
+    for ours, theirs in (
+        (session.get_inputs(), reference.get_inputs()),
+        (session.get_outputs(), reference.get_outputs()),
+    ):
         assert [(a.name, a.type, a.shape) for a in ours] == [
             (b.name, b.type, b.shape) for b in theirs
         ]
@@ -122,7 +128,8 @@ def test_run_with_intermediates_returns_every_value(session) -> None:
 def test_placement_lists_every_node(session) -> None:
     placement = session.get_placement()
     assert [(p.node, p.op_type, p.backend) for p in placement] == [
-        ("matmul", "MatMul", "numpy:cpu"), ("relu", "Relu", "numpy:cpu"),
+        ("matmul", "MatMul", "numpy:cpu"),
+        ("relu", "Relu", "numpy:cpu"),
         ("sum", "ReduceSum", "numpy:cpu"),
     ]
     assert all(p.reason == "" for p in placement)
@@ -140,14 +147,18 @@ def test_intermediates_are_freed_after_last_reader(session) -> None:
 def test_overridable_initializer_can_be_fed() -> None:
     """Old-style models list weights as inputs too: feeding them overrides the stored value."""
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "b"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+        [helper.make_node("Add", ["x", "b"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
         [helper.make_tensor("b", TensorProto.FLOAT, [2], [10.0, 20.0])],
     )
-    session = hetrix.InferenceSession(helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 13)]))
+    session = hetrix.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    )
     assert [i.name for i in session.get_inputs()] == ["x"]
     assert [i.name for i in session.get_overridable_initializers()] == ["b"]
     x = np.ones(2, np.float32)
@@ -158,13 +169,17 @@ def test_overridable_initializer_can_be_fed() -> None:
 
 def test_kernel_failure_names_the_node() -> None:
     graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "s"], ["y"], name="bad_reshape")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6]),
-         helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+        [helper.make_node("Reshape", ["x", "s"], ["y"], name="bad_reshape")],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [6]),
+            helper.make_tensor_value_info("s", TensorProto.INT64, [2]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )
-    session = hetrix.InferenceSession(helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 14)]))
+    session = hetrix.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    )
     with pytest.raises(hetrix.ExecutionError, match="bad_reshape.*Reshape"):
         session.run(None, {"x": np.ones(6, np.float32), "s": np.array([4, 4], np.int64)})
 

@@ -17,7 +17,7 @@ class ModelLoadError(HetrixError, ValueError):
 
 
 class UnsafeExternalDataError(ModelLoadError):
-    """An external-data reference points outside the model's folder (absolute path, '..', symlink)."""
+    """An external-data reference leads outside the model's folder (absolute, '..', symlink)."""
 
 
 class UnsupportedOperatorError(HetrixError, NotImplementedError):
@@ -25,7 +25,7 @@ class UnsupportedOperatorError(HetrixError, NotImplementedError):
 
 
 class InvalidInputError(HetrixError, ValueError):
-    """A feed passed to ``run`` does not match the model: unknown name, missing, wrong dtype/rank."""
+    """A feed passed to ``run`` does not match the model: unknown, missing, wrong dtype/shape."""
 
 
 class InvalidArgumentError(HetrixError, ValueError):

@@ -15,16 +15,36 @@ import onnx_ir as ir
 
 from hetrix.backends.registry import REGISTRY, Kernel
 
-
 SHAPE_INPUTS: dict[str, frozenset[int]] = {
     op: frozenset(indices)
     for op, indices in {
-        "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Unsqueeze": {1},
-        "Squeeze": {1}, "Pad": {1, 2, 3}, "Resize": {1, 2, 3}, "Upsample": {1},
-        "ConstantOfShape": {0}, "TopK": {1}, "Range": {0, 1, 2}, "Split": {1}, "OneHot": {1},
-        "CumSum": {1}, "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1},
-        "ReduceProd": {1}, "ReduceL1": {1}, "ReduceL2": {1}, "ReduceLogSum": {1},
-        "ReduceLogSumExp": {1}, "ReduceSumSquare": {1}, "EyeLike": set(), "Trilu": {1},
+        "Reshape": {1},
+        "Expand": {1},
+        "Tile": {1},
+        "Slice": {1, 2, 3, 4},
+        "Unsqueeze": {1},
+        "Squeeze": {1},
+        "Pad": {1, 2, 3},
+        "Resize": {1, 2, 3},
+        "Upsample": {1},
+        "ConstantOfShape": {0},
+        "TopK": {1},
+        "Range": {0, 1, 2},
+        "Split": {1},
+        "OneHot": {1},
+        "CumSum": {1},
+        "ReduceSum": {1},
+        "ReduceMean": {1},
+        "ReduceMax": {1},
+        "ReduceMin": {1},
+        "ReduceProd": {1},
+        "ReduceL1": {1},
+        "ReduceL2": {1},
+        "ReduceLogSum": {1},
+        "ReduceLogSumExp": {1},
+        "ReduceSumSquare": {1},
+        "EyeLike": set(),
+        "Trilu": {1},
     }.items()
 }
 """Inputs of default-domain ops that are shape/axis arguments: small, and read on the host."""

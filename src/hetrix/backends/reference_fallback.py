@@ -24,8 +24,10 @@ class ReferenceFallbackBackend(Backend):
     device = "cpu"
 
     def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:
-        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-               for attr in node.attributes.values()):
+        if any(
+            attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for attr in node.attributes.values()
+        ):
             return None  # subgraph-bearing ops need outer-scope values: not handled here
         if find_schema(node.op_type, opset, node.domain) is None:
             return None

@@ -103,9 +103,7 @@ def resolve_inside(model_dir: Path, location: str, tensor_name: str, source: str
     return real
 
 
-def _read_range(
-    path: Path, info: dict[str, str], tensor: onnx.TensorProto, source: str
-) -> bytes:
+def _read_range(path: Path, info: dict[str, str], tensor: onnx.TensorProto, source: str) -> bytes:
     where = f"{source}: external data of tensor '{tensor.name}' in '{path.name}'"
     try:
         offset = int(info.get("offset", "0"))
@@ -113,7 +111,11 @@ def _read_range(
     except ValueError as exc:
         raise ModelLoadError(f"{where}: offset/length are not integers") from exc
     size = path.stat().st_size
-    if offset < 0 or offset > size or (length is not None and (length < 0 or offset + length > size)):
+    if (
+        offset < 0
+        or offset > size
+        or (length is not None and (length < 0 or offset + length > size))
+    ):
         raise ModelLoadError(
             f"{where}: offset {offset} and length {length} lie outside the file of {size} bytes"
         )

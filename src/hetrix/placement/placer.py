@@ -20,10 +20,38 @@ logger = logging.getLogger(__name__)
 
 _SHAPE_SOURCES = {"Shape", "Size"}
 _SHAPE_OPS = {
-    "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Max", "Min", "Cast", "Concat", "Gather",
-    "Slice", "Squeeze", "Unsqueeze", "Reshape", "Range", "Equal", "Where", "ReduceProd",
-    "ReduceSum", "Identity", "Less", "Greater", "Not", "And", "Or", "ConstantOfShape", "Expand",
-    "Floor", "Ceil", "Sqrt",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Mod",
+    "Neg",
+    "Abs",
+    "Max",
+    "Min",
+    "Cast",
+    "Concat",
+    "Gather",
+    "Slice",
+    "Squeeze",
+    "Unsqueeze",
+    "Reshape",
+    "Range",
+    "Equal",
+    "Where",
+    "ReduceProd",
+    "ReduceSum",
+    "Identity",
+    "Less",
+    "Greater",
+    "Not",
+    "And",
+    "Or",
+    "ConstantOfShape",
+    "Expand",
+    "Floor",
+    "Ceil",
+    "Sqrt",
 }
 """Ops that count as shape arithmetic when every input is shape data."""
 _SMALL = 64
@@ -81,24 +109,39 @@ class PriorityPlacer(KernelChooser):
             kernel = host.kernel_for(node, opset)
             if kernel is not None:
                 self._shape_values.update(v.name for v in node.outputs if v.name)
-                return kernel, Placement(node.name or "", node.op_type, node.domain, host.name,
-                                         "shape arithmetic stays on the CPU", host.memory)
+                return kernel, Placement(
+                    node.name or "",
+                    node.op_type,
+                    node.domain,
+                    host.name,
+                    "shape arithmetic stays on the CPU",
+                    host.memory,
+                )
         for backend in candidates:
             kernel = backend.kernel_for(node, opset)
             if kernel is not None:
                 reason = ""
                 if tried:
                     reason = f"{', '.join(tried)} cannot run {op} at opset {opset}"
-                    logger.info("node '%s' (%s) falls back to %s: %s",
-                                node.name, op, backend.name, reason)
-                return kernel, Placement(node.name or "", node.op_type, node.domain,
-                                         backend.name, reason, backend.memory,
-                                         backend.host_input_indices(node))
+                    logger.info(
+                        "node '%s' (%s) falls back to %s: %s", node.name, op, backend.name, reason
+                    )
+                return kernel, Placement(
+                    node.name or "",
+                    node.op_type,
+                    node.domain,
+                    backend.name,
+                    reason,
+                    backend.memory,
+                    backend.host_input_indices(node),
+                )
             tried.append(backend.name)
         having = REGISTRY.backends_for(node.domain, node.op_type)
         elsewhere = f"kernels exist on: {', '.join(having)}" if having else "no backend has it"
-        message = (f"node '{node.name}' op {op} (domain '{node.domain or 'ai.onnx'}', opset "
-                   f"{opset}): not supported by {', '.join(tried)}; {elsewhere}")
+        message = (
+            f"node '{node.name}' op {op} (domain '{node.domain or 'ai.onnx'}', opset "
+            f"{opset}): not supported by {', '.join(tried)}; {elsewhere}"
+        )
         return None, Placement(node.name or "", node.op_type, node.domain, "", message)
 
     def transfer(self, source: str, target: str):  # type: ignore[no-untyped-def]

@@ -1,10 +1,11 @@
 """The execution plan: built once per session, walked on every run.
 
-:func:`build_plan` turns an onnx-ir graph into a :class:`Plan`: the nodes in order, each bound to the
-kernel of the backend the placer chose, its inputs and outputs as integer slots, and the slots whose
-value dies after the step (freed at once, so peak memory follows liveness).  Subgraphs of control
-flow nodes (If, Loop, Scan) become nested plans; the outer-scope values they read are passed to the
-node as extra trailing inputs, so liveness sees them as uses.
+:func:`build_plan` turns an onnx-ir graph into a :class:`Plan`: the nodes in order, each bound
+to the kernel of the backend the placer chose, its inputs and outputs as integer slots, and the
+slots whose value dies after the step (freed at once, so peak memory follows liveness).  Where a
+value crosses memory spaces (host <-> device) a copy step is inserted, once per value.  Subgraphs
+of control flow nodes (If, Loop, Scan) become nested plans; the outer-scope values they read are
+passed to the node as extra trailing inputs, so liveness sees them as uses.
 
 Slot 0 always holds ``None``: an omitted optional input points there.
 """
@@ -136,7 +137,9 @@ def build_plan(
         input_slots.append(scope.new_slot(value.name))
     for name, value in graph.initializers.items():
         slot = scope.slots.get(name) or scope.new_slot(name)
-        initial[slot] = tensor_to_numpy(value.const_value) if value.const_value is not None else None
+        initial[slot] = (
+            tensor_to_numpy(value.const_value) if value.const_value is not None else None
+        )
 
     nodes = _nodes_in_order(graph, scope, initializer_names)
     steps: list[Step] = []
@@ -235,7 +238,9 @@ def _plan_node(
         return None, placement
     if not (node.op_type in METADATA_ONLY and not domain):
         inputs = [
-            _in_memory(slot, HOST if i in placement.host_inputs else placement.memory, scope, choose)
+            _in_memory(
+                slot, HOST if i in placement.host_inputs else placement.memory, scope, choose
+            )
             for i, slot in enumerate(inputs)
         ]
     outputs = tuple(
@@ -279,9 +284,17 @@ def _in_memory(slot: int, memory: str, scope: _Scope, choose: KernelChooser) -> 
     if slot in scope.initial:
         scope.initial[target] = move(scope.initial[slot])
         return target
-    ctx = NodeContext(op_type="Copy", domain="hetrix", name=f"copy:{name}", opset=1, attrs={},
-                      num_inputs=1, num_outputs=1, input_names=(scope.names[slot],),
-                      output_names=(name,))
+    ctx = NodeContext(
+        op_type="Copy",
+        domain="hetrix",
+        name=f"copy:{name}",
+        opset=1,
+        attrs={},
+        num_inputs=1,
+        num_outputs=1,
+        input_names=(scope.names[slot],),
+        output_names=(name,),
+    )
     scope.pending.append(Step(_Copy(move), ctx, (slot,), (target,), (), f"{source}->{memory}"))
     return target
 
@@ -332,7 +345,9 @@ def _convert_attributes(
 
 
 def _flatten(subplans: dict[str, Plan | list[Plan]]) -> list[Plan]:
-    return [p for plans in subplans.values() for p in (plans if isinstance(plans, list) else [plans])]
+    return [
+        p for plans in subplans.values() for p in (plans if isinstance(plans, list) else [plans])
+    ]
 
 
 def _bind_subgraphs(
@@ -362,9 +377,11 @@ def attribute_value(attr: ir.Attr, label: str) -> Any:
     if kind == ir.AttributeType.TENSORS:
         return [tensor_to_numpy(t) for t in value]
     if kind in (ir.AttributeType.SPARSE_TENSOR, ir.AttributeType.SPARSE_TENSORS):
-        return _sparse_to_dense(value) if kind == ir.AttributeType.SPARSE_TENSOR else [
-            _sparse_to_dense(v) for v in value
-        ]
+        return (
+            _sparse_to_dense(value)
+            if kind == ir.AttributeType.SPARSE_TENSOR
+            else [_sparse_to_dense(v) for v in value]
+        )
     if kind in (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS):
         return list(value)
     return value

@@ -123,16 +123,21 @@ class InferenceSession:
         self._loaded = load_model(path_or_bytes, self._can_run)
         self._model = self._to_ir(self._loaded)
         self._plan = self._build_plan()
-        self._feeds = [self._feed_spec(v) for v in self._model.graph.inputs
-                       if v.name not in self._plan.optional_input_names]
+        self._feeds = [
+            self._feed_spec(v)
+            for v in self._model.graph.inputs
+            if v.name not in self._plan.optional_input_names
+        ]
         self._input_index = {name: i for i, name in enumerate(self._plan.input_names)}
         self._output_index = {name: i for i, name in enumerate(self._plan.output_names)}
 
     # -- construction ------------------------------------------------------------------------
 
     def _can_run(self, domain: str, op_type: str, opset: int) -> bool:
-        return any(isinstance(b, RegistryBackend) and b.supports(domain, op_type, opset)
-                   for b in self._backends)
+        return any(
+            isinstance(b, RegistryBackend) and b.supports(domain, op_type, opset)
+            for b in self._backends
+        )
 
     @staticmethod
     def _to_ir(loaded: LoadedModel) -> ir.Model:
@@ -156,7 +161,8 @@ class InferenceSession:
         # An input whose only readers are copy steps may arrive as a device tensor: the copy
         # step takes it as it is.  Any other input must reach the kernels as a host array.
         self._device_ready_inputs = {
-            name for name, slot in zip(plan.input_names, plan.input_slots)
+            name
+            for name, slot in zip(plan.input_names, plan.input_slots)
             if readers.get(slot) == {"Copy"}
         }
         return plan
@@ -171,8 +177,13 @@ class InferenceSession:
             except (TypeError, ValueError, NotImplementedError):
                 dtype = None
         shape = _shape_list(value.shape)
-        return _FeedSpec(value.name, type_string(type_), dtype,
-                         tuple(shape) if shape is not None else None, is_tensor)
+        return _FeedSpec(
+            value.name,
+            type_string(type_),
+            dtype,
+            tuple(shape) if shape is not None else None,
+            is_tensor,
+        )
 
     # -- the ORT API ---------------------------------------------------------------------------
 
@@ -204,18 +215,25 @@ class InferenceSession:
 
     def get_inputs(self) -> list[NodeArg]:
         """The inputs a caller feeds (initializers that double as inputs are left out, as ORT)."""
-        return [NodeArg(f.name, f.type, list(f.shape) if f.shape is not None else [])
-                for f in self._feeds]
+        return [
+            NodeArg(f.name, f.type, list(f.shape) if f.shape is not None else [])
+            for f in self._feeds
+        ]
 
     def get_outputs(self) -> list[NodeArg]:
         """The model's outputs with their declared types and (possibly symbolic) shapes."""
-        return [NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
-                for v in self._model.graph.outputs]
+        return [
+            NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
+            for v in self._model.graph.outputs
+        ]
 
     def get_overridable_initializers(self) -> list[NodeArg]:
         """Graph inputs that have an initializer: feeding them replaces the stored value."""
-        return [NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
-                for v in self._model.graph.inputs if v.name in self._plan.optional_input_names]
+        return [
+            NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
+            for v in self._model.graph.inputs
+            if v.name in self._plan.optional_input_names
+        ]
 
     def get_providers(self) -> list[str]:
         """The session's backends in priority order."""
@@ -271,7 +289,9 @@ class InferenceSession:
         for name in input_feed:
             if name not in self._input_index:
                 expected = [f.name for f in self._feeds]
-                raise InvalidInputError(f"'{name}' is not an input of the model; inputs: {expected}")
+                raise InvalidInputError(
+                    f"'{name}' is not an input of the model; inputs: {expected}"
+                )
         for spec in self._feeds:
             if spec.name not in input_feed:
                 raise InvalidInputError(
@@ -297,8 +317,7 @@ def _check_feed(spec: _FeedSpec, value: Any) -> Any:
         return _check_torch_feed(spec, value)
     if not isinstance(value, np.ndarray):
         raise InvalidInputError(
-            f"input '{spec.name}' must be a numpy.ndarray ({spec.type}), "
-            f"got {type(value).__name__}"
+            f"input '{spec.name}' must be a numpy.ndarray ({spec.type}), got {type(value).__name__}"
         )
     if spec.dtype is not None and value.dtype != spec.dtype:
         if not (spec.dtype == object and value.dtype.kind in "OU"):

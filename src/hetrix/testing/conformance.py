@@ -59,10 +59,14 @@ def collect_cases(prefixes: Sequence[str] = ()) -> list[Any]:
 
 def case_ops(case: Any) -> list[str]:
     """The operators a case's model uses at top level, e.g. ``['Conv']``."""
-    return sorted({(n.domain + "::" if n.domain else "") + n.op_type for n in case.model.graph.node})
+    return sorted(
+        {(n.domain + "::" if n.domain else "") + n.op_type for n in case.model.graph.node}
+    )
 
 
-def run_case(case: Any, providers: Sequence[str] | None = None, fallback: bool = True) -> CaseResult:
+def run_case(
+    case: Any, providers: Sequence[str] | None = None, fallback: bool = True
+) -> CaseResult:
     """Run one case and compare with its expected outputs."""
     from hetrix import InferenceSession, SessionOptions, UnsupportedOperatorError
 
@@ -75,8 +79,11 @@ def run_case(case: Any, providers: Sequence[str] | None = None, fallback: bool =
         return CaseResult(case.name, UNSUPPORTED, str(exc).splitlines()[-1].strip())
     except Exception as exc:
         return CaseResult(case.name, ERROR, f"load: {type(exc).__name__}: {exc}"[:300])
-    fallback_ops = tuple(sorted({p.op_type for p in session.get_placement()
-                                 if p.backend.startswith("onnx-reference")}))
+    fallback_ops = tuple(
+        sorted(
+            {p.op_type for p in session.get_placement() if p.backend.startswith("onnx-reference")}
+        )
+    )
     input_names = [i.name for i in case.model.graph.input]
     output_names = [o.name for o in case.model.graph.output]
     for raw_inputs, raw_expected in case.data_sets:
@@ -88,8 +95,9 @@ def run_case(case: Any, providers: Sequence[str] | None = None, fallback: bool =
                 warnings.simplefilter("ignore")
                 actual = session.run(output_names, feeds)
         except Exception as exc:
-            return CaseResult(case.name, ERROR, f"run: {type(exc).__name__}: {exc}"[:300],
-                              fallback_ops)
+            return CaseResult(
+                case.name, ERROR, f"run: {type(exc).__name__}: {exc}"[:300], fallback_ops
+            )
         for name, want, got in zip(output_names, expected, actual):
             problem = compare(want, got, case.rtol, case.atol)
             if problem:
@@ -191,8 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = collect_cases(prefixes)
     if args.op:  # test_add also matches test_addmul...: keep cases that use one of the ops
         wanted = set(args.op)
-        cases = [c for c in cases if wanted & {o.split("::")[-1] for o in case_ops(c)}
-                 or "_expanded" in c.name]
+        cases = [
+            c
+            for c in cases
+            if wanted & {o.split("::")[-1] for o in case_ops(c)} or "_expanded" in c.name
+        ]
     results = run_cases(cases, args.provider, args.fallback)
     for result in results:
         if args.verbose or not result.passed:

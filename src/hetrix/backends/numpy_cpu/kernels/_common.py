@@ -7,6 +7,6 @@ import functools
 from hetrix.backends.registry import NodeContext, register
 
 kernel = functools.partial(register, "numpy")
-"""``@kernel("Relu", since=6)`` registers a NumPy CPU kernel (see :mod:`hetrix.backends.registry`)."""
+"""``@kernel("Relu", since=6)`` registers a NumPy CPU kernel (see hetrix.backends.registry)."""
 
 __all__ = ["NodeContext", "kernel"]

@@ -30,9 +30,9 @@ def if_(ctx: NodeContext, *args: Any) -> Any:
     (cond,), outer = _split(ctx, args)
     if np.size(cond) != 1:
         raise ValueError(f"If condition must hold one value, got shape {np.shape(cond)}")
-    branch = ctx.attrs["then_branch"] if bool(np.asarray(cond).reshape(())) else ctx.attrs[
-        "else_branch"
-    ]
+    branch = (
+        ctx.attrs["then_branch"] if bool(np.asarray(cond).reshape(())) else ctx.attrs["else_branch"]
+    )
     return _result(branch.run([], outer))
 
 
