@@ -166,9 +166,14 @@ def _run_one(entry: Entry, batch: int, args: argparse.Namespace, progress: Progr
     config = BenchConfig(str(path), _competitors(not args.no_openvino), batch, args.threads,
                          args.warmup, args.repeat, dict(entry.dims), seed=0, memory=args.memory)
     task = progress.add_task("", total=count_steps(config))
-    row.result = run_benchmark(config, lambda text: progress.update(
-        task, description=f"  {text}", advance=1))
-    progress.remove_task(task)
+    try:
+        row.result = run_benchmark(config, lambda text: progress.update(
+            task, description=f"  {text}", advance=1))
+    except Exception as exc:  # e.g. inputs that cannot be generated: a row with a note
+        logger.debug("benchmarking %s failed", entry.name, exc_info=True)
+        row.note = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    finally:
+        progress.remove_task(task)
     return row
 
 

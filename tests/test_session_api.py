@@ -196,3 +196,18 @@ def test_torch_tensor_feeds_are_accepted_and_checked(session) -> None:
         session.run(None, {"x": torch.zeros((2, 4), dtype=torch.float64)})
     with pytest.raises(InvalidInputError, match="dimension 1 must be 4"):
         session.run(None, {"x": torch.zeros((2, 5))})
+
+
+def test_profiling_records_every_node(model, tmp_path) -> None:
+    options = hetrix.SessionOptions(enable_profiling=True,
+                                    profile_file_prefix=str(tmp_path / "trace"))
+    profiled = hetrix.InferenceSession(model, options)
+    for _ in range(2):
+        profiled.run(None, {"x": np.ones((3, 4), np.float32)})
+    summary = {op: calls for op, _backend, calls, _seconds in profiled.profile_summary()}
+    assert summary == {"MatMul": 2, "Relu": 2, "ReduceSum": 2}
+    import json
+
+    events = json.loads(open(profiled.end_profiling()).read())
+    assert [e["args"]["op_type"] for e in events] == ["MatMul", "Relu", "ReduceSum"] * 2
+    assert all(e["dur"] >= 0 for e in events)

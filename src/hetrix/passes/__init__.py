@@ -1,0 +1,190 @@
+"""Graph optimization: onnx-ir passes that make a model cheaper to run, levelled like ORT's.
+
+``optimize(model, level)`` rewrites an ``onnx_ir.Model`` in place and returns an
+:class:`OptimizationReport`.  Levels follow ``onnxruntime.GraphOptimizationLevel``:
+
+* 0 -- disabled;
+* 1 -- basic: constant folding (shape arithmetic included), no-op and identity removal, common
+  subexpression and dead code elimination; the result only uses standard ONNX ops;
+* 2 -- extended: + BatchNorm/Mul/Add folding into weights, MatMul+Add -> Gemm, LayerNorm and GELU
+  recognition, activation fusion (these may introduce ops of the ``hetrix`` domain, which only
+  Hetrix's kernels run);
+* 3 and 99 -- all: + attention fusion.
+
+The pipeline (:data:`PIPELINE`) is one list, run in order and repeated until no pass changes the
+graph (at most ``max_iterations`` times).  Each pass is an ``onnx_ir.passes.InPlacePass``; the
+generic ones are onnx-ir's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from hetrix.passes._ir import HETRIX_DOMAIN, count_nodes
+from hetrix.passes.batchnorm import BatchNormFoldingPass
+from hetrix.passes.constant_folding import ConstantFoldingPass
+from hetrix.passes.fusion import ActivationFusionPass, MatMulAddFusionPass
+from hetrix.passes.noop import NoOpEliminationPass
+from hetrix.passes.patterns import AttentionFusionPass, PatternRecognitionPass
+from hetrix.passes.report import OptimizationReport, PassRun
+from hetrix.passes.rewrite import Reject, Rejection, RewritePass, Rule
+
+logger = logging.getLogger(__name__)
+
+DISABLED, BASIC, EXTENDED, ALL = 0, 1, 2, 99
+
+
+class LiftConstantsPass(common.LiftConstantsToInitializersPass):
+    """Every tensor ``Constant`` node becomes an initializer (sparse ones stay nodes)."""
+
+    def __init__(self) -> None:
+        super().__init__(lift_all_constants=True, size_limit=0)
+
+    def _constant_node_attribute_to_tensor(self, node, attr_name, attr_value, initializer_name):
+        if attr_name.startswith("sparse"):
+            return None
+        return super()._constant_node_attribute_to_tensor(
+            node, attr_name, attr_value, initializer_name
+        )
+
+
+class FreezeInitializersPass(ir.passes.InPlacePass):
+    """Before IR version 4 every initializer is also a graph input, yet a constant (as in ORT).
+
+    This drops those initializers from the inputs and moves the model to IR version 4, so every
+    pass can take "an initializer that is not a graph input" to mean "a constant".
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if model.ir_version >= 4:
+            return ir.passes.PassResult(model, False)
+        common.RemoveInitializersFromInputsPass()(model)
+        model.ir_version = 4
+        return ir.passes.PassResult(model, True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One entry of the pipeline: the pass, its name in reports and the level it needs."""
+
+    level: int
+    name: str
+    make: Callable[[], ir.passes.PassBase]
+    analysis: bool = False
+    """Only adds information (shapes): never counts as a change for the fixpoint."""
+
+
+PIPELINE: tuple[Stage, ...] = (
+    # IR < 4 lists weights as inputs: they are constants all the same (later passes rely on it).
+    Stage(BASIC, "freeze initializers", FreezeInitializersPass, analysis=True),
+    # Constants first: every later rule reads weights and shape operands as initializers.
+    Stage(BASIC, "lift constants", LiftConstantsPass),
+    # Static shapes let Shape/Size fold and prove Reshape/Expand/Cast no-ops.
+    Stage(BASIC, "shape inference", lambda: common.ShapeInferencePass(strict_mode=False),
+          analysis=True),
+    Stage(BASIC, "constant folding", ConstantFoldingPass),
+    # After folding, since the arguments that make a node a no-op often just became constants.
+    Stage(BASIC, "no-op elimination", NoOpEliminationPass),
+    Stage(BASIC, "identity elimination", common.IdentityEliminationPass),
+    Stage(BASIC, "common subexpressions", common.CommonSubexpressionEliminationPass),
+    # MatMul+Add before BatchNorm folding: a 2-D one becomes a Gemm, whose BN then folds.
+    Stage(EXTENDED, "matmul+add fusion", MatMulAddFusionPass),
+    Stage(EXTENDED, "batchnorm folding", BatchNormFoldingPass),
+    # Recognition before activation fusion: the Gelu it emits then fuses into its MatMul.
+    Stage(EXTENDED, "layernorm/gelu recognition", PatternRecognitionPass),
+    Stage(ALL, "attention fusion", AttentionFusionPass),
+    # Activation fusion last: a Fused* node no longer looks like the Conv/Gemm/MatMul it was.
+    Stage(EXTENDED, "activation fusion", ActivationFusionPass),
+    # Dead code last, so whatever the rewrites orphaned is gone before the next iteration.
+    Stage(BASIC, "dead code elimination", common.RemoveUnusedNodesPass),
+)
+
+
+def optimize(model: ir.Model, level: int = ALL, max_iterations: int = 5) -> OptimizationReport:
+    """Optimize ``model`` in place at ``level`` (0, 1, 2, 3 or 99, as ORT's levels).
+
+    Raises ValueError for a level that is not a non-negative integer.
+    """
+    level = _check_level(level)
+    report = OptimizationReport(level=level, nodes_before=count_nodes(model))
+    stages = [s for s in PIPELINE if s.level <= max(level, 0) and level > DISABLED]
+    if stages:
+        started = time.perf_counter()
+        passes = [_Recorded(stage, report, first=i == 0) for i, stage in enumerate(stages)]
+        ir.passes.PassManager(passes, steps=max_iterations, early_stop=True)(model)
+        report.seconds = time.perf_counter() - started
+    report.nodes_after = count_nodes(model)
+    logger.info("graph optimization level %d: %d -> %d nodes", level, report.nodes_before,
+                report.nodes_after)
+    return report
+
+
+def _check_level(level: int) -> int:
+    try:
+        value = int(level)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"graph optimization level must be an integer, got {level!r}") from exc
+    if value < 0:
+        raise ValueError(f"graph optimization level must be 0, 1, 2, 3 or 99, got {value}")
+    return ALL if value >= 3 else value
+
+
+class _Recorded(ir.passes.InPlacePass):
+    """Runs one stage's pass and records its rewrites and node counts in the report."""
+
+    def __init__(self, stage: Stage, report: OptimizationReport, first: bool) -> None:
+        super().__init__()
+        self.stage = stage
+        self.report = report
+        self.first = first
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.first:
+            self.report.iterations += 1
+        before = count_nodes(model)
+        started = time.perf_counter()
+        inner = self.stage.make()
+        result = inner(model)
+        after = count_nodes(model)
+        self.report.runs.append(PassRun(
+            self.report.iterations, self.stage.name, _counts(inner, self.stage, before - after),
+            before, after, time.perf_counter() - started,
+        ))
+        stats = getattr(inner, "stats", None)
+        if stats is not None:
+            self.report.rejections[self.stage.name] = stats.rejections
+        return ir.passes.PassResult(model, result.modified and not self.stage.analysis)
+
+    def __repr__(self) -> str:
+        return f"stage {self.stage.name!r}"
+
+
+def _counts(inner: ir.passes.PassBase, stage: Stage, removed: int) -> dict[str, int]:
+    stats = getattr(inner, "stats", None)
+    if stats is not None:
+        return dict(stats.counts)
+    return {stage.name: removed} if removed > 0 else {}
+
+
+__all__ = [
+    "ALL",
+    "BASIC",
+    "DISABLED",
+    "EXTENDED",
+    "HETRIX_DOMAIN",
+    "PIPELINE",
+    "OptimizationReport",
+    "PassRun",
+    "Reject",
+    "Rejection",
+    "RewritePass",
+    "Rule",
+    "Stage",
+    "optimize",
+]

@@ -6,6 +6,7 @@ loop below only fetches inputs, calls the kernel, stores outputs and drops dead 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,12 +21,14 @@ def execute(
     inputs: Sequence[Any],
     captured: Sequence[Any] = (),
     record: dict[str, Any] | None = None,
+    timings: list[tuple[Step, float]] | None = None,
 ) -> list[Any]:
     """Run the plan on ``inputs`` (in ``plan.input_slots`` order; None keeps an initializer).
 
     ``captured`` holds the outer-scope values of a subgraph, in ``plan.captured_names`` order.
     With ``record`` given, every value computed is stored there by name (for debugging), and
-    intermediates are not freed early.
+    intermediates are not freed early.  With ``timings`` given, each step's wall time in seconds
+    is appended to it (for profiling).
     """
     slots = plan.initial_slots.copy()
     for slot, value in zip(plan.input_slots, inputs):
@@ -35,8 +38,11 @@ def execute(
         slots[slot] = value
     for step in plan.steps:
         args = [slots[i] for i in step.inputs]
+        started = time.perf_counter() if timings is not None else 0.0
         try:
             result = step.kernel(step.ctx, *args)
+            if timings is not None:
+                timings.append((step, time.perf_counter() - started))
         except HetrixError:
             raise
         except Exception as exc:

@@ -45,6 +45,9 @@ class SessionOptions:
     disable_fallback: bool = False
     """Fail instead of moving any node off the first provider; the error lists the nodes."""
     optimized_model_filepath: str = ""
+    enable_profiling: bool = False
+    """Time every node of every run; ``end_profiling()`` writes the trace (ORT's option)."""
+    profile_file_prefix: str = "hetrix_profile"
     custom: dict[str, Any] = field(default_factory=dict)
 
 
@@ -128,6 +131,7 @@ class InferenceSession:
             for v in self._model.graph.inputs
             if v.name not in self._plan.optional_input_names
         ]
+        self._timings: list[tuple[Any, float]] = []
         self._input_index = {name: i for i, name in enumerate(self._plan.input_names)}
         self._output_index = {name: i for i, name in enumerate(self._plan.output_names)}
 
@@ -196,7 +200,8 @@ class InferenceSession:
         """Run the model; returns the requested outputs (all when ``output_names`` is None)."""
         wanted = self._output_positions(output_names)
         feeds = self._feed_list(input_feed)
-        outputs = execute(self._plan, feeds)
+        timings = self._timings if self._options.enable_profiling else None
+        outputs = execute(self._plan, feeds, timings=timings)
         keep = isinstance(run_options, RunOptions) and run_options.keep_outputs_on_device
         results = []
         for i in wanted:
@@ -260,6 +265,38 @@ class InferenceSession:
     def get_placement(self) -> list[Placement]:
         """Where each top-level node runs, with the reason for every fallback."""
         return list(self._plan.placements)
+
+    def end_profiling(self) -> str:
+        """Write the node timings recorded so far as a Chrome trace (JSON); returns the path.
+
+        The file opens in chrome://tracing or Perfetto; :meth:`profile_summary` gives the totals.
+        """
+        import json
+        import time
+
+        events, clock = [], 0.0
+        for step, seconds in self._timings:
+            events.append({
+                "name": step.ctx.name or step.ctx.op_type, "cat": "Node", "ph": "X",
+                "ts": clock * 1e6, "dur": seconds * 1e6, "pid": 0, "tid": 0,
+                "args": {"op_type": step.ctx.op_type, "provider": step.backend},
+            })
+            clock += seconds
+        path = f"{self._options.profile_file_prefix}_{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"
+        with open(path, "w") as handle:
+            json.dump(events, handle)
+        self._timings = []
+        return path
+
+    def profile_summary(self) -> list[tuple[str, str, int, float]]:
+        """``(op_type, backend, calls, total seconds)`` from the recorded runs, slowest first."""
+        totals: dict[tuple[str, str], list[float]] = {}
+        for step, seconds in self._timings:
+            entry = totals.setdefault((step.ctx.op_type, step.backend), [0, 0.0])
+            entry[0] += 1
+            entry[1] += seconds
+        rows = [(op, backend, int(n), t) for (op, backend), (n, t) in totals.items()]
+        return sorted(rows, key=lambda row: -row[3])
 
     @property
     def model_proto(self) -> onnx.ModelProto:

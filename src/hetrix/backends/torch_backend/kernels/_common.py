@@ -139,7 +139,7 @@ AttrCheck = Callable[[Any, str], str]
 """``check(node, device_type) -> reason`` for an onnx-ir node; empty when torch supports it."""
 
 ATTR_CHECKS: dict[str, AttrCheck] = {}
-"""Per-op checks the backend runs at plan time, so unsupported modes fall back to another backend."""
+"""Per-op checks run at plan time, so that unsupported modes fall back to another backend."""
 
 
 def attr_check(*op_types: str) -> Callable[[AttrCheck], AttrCheck]:

@@ -69,7 +69,9 @@ def torch_pad_arg(pads: Sequence[int]) -> list[int]:
     return out
 
 
-def _split_padding(x: torch.Tensor, pads: list[int], value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+def _split_padding(
+    x: torch.Tensor, pads: list[int], value: float = 0.0
+) -> tuple[torch.Tensor, list[int]]:
     """(input, symmetric padding for torch): asymmetric pads are applied to the input here."""
     n = len(pads) // 2
     if all(pads[i] == pads[i + n] for i in range(n)):

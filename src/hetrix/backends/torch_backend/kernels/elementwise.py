@@ -175,7 +175,10 @@ def clip(
 # -- comparisons and logic ----------------------------------------------------------------------
 
 
-def _register_binary(op_type: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+Binary = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _register_binary(op_type: str, fn: Binary) -> None:
     def binary(ctx: NodeContext, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return fn(a, b)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hetrix.backends.torch_backend.kernels._common import (
     NodeContext,
@@ -137,5 +136,6 @@ def lp_normalization(ctx: NodeContext, x: torch.Tensor) -> torch.Tensor:
     """LpNormalization: x divided by its L1 or L2 norm along ``axis``."""
     axis = normalize_axis(ctx.attrs.get("axis", -1), x.dim())
     p = ctx.attrs.get("p", 2)
-    dtype = compute_dtype(x)
-    return F.normalize(x.to(dtype), p=float(p), dim=axis, eps=0.0).to(x.dtype)
+    xc = x.to(compute_dtype(x))
+    norm = torch.linalg.vector_norm(xc, ord=p, dim=axis, keepdim=True)
+    return torch.where(norm == 0, 0.0, xc / norm).to(x.dtype)  # 0 / 0 is 0, as the reference

@@ -42,7 +42,9 @@ def _empty_fill(x: torch.Tensor, dims: tuple[int, ...], value: float) -> torch.T
 
 
 def _register(op_type: str, reduce: Reducer, empty: float) -> None:
-    def reduction(ctx: NodeContext, x: torch.Tensor, axes: torch.Tensor | None = None) -> torch.Tensor:
+    def reduction(
+        ctx: NodeContext, x: torch.Tensor, axes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         dims = _axes(ctx, x, axes)
         if not dims:
             return _identity_case(op_type, x)
@@ -63,6 +65,8 @@ def _limit(x: torch.Tensor, value: float) -> float:
     """``value`` clamped to x's dtype (integer dtypes have no infinities)."""
     if x.dtype.is_floating_point or not math.isinf(value):
         return value
+    if x.dtype == torch.bool:
+        return value > 0
     info = torch.iinfo(x.dtype)
     return info.max if value > 0 else info.min
 

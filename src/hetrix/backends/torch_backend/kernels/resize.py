@@ -36,7 +36,7 @@ def _text(value: object, default: str) -> str:
 
 @attr_check("Resize", "Upsample")
 def _resize_supported(node, device_type: str) -> str:  # type: ignore[no-untyped-def]
-    """Modes this kernel reproduces exactly; the others (crop-and-resize, antialias...) fall back."""
+    """Modes this kernel reproduces exactly; others (crop-and-resize, antialias...) fall back."""
     mode = _text(node_attr(node, "mode"), "nearest")
     transform = _text(node_attr(node, "coordinate_transformation_mode"), "half_pixel")
     policy = _text(node_attr(node, "keep_aspect_ratio_policy"), "stretch")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from hetrix.backends.torch_backend.kernels._common import (
     NodeContext,
     as_tensor,
+    attr_check,
     host_ints,
     host_scalar,
     kernel,
@@ -201,18 +202,21 @@ def _pad_by_index(x: torch.Tensor, full: list[int], mode: str) -> torch.Tensor:
 
 
 @kernel("Shape", since=1)
-def shape(ctx: NodeContext, x: torch.Tensor) -> torch.Tensor:
-    """Shape: int64 dims of the input, optionally ``[start:end]`` (opset 15)."""
+@needs_device
+def shape(ctx: NodeContext, x: Any, *, device: torch.device) -> torch.Tensor:
+    """Shape: int64 dims of the input (held in any memory), optionally ``[start:end]``."""
     dims = list(x.shape)
     start, end = ctx.attrs.get("start", 0), ctx.attrs.get("end")
     dims = dims[start:end] if end is not None else dims[start:]
-    return torch.tensor(dims, dtype=torch.int64, device=x.device)
+    return torch.tensor(dims, dtype=torch.int64, device=device)
 
 
 @kernel("Size", since=1)
-def size(ctx: NodeContext, x: torch.Tensor) -> torch.Tensor:
-    """Size: the element count as an int64 scalar."""
-    return torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
+@needs_device
+def size(ctx: NodeContext, x: Any, *, device: torch.device) -> torch.Tensor:
+    """Size: the element count as an int64 scalar (x may be any memory's value: only its shape
+    is read, so the planner never copies it here)."""
+    return torch.tensor(math.prod(x.shape), dtype=torch.int64, device=device)
 
 
 @kernel("ConstantOfShape", since=9)
@@ -276,6 +280,18 @@ def _torch_dtype_of(value: Any) -> torch.dtype:
     if isinstance(value, torch.Tensor):
         return value.dtype
     return numpy_to_torch_dtype(np.asarray(value).dtype) or torch.float32
+
+
+@attr_check("Dropout")
+def _inference_dropout(node, device_type: str) -> str:  # type: ignore[no-untyped-def]
+    """Training-mode dropout draws numpy's random stream on the host backend (reproducible)."""
+    training = node.inputs[2] if len(node.inputs) > 2 else None
+    if training is None or not training.name:
+        return ""
+    const = training.const_value
+    if const is not None and not bool(const.numpy().reshape(-1)[0]):
+        return ""
+    return "Dropout with a training_mode input"
 
 
 @kernel("Dropout", since=1)
