@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import logging
 import math
 import shlex
@@ -82,7 +83,8 @@ def _light_entries() -> list[Entry]:
     entries = []
     for path in sorted(folder.glob("light_*.onnx")):
         name = path.stem.removeprefix("light_")
-        entries.append(Entry(name, lambda p=path: p, lambda p=path: _light_batch8(p)))
+        entries.append(Entry(name, functools.partial(Path, path),
+                             functools.partial(_light_batch8, path)))
     return entries
 
 
@@ -206,10 +208,10 @@ def _notes(row: Row) -> str:
     return "; ".join(notes)
 
 
-def _fmt(value: float | None, suffix: str = "") -> str:
+def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
-    return (f"{value:,.1f}" if value >= 10 else f"{value:.3g}") + suffix
+    return f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
 
 
 def _memory(row: Row, runtime: str) -> float | None:
@@ -223,8 +225,9 @@ MEMORY_COLUMNS = ("Hetrix MiB", "ORT MiB")
 
 def table_cells(row: Row, memory: bool) -> list[str]:
     """The cells of one row, in :data:`COLUMNS` order (memory columns before the notes)."""
+    ratio = _ratio(row)
     cells = [row.model, str(row.batch), _fmt(_median(row, HETRIX)),
-             _fmt(_median(row, ONNXRUNTIME)), _fmt(_ratio(row), "x"),
+             _fmt(_median(row, ONNXRUNTIME)), "-" if ratio is None else f"{ratio:.2f}x",
              _fmt(_median(row, OPENVINO)), _agree(row)]
     if memory:
         cells += [_fmt(_memory(row, HETRIX)), _fmt(_memory(row, ONNXRUNTIME))]

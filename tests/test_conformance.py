@@ -52,3 +52,19 @@ def test_every_failing_case_is_listed_with_a_reason(results) -> None:
         f"{r.name}: {r.status} {r.reason}" for r in results if not r.passed and r.name not in known
     ]
     assert not unexpected, "new failures:\n" + "\n".join(unexpected)
+
+
+def test_torch_cpu_backend_passes_the_cases_it_claims() -> None:
+    """With providers=["torch:cpu"], nodes torch cannot run fall back to numpy per op; the cases
+    that ran wholly on torch are counted, and none of them may fail unless listed."""
+    pytest.importorskip("torch")
+    floor = json.loads((HERE / "floor.json").read_text())["torch_cpu"]
+    results = run_cases(collect_cases(), providers=["torch:cpu"], fallback=True)
+    summary = summarize(results)
+    print("spec cases on torch:cpu:", summary)
+    assert summary["on_first_provider"] >= floor["on_first_provider"], summary
+    assert summary["passed_on_first_provider"] >= floor["passed_on_first_provider"], summary
+    assert summary["passed"] >= floor["passed"], summary
+    known = _known_failures()
+    unexpected = [f"{r.name}: {r.reason}" for r in results if not r.passed and r.name not in known]
+    assert not unexpected, "new failures on torch:cpu:\n" + "\n".join(unexpected)

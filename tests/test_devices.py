@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
-from hetrix.devices import CpuInfo, Device, detect_cpu, list_devices
+from hetrix.devices import AcceleratorInfo, CpuInfo, Device, detect_cpu, list_devices
 from hetrix.devices import cpu as cpu_mod
 
 SAPPHIRE_RAPIDS = """\
@@ -154,3 +154,21 @@ def test_list_devices_is_json_ready() -> None:
     assert data[0]["id"] == "cpu:0"
     assert data[0]["features"] == list(devices[0].features)
     assert data[0]["blas"]["name"] == devices[0].blas.name
+
+
+def test_list_devices_cpu_first_then_accelerators() -> None:
+    devices = list_devices()
+    assert devices[0].kind == "cpu"
+    assert all(isinstance(d, AcceleratorInfo) for d in devices[1:])
+    assert len({d.id for d in devices}) == len(devices)
+    only_cpu = list_devices(accelerators=False)
+    assert [d.kind for d in only_cpu] == ["cpu"]
+
+
+def test_accelerator_info_is_a_json_ready_device() -> None:
+    info = AcceleratorInfo(kind="rocm", name="AMD Instinct MI250X", memory_bytes=64 << 30,
+                           index=1, library_device="cuda:1", compute_capability="gfx90a",
+                           details={"uuid": "GPU-1"})
+    assert isinstance(info, Device) and info.id == "rocm:1"
+    data = json.loads(json.dumps(info.to_dict()))
+    assert data["library_device"] == "cuda:1" and data["details"] == {"uuid": "GPU-1"}

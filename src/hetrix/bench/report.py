@@ -201,12 +201,14 @@ def _latency_axis(ax: Any, timed: Sequence[RuntimeResult], ratios: dict[str, flo
     for index, r in enumerate(timed):
         if r.latency is None:
             continue
-        label = f"{r.latency.median_ms:.3g} ms"
+        label = f"{_ms(r.latency.median_ms)} ms"
         if r.name in ratios:
-            label += f"\nhetrix/{r.name}: {ratios[r.name]:.2f}x"
+            label += f"\nratio {ratios[r.name]:.2f}x"
         ax.annotate(label, (index, r.latency.p90_ms), xytext=(0, 4), textcoords="offset points",
                     ha="center", va="bottom", fontsize=9)
     ax.set_ylabel("latency, ms (median, p10-p90)")
+    if ratios:
+        ax.set_xlabel("ratio = hetrix median / that runtime's median")
     ax.set_title("Latency (lower is better)")
     ax.set_ylim(0, max(r.latency.p90_ms for r in timed if r.latency) * 1.35)
 

@@ -59,8 +59,7 @@ def bench(
 ) -> None:
     """Time Hetrix and a competitor on the same random inputs, alternating runs.
 
-    Reports median and p10/p90 latency, throughput, peak memory growth, the latency ratio and
-    whether the outputs agree.
+    Reports latency (median, p10/p90), throughput, peak memory, the ratio and output agreement.
     """
     from hetrix.bench import BenchConfig, count_steps, run_benchmark
     from hetrix.bench import report as report_mod

@@ -249,26 +249,76 @@ def _save_outputs(folder: Path, names: Sequence[str], outputs: Sequence[Any]) ->
 @app.command()
 def devices(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    measure: Annotated[bool, typer.Option(
+        "--measure", help="(Re)measure each device's figures (seconds per device) and cache "
+        "them.")] = False,
+    size: Annotated[str | None, typer.Option(
+        "--size", help="Measurement size: default, or tiny for a smoke run "
+        "(default: $HETRIX_MEASURE_SIZE or default).")] = None,
+    only: Annotated[list[str] | None, typer.Option(
+        "--device", "-d", help="Only this device, e.g. cpu:0 or cuda:1 (repeatable).")] = None,
 ) -> None:
-    """List the devices Hetrix can run on (today: the CPU), with features and memory."""
-    from hetrix.devices import list_devices
+    """List the devices Hetrix can run on (CPU, accelerators) with their measured figures.
 
-    found = list_devices()
+    Figures (matmul GFLOP/s per dtype, memory and host<->device bandwidth, latencies) are read
+    from the cache when the device's fingerprint matches; --measure measures them again.
+    """
+    from hetrix.devices import get_figures, list_devices, load_figures, measure_config
+
+    try:
+        config = measure_config(size) if measure else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--size") from None
+    found = _select_devices(list_devices(), only or [])
+    entries = []
+    for device in found:
+        if measure:
+            _err().print(f"measuring {device.id} ({escape(device.name)})...", soft_wrap=True)
+            figures = get_figures(device, remeasure=True, config=config)
+        else:
+            figures = load_figures(device)
+        entries.append((device, figures))
     if as_json:
-        typer.echo(json.dumps([d.to_dict() for d in found], indent=2))
+        typer.echo(json.dumps([_device_json(d, f) for d, f in entries], indent=2))
         return
     out = _out()
-    for device in found:
-        table = make_table(f"{device.id}: {device.name}", "property", "value")
-        for key, value in _device_rows(device):
+    for device, figures in entries:
+        table = make_table(f"{device.id}: {escape(device.name)}", "property", "value")
+        for key, value in _device_rows(device) + _figure_rows(figures):
             table.add_row(key, escape(value))
         out.print(table)
+    if measure:
+        from hetrix.devices.cache import figures_dir
+
+        out.print(f"figures cached in {escape(str(figures_dir()))}", soft_wrap=True)
+
+
+def _select_devices(found: Sequence[Any], only: Sequence[str]) -> list[Any]:
+    """The devices named in ``only`` (``cuda`` means ``cuda:0``), all when it is empty."""
+    if not only:
+        return list(found)
+    wanted = {name if ":" in name else f"{name}:0" for name in only}
+    unknown = wanted - {d.id for d in found}
+    if unknown:
+        known = ", ".join(d.id for d in found)
+        raise typer.BadParameter(f"no device {', '.join(sorted(unknown))} here (found: {known})",
+                                 param_hint="--device")
+    return [d for d in found if d.id in wanted]
+
+
+def _device_json(device: Any, figures: Any) -> dict[str, Any]:
+    from hetrix.devices.cache import cache_file, fingerprint, fingerprint_key
+
+    facts = fingerprint(device)
+    return {**device.to_dict(), "fingerprint": facts, "fingerprint_key": fingerprint_key(facts),
+            "cache_file": str(cache_file(device, facts)),
+            "figures": figures.to_dict() if figures is not None else None}
 
 
 def _device_rows(device: Any) -> list[tuple[str, str]]:
     rows = [("kind", device.kind), ("memory", human_bytes(device.memory_bytes))]
     if device.kind != "cpu":
-        return rows
+        return rows + _accelerator_rows(device)
     physical = device.physical_cores if device.physical_cores is not None else "?"
     rows += [
         ("architecture", device.arch or "?"),
@@ -287,6 +337,40 @@ def _device_rows(device: Any) -> list[tuple[str, str]]:
     ]
     if device.blas.config:
         rows.append(("BLAS build", device.blas.config))
+    return rows
+
+
+def _accelerator_rows(device: Any) -> list[tuple[str, str]]:
+    labels = (("backend", "backend"), ("library device", "library_device"),
+              ("vendor", "vendor"), ("compute capability", "compute_capability"),
+              ("compute units", "compute_units"), ("driver", "driver_version"),
+              ("runtime", "runtime_version"), ("library version", "library_version"))
+    rows = [(label, str(getattr(device, name))) for label, name in labels
+            if getattr(device, name, None) not in (None, "")]
+    rows += [(key, str(value)) for key, value in getattr(device, "details", {}).items()]
+    return rows
+
+
+def _figure_rows(figures: Any) -> list[tuple[str, str]]:
+    if figures is None:
+        return [("figures", "not measured for this configuration (hetrix devices --measure)")]
+    rows = [(f"matmul {dtype}", f"{value:,.1f} GFLOP/s")
+            for dtype, value in figures.matmul_gflops.items()]
+    if figures.memory_bandwidth_gbs is not None:
+        rows.append(("memory bandwidth", f"{figures.memory_bandwidth_gbs:,.1f} GB/s"))
+    for label, values, unit in (
+            ("host -> device", figures.host_to_device_gbs, "GB/s"),
+            ("device -> host", figures.device_to_host_gbs, "GB/s"),
+            ("host -> device latency", figures.host_to_device_latency_us, "µs"),
+            ("device -> host latency", figures.device_to_host_latency_us, "µs")):
+        if values:
+            rows.append((label, ", ".join(f"{k} {v:,.1f} {unit}" for k, v in values.items())))
+    if figures.launch_latency_us is not None:
+        rows.append(("kernel launch", f"{figures.launch_latency_us:,.1f} µs, "
+                     f"{figures.launch_sync_latency_us or 0:,.1f} µs with synchronize"))
+    rows.append(("measured", f"{figures.measured_at} ({figures.size} size, "
+                 f"{figures.duration_s:.1f} s)"))
+    rows += [(f"not measured: {k}", v) for k, v in figures.skipped.items()]
     return rows
 
 

@@ -136,10 +136,9 @@ def _cuda_device(torch: Any, index: int, hip: str | None, driver: str | None) ->
 
 def _nvidia_driver_version() -> str | None:
     """The NVIDIA kernel driver (``550.54.15``), else the CUDA driver API version (``12.4``)."""
-    text = _read_text(Path("/proc/driver/nvidia/version"))
-    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+(?:\.\d+)+)", text)
-    if match:
-        return match.group(1)
+    version = parse_nvidia_proc_version(_read_text(Path("/proc/driver/nvidia/version")))
+    if version:
+        return version
     for library in ("libcuda.so.1", "nvcuda.dll", "libcuda.dylib"):
         try:
             version = ctypes.c_int()
@@ -148,6 +147,12 @@ def _nvidia_driver_version() -> str | None:
         except (OSError, AttributeError):
             continue
     return None
+
+
+def parse_nvidia_proc_version(text: str) -> str | None:
+    """The kernel module version in the text of ``/proc/driver/nvidia/version``."""
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+(?:\.\d+)+)", text)
+    return match.group(1) if match else None
 
 
 def _amdgpu_driver_version() -> str | None:

@@ -59,8 +59,8 @@ class MeasureConfig:
 SIZES: dict[str, MeasureConfig] = {
     "default": MeasureConfig(),
     "tiny": MeasureConfig(
-        name="tiny", cpu_matmul_n=256, accel_matmul_n=1024, cpu_copy_bytes=8 << 20,
-        accel_copy_bytes=16 << 20, transfer_bytes=4 << 20, repeats=3, budget_s=0.2,
+        name="tiny", cpu_matmul_n=512, accel_matmul_n=1024, cpu_copy_bytes=8 << 20,
+        accel_copy_bytes=16 << 20, transfer_bytes=4 << 20, repeats=3, budget_s=0.5,
         min_batch_s=5e-4,
     ),
 }
@@ -156,21 +156,27 @@ class Timer:
     budget_s: float = 1.5
     min_batch_s: float = 2e-3
 
-    def once(self, run: Callable[[], Any]) -> float:
-        """Seconds of one synchronised call, after one warm-up call."""
-        run()
+    def call(self, run: Callable[[], Any]) -> float:
+        """Seconds of one synchronised call."""
         self.sync()
         start = time.perf_counter()
         run()
         self.sync()
         return time.perf_counter() - start
 
-    def median(self, run: Callable[[], Any]) -> float:
-        """Median seconds per call over up to ``repeats`` batches (warm-up and calibration first).
+    def once(self, run: Callable[[], Any]) -> float:
+        """Seconds of one synchronised call, after one warm-up call."""
+        run()
+        self.sync()
+        return self.call(run)
 
-        At least one batch is timed; later ones only while the budget lasts.
+    def median(self, run: Callable[[], Any], single: float | None = None) -> float:
+        """Median seconds per call over up to ``repeats`` batches.
+
+        ``single``, the time of one call that has already been made, saves the warm-up and
+        calibration calls.  At least one batch is timed; later ones only while the budget lasts.
         """
-        single = max(self.once(run), 1e-9)
+        single = max(self.once(run) if single is None else single, 1e-9)
         inner = max(1, min(100_000, math.ceil(self.min_batch_s / single)))
         deadline = time.perf_counter() + self.budget_s
         samples: list[float] = []
@@ -193,23 +199,23 @@ class Timer:
 
 def matmul_gflops(make: Callable[[int], Callable[[], Any]], n_max: int,
                   timer: Timer) -> tuple[float, int]:
-    """GFLOP/s of the largest ``n x n`` matmul (n_max, its halves...) that fits the budget.
+    """GFLOP/s of the largest ``n x n`` matmul, up to ``n_max``, whose calls fit the budget.
 
-    ``make(n)`` allocates the operands and returns the call to time; a probe at ``n_max / 8``
-    predicts (by the cube law) which size's calls fit ``budget / (repeats + 2)``.
+    ``make(n)`` allocates the operands and returns the call to time.  Sizes double from
+    ``n_max / 8`` while a call lasts at most half of ``budget / (repeats + 2)``: the growth rule
+    assumes calls at least double in time per doubling of ``n`` (8x when compute-bound), so a
+    small size whose calls are dominated by overhead (thread wake-ups, launches) never stops
+    the growth too early, and a compute-bound size overruns its share at most fourfold.
     """
-    n_probe = max(n_max // 8, 16)
-    probe = make(n_probe)
     per_call = timer.budget_s / (timer.repeats + 2)
-    probe_s = timer.once(probe)
-    n = n_probe
-    for candidate in (n_max, n_max // 2, n_max // 4):
-        if candidate > n_probe and probe_s * (candidate / n_probe) ** 3 <= per_call:
-            n = candidate
-            break
-    run = probe if n == n_probe else make(n)
-    del probe
-    return 2.0 * n**3 / timer.median(run) / GIGA, n
+    n = max(n_max // 8, 16)
+    run = make(n)
+    seconds = timer.once(run)  # the first call of all pays library initialisation
+    while n * 2 <= n_max and seconds * 2 <= per_call:
+        n *= 2
+        run = make(n)
+        seconds = timer.call(run)
+    return 2.0 * n**3 / timer.median(run, single=seconds) / GIGA, n
 
 
 def attempt(figures: DeviceFigures, figure: str, action: Callable[[], None]) -> None:

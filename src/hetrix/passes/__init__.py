@@ -86,8 +86,12 @@ PIPELINE: tuple[Stage, ...] = (
     # Constants first: every later rule reads weights and shape operands as initializers.
     Stage(BASIC, "lift constants", LiftConstantsPass),
     # Static shapes let Shape/Size fold and prove Reshape/Expand/Cast no-ops.
-    Stage(BASIC, "shape inference", lambda: common.ShapeInferencePass(strict_mode=False),
-          analysis=True),
+    Stage(
+        BASIC,
+        "shape inference",
+        lambda: common.ShapeInferencePass(strict_mode=False),
+        analysis=True,
+    ),
     Stage(BASIC, "constant folding", ConstantFoldingPass),
     # After folding, since the arguments that make a node a no-op often just became constants.
     Stage(BASIC, "no-op elimination", NoOpEliminationPass),
@@ -120,8 +124,12 @@ def optimize(model: ir.Model, level: int = ALL, max_iterations: int = 5) -> Opti
         ir.passes.PassManager(passes, steps=max_iterations, early_stop=True)(model)
         report.seconds = time.perf_counter() - started
     report.nodes_after = count_nodes(model)
-    logger.info("graph optimization level %d: %d -> %d nodes", level, report.nodes_before,
-                report.nodes_after)
+    logger.info(
+        "graph optimization level %d: %d -> %d nodes",
+        level,
+        report.nodes_before,
+        report.nodes_after,
+    )
     return report
 
 
@@ -152,10 +160,16 @@ class _Recorded(ir.passes.InPlacePass):
         inner = self.stage.make()
         result = inner(model)
         after = count_nodes(model)
-        self.report.runs.append(PassRun(
-            self.report.iterations, self.stage.name, _counts(inner, self.stage, before - after),
-            before, after, time.perf_counter() - started,
-        ))
+        self.report.runs.append(
+            PassRun(
+                self.report.iterations,
+                self.stage.name,
+                _counts(inner, self.stage, before - after),
+                before,
+                after,
+                time.perf_counter() - started,
+            )
+        )
         stats = getattr(inner, "stats", None)
         if stats is not None:
             self.report.rejections[self.stage.name] = stats.rejections

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import onnx
@@ -22,7 +22,7 @@ def normal_domain(domain: str) -> str:
     return "" if domain == "ai.onnx" else domain
 
 
-def is_op(node: ir.Node | None, *op_types: str, domain: str = "") -> bool:
+def is_op(node: ir.Node | None, *op_types: str, domain: str = "") -> TypeGuard[ir.Node]:
     """Whether ``node`` exists and is one of ``op_types`` in ``domain``."""
     return (
         node is not None
@@ -54,9 +54,9 @@ def consumers(value: ir.Value) -> list[ir.Node]:
     return list(dict.fromkeys(use.node for use in value.uses()))
 
 
-def sole_consumer(value: ir.Value) -> ir.Node | None:
+def sole_consumer(value: ir.Value | None) -> ir.Node | None:
     """The one node reading ``value`` when nothing else (no graph output) sees it, else None."""
-    if value.is_graph_output():
+    if value is None or value.is_graph_output():
         return None
     readers = consumers(value)
     return readers[0] if len(readers) == 1 else None
@@ -77,11 +77,11 @@ def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     if value.const_value is not None and not value.is_graph_input():
-        return tuple(value.const_value.shape)
-    shape = value.shape
-    if shape is None or not all(isinstance(d, int) for d in shape):
+        return tuple(int(d) for d in value.const_value.shape.numpy())
+    if value.shape is None:
         return None
-    return tuple(int(d) for d in shape)
+    dims = [d for d in value.shape if isinstance(d, int)]
+    return tuple(dims) if len(dims) == len(value.shape) else None
 
 
 def rank(value: ir.Value | None) -> int | None:
@@ -145,6 +145,11 @@ def add_initializer(
     )
     graph.register_initializer(value)
     return value
+
+
+def name_of(value: ir.Value | None, default: str) -> str:
+    """The value's name, or ``default`` when it has none."""
+    return (value.name if value is not None else None) or default
 
 
 def fresh_name(base: str) -> str:

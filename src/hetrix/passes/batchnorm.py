@@ -39,8 +39,9 @@ def batchnorm_affine(node: ir.Node, ctx: RewriteContext) -> tuple[np.ndarray, np
         raise Reject("training_mode=1")
     if version is not None and version < 7 and _ir.attribute(node, "spatial", version) == 0:
         raise Reject("spatial=0 (per-element statistics)")
-    params = [_ir.const_array(v) for v in node.inputs[1:5]]
-    if len(params) != 4 or any(p is None or p.ndim != 1 for p in params):
+    found = [_ir.const_array(v) for v in node.inputs[1:5]]
+    params = [p for p in found if p is not None and p.ndim == 1]
+    if len(params) != 4:
         raise Reject("scale, bias, mean and var are not 1-D constants")
     scale, bias, mean, var = (p.astype(np.float64) for p in params)
     epsilon = _ir.attribute(node, "epsilon", version)
@@ -117,7 +118,7 @@ class _IntoConv(_FoldRule):
         bias = _bias(conv, 2, channels) * s + t
         if match.s is not None:
             scaled = weight * s.reshape((-1,) + (1,) * (weight.ndim - 1))
-            _set_input(conv, 1, scaled, weight, conv.inputs[1].name or "W")
+            _set_input(conv, 1, scaled, weight, _ir.name_of(conv.inputs[1], "W"))
         _set_input(conv, 2, bias, weight, (conv.name or "conv") + "_bias")
 
 
@@ -179,10 +180,10 @@ class BatchNormChannelAffineRule(_FoldRule):
         bn = match.producer
         scale, bias = _weight(bn, 1), _weight(bn, 2)
         if match.s is not None:
-            _set_input(bn, 1, scale * match.s, scale, bn.inputs[1].name or "scale")
-            _set_input(bn, 2, bias * match.s, bias, bn.inputs[2].name or "bias")
+            _set_input(bn, 1, scale * match.s, scale, _ir.name_of(bn.inputs[1], "scale"))
+            _set_input(bn, 2, bias * match.s, bias, _ir.name_of(bn.inputs[2], "bias"))
         else:
-            _set_input(bn, 2, bias + match.t, bias, bn.inputs[2].name or "bias")
+            _set_input(bn, 2, bias + match.t, bias, _ir.name_of(bn.inputs[2], "bias"))
 
 
 class GemmBatchNormRule(_FoldRule):
@@ -204,11 +205,12 @@ class GemmBatchNormRule(_FoldRule):
 
     def fold(self, match: _Affine, ctx: RewriteContext) -> None:
         gemm = match.producer
+        assert match.s is not None and match.t is not None
         weight = _weight(gemm, 1)
         version = ctx.opset()
         trans_b = _ir.attribute(gemm, "transB", version) or 0
         scaled = weight * (match.s[:, None] if trans_b else match.s[None, :])
-        _set_input(gemm, 1, scaled, weight, gemm.inputs[1].name or "B")
+        _set_input(gemm, 1, scaled, weight, _ir.name_of(gemm.inputs[1], "B"))
         beta = _ir.attribute(gemm, "beta", version)
         beta = 1.0 if beta is None else beta
         c = np.zeros(1)
@@ -238,14 +240,21 @@ class MatMulBatchNormRule(_FoldRule):
         matmul, graph = match.producer, match.producer.graph
         assert graph is not None and match.s is not None and match.t is not None
         weight = _weight(matmul, 1)
-        b = _ir.add_initializer(graph, matmul.inputs[1].name or "B",
-                                (weight * match.s[None, :]).astype(weight.dtype))
-        c = _ir.add_initializer(graph, (matmul.name or "matmul") + "_C",
-                                match.t.astype(weight.dtype))
-        gemm = ir.node("Gemm", [matmul.inputs[0], b, c], name=matmul.name,
-                       outputs=[ir.Value(name=_ir.fresh_name("gemm"))])
-        _ir.replace(match.node, [matmul, match.node], [gemm], [match.node.outputs[0]],
-                    gemm.outputs)
+        b = _ir.add_initializer(
+            graph,
+            _ir.name_of(matmul.inputs[1], "B"),
+            (weight * match.s[None, :]).astype(weight.dtype),
+        )
+        c = _ir.add_initializer(
+            graph, (matmul.name or "matmul") + "_C", match.t.astype(weight.dtype)
+        )
+        gemm = ir.node(
+            "Gemm",
+            [matmul.inputs[0], b, c],
+            name=matmul.name,
+            outputs=[ir.Value(name=_ir.fresh_name("gemm"))],
+        )
+        _ir.replace(match.node, [matmul, match.node], [gemm], [match.node.outputs[0]], gemm.outputs)
 
 
 def _producer_and_constant(node: ir.Node, op_type: str) -> tuple[ir.Node, np.ndarray]:
@@ -262,7 +271,10 @@ def _producer_and_constant(node: ir.Node, op_type: str) -> tuple[ir.Node, np.nda
 
 
 BATCHNORM_RULES: tuple[type[Rule], ...] = (
-    ConvBatchNormRule, GemmBatchNormRule, MatMulBatchNormRule, ConvChannelAffineRule,
+    ConvBatchNormRule,
+    GemmBatchNormRule,
+    MatMulBatchNormRule,
+    ConvChannelAffineRule,
     BatchNormChannelAffineRule,
 )
 

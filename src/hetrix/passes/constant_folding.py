@@ -23,8 +23,14 @@ from hetrix.runtime.plan import attribute_value
 logger = logging.getLogger(__name__)
 
 NON_DETERMINISTIC = frozenset(
-    {"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial",
-     "Bernoulli"}
+    {
+        "RandomUniform",
+        "RandomNormal",
+        "RandomUniformLike",
+        "RandomNormalLike",
+        "Multinomial",
+        "Bernoulli",
+    }
 )
 """Ops whose output changes from run to run: never folded."""
 
@@ -101,8 +107,10 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
         """('', inputs) when the node may fold; ('-', []) to skip silently; else the reason."""
         if _ir.is_op(node, "Constant") or not node.inputs:
             return "-", []
-        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-               for a in node.attributes.values()):
+        if any(
+            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for a in node.attributes.values()
+        ):
             return "-", []
         arrays: list[Any] = []
         for value in node.inputs:
@@ -120,7 +128,7 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
             shape = _ir.static_shape(value)
             if shape is None or value.dtype is None:
                 return None
-            total += int(np.prod(shape)) * value.dtype.itemsize
+            total += int(np.prod(shape)) * int(value.dtype.itemsize)
         return total
 
     def _check_result(self, node: ir.Node, result: Any) -> list[np.ndarray] | None:
@@ -140,11 +148,11 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
             arrays.append(item)
         return arrays
 
-    def _reject(self, node: ir.Node, reason: str) -> None:
+    def _reject(self, node: ir.Node, reason: str) -> list[np.ndarray] | None:
+        """Record why ``node`` is not folded; returns None, the "no outputs" of the callers."""
         self.stats.rejections.append(Rejection("constant folding", node.name or "", reason))
         logger.debug("constant folding: not folding %r (%s): %s", node.name, node.op_type, reason)
         return None
-
 
 
 def _replace_by_constant(graph: ir.Graph, value: ir.Value, array: np.ndarray) -> None:
@@ -161,8 +169,13 @@ def _as_kernel_input(array: np.ndarray | None) -> Any:
     if array is None:
         return None
     if array.dtype.kind in "SU" or array.dtype == object:
-        array = np.vectorize(lambda s: s.decode() if isinstance(s, bytes) else str(s),
-                             otypes=[object])(array) if array.size else array.astype(object)
+        array = (
+            np.vectorize(lambda s: s.decode() if isinstance(s, bytes) else str(s), otypes=[object])(
+                array
+            )
+            if array.size
+            else array.astype(object)
+        )
     array = np.array(array, copy=True)
     array.setflags(write=False)
     return array
@@ -170,8 +183,10 @@ def _as_kernel_input(array: np.ndarray | None) -> Any:
 
 def _context(node: ir.Node, domain: str, version: int | None) -> NodeContext:
     label = f"node '{node.name}' ({node.op_type})"
-    attrs = {name: attribute_value(attr, label)
-             for name, attr in _ir.attributes_with_defaults(node, version).items()}
+    attrs = {
+        name: attribute_value(attr, label)
+        for name, attr in _ir.attributes_with_defaults(node, version).items()
+    }
     return NodeContext(
         op_type=node.op_type,
         domain=domain,

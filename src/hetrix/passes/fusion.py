@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -67,8 +68,14 @@ class MatMulAddRule(Rule):
             fused = ir.node("Gemm", inputs, attributes, name=matmul.name, outputs=[out])
         else:
             ctx.import_hetrix()
-            fused = ir.node("FusedMatMul", inputs, {"activation": ""}, domain=_ir.HETRIX_DOMAIN,
-                            name=matmul.name, outputs=[out])
+            fused = ir.node(
+                "FusedMatMul",
+                inputs,
+                {"activation": ""},
+                domain=_ir.HETRIX_DOMAIN,
+                name=matmul.name,
+                outputs=[out],
+            )
         _ir.replace(add, [matmul, add], [fused], [add.outputs[0]], [out])
 
 
@@ -76,7 +83,15 @@ class ActivationFusionRule(Rule):
     """Conv/Gemm/MatMul (or an activation-free FusedMatMul) -> activation: one fused node."""
 
     name = "activation fusion"
-    op_types = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "Gelu")
+    op_types: ClassVar[tuple[str, ...]] = (
+        "Relu",
+        "LeakyRelu",
+        "Clip",
+        "Sigmoid",
+        "HardSigmoid",
+        "Tanh",
+        "Gelu",
+    )
 
     def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, ir.Node, str, list]:
         producer = _ir.producer(node.inputs[0])
@@ -85,8 +100,12 @@ class ActivationFusionRule(Rule):
         assert producer is not None
         if _ir.sole_consumer(node.inputs[0]) is None:
             raise Reject(f"the {producer.op_type} output has other readers")
-        if producer.outputs[0].dtype not in (None, ir.DataType.FLOAT, ir.DataType.DOUBLE,
-                                             ir.DataType.FLOAT16):
+        if producer.outputs[0].dtype not in (
+            None,
+            ir.DataType.FLOAT,
+            ir.DataType.DOUBLE,
+            ir.DataType.FLOAT16,
+        ):
             raise Reject("not a floating-point output")
         activation, params = activation_spec(node, ctx)
         return producer, node, activation, params
@@ -94,16 +113,24 @@ class ActivationFusionRule(Rule):
     def apply(self, match: tuple[ir.Node, ir.Node, str, list], ctx: RewriteContext) -> None:
         producer, node, activation, params = match
         ctx.import_hetrix()
-        attributes = {k: v for k, v in producer.attributes.items()
-                      if k not in ("activation", "activation_params")}
+        attributes = {
+            k: v
+            for k, v in producer.attributes.items()
+            if k not in ("activation", "activation_params")
+        }
         op_type = FUSED_OP.get(producer.op_type, producer.op_type)
-        fused = ir.Node(_ir.HETRIX_DOMAIN, op_type, list(producer.inputs), attributes.values(),
-                        name=producer.name,
-                        outputs=[ir.Value(name=_ir.fresh_name(node.outputs[0].name or "fused"))])
-        fused.attributes["activation"] = ir.Attr("activation", ir.AttributeType.STRING,
-                                                 activation)
+        fused = ir.Node(
+            _ir.HETRIX_DOMAIN,
+            op_type,
+            list(producer.inputs),
+            attributes.values(),
+            name=producer.name,
+            outputs=[ir.Value(name=_ir.fresh_name(node.outputs[0].name or "fused"))],
+        )
+        fused.attributes["activation"] = ir.Attr("activation", ir.AttributeType.STRING, activation)
         fused.attributes["activation_params"] = ir.Attr(
-            "activation_params", ir.AttributeType.FLOATS, [float(p) for p in params])
+            "activation_params", ir.AttributeType.FLOATS, [float(p) for p in params]
+        )
         _ir.replace(node, [producer, node], [fused], [node.outputs[0]], fused.outputs)
 
 

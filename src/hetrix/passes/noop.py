@@ -78,8 +78,10 @@ class ReshapeRule(_NoOpRule):
             raise Reject("input shape or target shape is not static")
         allow_zero = _ir.attribute(node, "allowzero", ctx.opset()) or 0
         dims = [int(d) for d in target.reshape(-1)]
-        resolved = [shape[i] if d == 0 and not allow_zero and i < len(shape) else d
-                    for i, d in enumerate(dims)]
+        resolved = [
+            shape[i] if d == 0 and not allow_zero and i < len(shape) else d
+            for i, d in enumerate(dims)
+        ]
         if -1 in resolved and len(resolved) == len(shape):
             known = [d for d in resolved if d != -1]
             if known and np.prod(known) > 0:
@@ -168,7 +170,9 @@ class NeutralElementRule(_NoOpRule):
         for index in (1, 0) if commutes else (1,):
             constant = _ir.const_array(node.inputs[index])
             source = node.inputs[1 - index]
-            if constant is not None and constant.size and np.all(constant == neutral):
+            if source is None or constant is None or not constant.size:
+                continue
+            if np.all(constant == neutral):
                 self._check_shape(source, constant, node)
                 return node, source
         raise Reject(f"no constant operand that is all {neutral}")
@@ -191,7 +195,13 @@ def _first_input(node: ir.Node) -> ir.Value:
 
 
 NOOP_RULES: tuple[type[Rule], ...] = (
-    DropoutRule, CastRule, ReshapeRule, TransposeRule, ExpandRule, ConcatRule, PadRule,
+    DropoutRule,
+    CastRule,
+    ReshapeRule,
+    TransposeRule,
+    ExpandRule,
+    ConcatRule,
+    PadRule,
     NeutralElementRule,
 )
 

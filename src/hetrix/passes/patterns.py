@@ -36,6 +36,8 @@ def _operands(node: ir.Node, op_type: str, constant: float) -> ir.Value:
     if not _ir.is_op(node, op_type) or len(node.inputs) != 2:
         raise Reject(f"expected {op_type}, found {node.op_type if node else 'nothing'}")
     a, b = node.inputs
+    if a is None or b is None:
+        raise Reject(f"{op_type} {node.name!r} has a missing operand")
     if _is_const(b, constant):
         return a
     if op_type in ("Add", "Mul") and _is_const(a, constant):
@@ -80,6 +82,8 @@ class LayerNormRule(Rule):
     def match(self, node: ir.Node, ctx: RewriteContext) -> _LayerNorm:
         sub = _producer_of(node.inputs[0], "Sub")
         x, mean = sub.inputs
+        if x is None:
+            raise Reject("the Sub has no minuend")
         mean_node = _producer_of(mean, "ReduceMean")
         if mean_node.inputs[0] is not x:
             raise Reject("the mean is not of the Sub's minuend")
@@ -89,8 +93,11 @@ class LayerNormRule(Rule):
         var_node, epsilon = _var_and_eps(add_eps)
         if _reduce_axes(var_node, ctx) != axes:
             raise Reject("mean and variance reduce different axes")
-        square = _producer_of(var_node.inputs[0], "Pow") if _ir.is_op(
-            _ir.producer(var_node.inputs[0]), "Pow") else _producer_of(var_node.inputs[0], "Mul")
+        square = (
+            _producer_of(var_node.inputs[0], "Pow")
+            if _ir.is_op(_ir.producer(var_node.inputs[0]), "Pow")
+            else _producer_of(var_node.inputs[0], "Mul")
+        )
         _check_square(square, sub.outputs[0])
         axis = _trailing_axis(axes, _ir.rank(x))
         nodes = [mean_node, sub, square, var_node, add_eps, sqrt, node]
@@ -134,13 +141,19 @@ class LayerNormRule(Rule):
         if gamma is None:
             shape = _ir.static_shape(match.x)
             assert shape is not None and match.x.dtype is not None
-            ones = np.ones(shape[match.axis:], dtype=match.x.dtype.numpy())
+            ones = np.ones(shape[match.axis :], dtype=match.x.dtype.numpy())
             gamma = _ir.add_initializer(graph, "layernorm_scale", ones)
         inputs = [match.x, gamma] + ([match.beta] if match.beta is not None else [])
         attributes = {"axis": match.axis, "epsilon": match.epsilon}
         out = ir.Value(name=_ir.fresh_name(match.output.name or "layernorm"))
-        fused = ir.node("LayerNormalization", inputs, attributes, domain=domain,
-                        name=match.nodes[-1].name, outputs=[out])
+        fused = ir.node(
+            "LayerNormalization",
+            inputs,
+            attributes,
+            domain=domain,
+            name=match.nodes[-1].name,
+            outputs=[out],
+        )
         _ir.replace(match.nodes[-1], match.nodes, [fused], [match.output], [out])
 
 
@@ -249,7 +262,7 @@ class GeluRule(Rule):
             except Reject:
                 continue
             pow_node = _producer_of(cube, "Pow")
-            if pow_node.inputs[0] is x and _is_const(pow_node.inputs[1], 3.0):
+            if x is not None and pow_node.inputs[0] is x and _is_const(pow_node.inputs[1], 3.0):
                 return x, [pow_node, cubic_node, add, scale]
         raise Reject("the Tanh argument is not sqrt(2/pi) * (x + 0.044715 * x ** 3)")
 
@@ -259,8 +272,14 @@ class GeluRule(Rule):
         if domain:
             ctx.import_hetrix()
         out = ir.Value(name=_ir.fresh_name(match.output.name or "gelu"))
-        gelu = ir.node("Gelu", [match.x], {"approximate": match.approximate}, domain=domain,
-                       name=match.nodes[-1].name, outputs=[out])
+        gelu = ir.node(
+            "Gelu",
+            [match.x],
+            {"approximate": match.approximate},
+            domain=domain,
+            name=match.nodes[-1].name,
+            outputs=[out],
+        )
         last = _last(match.nodes, match.output)
         _ir.replace(last, match.nodes, [gelu], [match.output], [out])
 
@@ -369,8 +388,14 @@ class AttentionRule(Rule):
         ctx.import_hetrix()
         inputs = [match.q, match.kt, match.v] + ([match.mask] if match.mask is not None else [])
         out = ir.Value(name=_ir.fresh_name(match.output.name or "attention"))
-        fused = ir.node("Attention", inputs, {"scale": float(match.scale)},
-                        domain=_ir.HETRIX_DOMAIN, name=match.nodes[-1].name, outputs=[out])
+        fused = ir.node(
+            "Attention",
+            inputs,
+            {"scale": float(match.scale)},
+            domain=_ir.HETRIX_DOMAIN,
+            name=match.nodes[-1].name,
+            outputs=[out],
+        )
         _ir.replace(match.nodes[-1], match.nodes, [fused], [match.output], [out])
 
 

@@ -103,6 +103,7 @@ class PriorityPlacer(KernelChooser):
     def __call__(self, node: ir.Node, opset: int) -> tuple[Kernel | None, Placement]:
         op = f"{node.domain + '::' if node.domain else ''}{node.op_type}"
         tried: list[str] = []
+        rejections: list[str] = []
         candidates = self.backends if self.allow_fallback else self.backends[:1]
         host = self._host_backend()
         if host is not None and host is not self.backends[0] and self._is_shape_arithmetic(node):
@@ -123,6 +124,8 @@ class PriorityPlacer(KernelChooser):
                 reason = ""
                 if tried:
                     reason = f"{', '.join(tried)} cannot run {op} at opset {opset}"
+                    why = "; ".join(r for r in rejections if r)
+                    reason += f" ({why})" if why else ""
                     logger.info(
                         "node '%s' (%s) falls back to %s: %s", node.name, op, backend.name, reason
                     )
@@ -136,6 +139,7 @@ class PriorityPlacer(KernelChooser):
                     backend.host_input_indices(node),
                 )
             tried.append(backend.name)
+            rejections.append(getattr(backend, "last_rejection", "") or "")
         having = REGISTRY.backends_for(node.domain, node.op_type)
         elsewhere = f"kernels exist on: {', '.join(having)}" if having else "no backend has it"
         message = (

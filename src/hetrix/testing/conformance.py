@@ -33,6 +33,8 @@ class CaseResult:
     status: str
     reason: str = ""
     fallback_ops: tuple[str, ...] = ()
+    on_first_provider: bool = False
+    """Every node ran on the session's first provider (shape arithmetic kept on the CPU aside)."""
 
     @property
     def passed(self) -> bool:
@@ -79,11 +81,12 @@ def run_case(
         return CaseResult(case.name, UNSUPPORTED, str(exc).splitlines()[-1].strip())
     except Exception as exc:
         return CaseResult(case.name, ERROR, f"load: {type(exc).__name__}: {exc}"[:300])
+    placement = session.get_placement()
     fallback_ops = tuple(
-        sorted(
-            {p.op_type for p in session.get_placement() if p.backend.startswith("onnx-reference")}
-        )
+        sorted({p.op_type for p in placement if p.backend.startswith("onnx-reference")})
     )
+    first = session.get_providers()[0]
+    on_first = all(p.backend == first or p.reason.startswith("shape arithmetic") for p in placement)
     input_names = [i.name for i in case.model.graph.input]
     output_names = [o.name for o in case.model.graph.output]
     for raw_inputs, raw_expected in case.data_sets:
@@ -96,13 +99,15 @@ def run_case(
                 actual = session.run(output_names, feeds)
         except Exception as exc:
             return CaseResult(
-                case.name, ERROR, f"run: {type(exc).__name__}: {exc}"[:300], fallback_ops
+                case.name, ERROR, f"run: {type(exc).__name__}: {exc}"[:300], fallback_ops, on_first
             )
         for name, want, got in zip(output_names, expected, actual):
             problem = compare(want, got, case.rtol, case.atol)
             if problem:
-                return CaseResult(case.name, FAIL, f"output '{name}': {problem}", fallback_ops)
-    return CaseResult(case.name, PASS, "", fallback_ops)
+                return CaseResult(
+                    case.name, FAIL, f"output '{name}': {problem}", fallback_ops, on_first
+                )
+    return CaseResult(case.name, PASS, "", fallback_ops, on_first)
 
 
 def _normalize(value: Any) -> Any:
@@ -172,7 +177,8 @@ def run_cases(
 
 
 def summarize(results: Sequence[CaseResult]) -> dict[str, int]:
-    """Counts: total, passed, native (own kernels only), via_fallback, and each failure status."""
+    """Counts: total, passed, native (own kernels only), via_fallback, each failure status, and
+    the cases that ran wholly on the first provider (how many, how many of those passed)."""
     counts = collections.Counter(r.status for r in results)
     native = sum(r.native for r in results)
     passed = counts[PASS]
@@ -184,6 +190,8 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, int]:
         "failed": counts[FAIL],
         "errors": counts[ERROR],
         "unsupported": counts[UNSUPPORTED],
+        "on_first_provider": sum(r.on_first_provider for r in results),
+        "passed_on_first_provider": sum(r.on_first_provider and r.passed for r in results),
     }
 
 

@@ -104,8 +104,9 @@ def light_model_randomized(
     The shipped light models build every weight with ``ConstantOfShape(0.02)``, so their outputs
     are nearly uniform and a kernel that mixes up spatial positions or channels can still match
     them.  Here each such weight becomes a random initializer of the same shape, scaled so the
-    activations stay in a sane range (He- or LeCun-scaled uniform Conv/Gemm weights, positive scale and
-    variance near 1 for BatchNormalization and the ``Unsqueeze`` -> ``Mul``/``Add`` affine pairs).
+    activations stay in a sane range (He- or LeCun-scaled uniform Conv/Gemm weights, positive
+    scale and variance near 1 for BatchNormalization and the ``Unsqueeze`` -> ``Mul``/``Add``
+    affine pairs).
     The input of a final ``Softmax`` becomes an extra graph output, since random weights can
     saturate the probabilities.
     """

@@ -61,8 +61,15 @@ def _by_kernel(fn: Activation, **attrs: object) -> Activation:
     def apply(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
         inner = ctx.cache.get("activation_ctx")
         if inner is None:
-            inner = NodeContext(op_type=ctx.attrs.get("activation", ""), domain="", name=ctx.name,
-                                opset=20, attrs=dict(attrs), num_inputs=1, num_outputs=1)
+            inner = NodeContext(
+                op_type=ctx.attrs.get("activation", ""),
+                domain="",
+                name=ctx.name,
+                opset=20,
+                attrs=dict(attrs),
+                num_inputs=1,
+                num_outputs=1,
+            )
             ctx.cache["activation_ctx"] = inner
         return fn(inner, y)
 
@@ -167,7 +174,14 @@ def attention(
             scores = scores + mask
     inner = ctx.cache.get("softmax_ctx")
     if inner is None:
-        inner = NodeContext(op_type="Softmax", domain="", name=ctx.name, opset=13,
-                            attrs={"axis": -1}, num_inputs=1, num_outputs=1)
+        inner = NodeContext(
+            op_type="Softmax",
+            domain="",
+            name=ctx.name,
+            opset=13,
+            attrs={"axis": -1},
+            num_inputs=1,
+            num_outputs=1,
+        )
         ctx.cache["softmax_ctx"] = inner
     return matmul(softmax(inner, scores), v)

@@ -35,8 +35,9 @@ def _attention_supported(node, device_type: str) -> str:  # type: ignore[no-unty
         return "Attention's qk_matmul_output"
     if len(node.inputs) > 6 and node.inputs[6] is not None and node.inputs[6].name:
         return "Attention with nonpad_kv_seqlen"
-    if node.attributes.get("softmax_precision") is not None:
-        return "Attention with softmax_precision"
+    precision = node.attributes.get("softmax_precision")
+    if precision is not None and precision.value not in (1, 11):
+        return "Attention with a softmax_precision other than float32/float64"
     return ""
 
 
@@ -89,6 +90,8 @@ def attention(
     present_key = torch.cat([past_key, k], dim=2) if past_key is not None else k
     present_value = torch.cat([past_value, v], dim=2) if past_value is not None else v
     dtype = compute_dtype(q)
+    if ctx.attrs.get("softmax_precision") in (1, 11) and q.dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32  # the softmax (and so the whole product) in the asked precision
     scale = ctx.attrs.get("scale") or 1 / math.sqrt(q.shape[-1])
     past = past_key.shape[2] if past_key is not None else 0
     bias = _bias(ctx, mask, q.shape[2], present_key.shape[2], past, dtype, q.device)

@@ -1,0 +1,461 @@
+"""Level-2+ rewrites: BatchNorm folding, MatMul+Add, activation fusion, LayerNorm/GELU/attention."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from conftest import make_model, optimize_and_run
+from onnx import helper
+
+from hetrix.passes import optimize
+
+R = np.random.default_rng(0)
+
+
+def _f32(*shape: int, low: float = -1.0, high: float = 1.0) -> np.ndarray:
+    return R.uniform(low, high, shape).astype(np.float32)
+
+
+def _bn_params(prefix: str, channels: int) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}_scale": _f32(channels, low=0.5, high=1.5),
+        f"{prefix}_bias": _f32(channels),
+        f"{prefix}_mean": _f32(channels),
+        f"{prefix}_var": _f32(channels, low=0.5, high=2),
+    }
+
+
+def _bn(x: str, y: str, prefix: str = "bn") -> object:
+    names = [f"{prefix}_{p}" for p in ("scale", "bias", "mean", "var")]
+    return helper.make_node("BatchNormalization", [x, *names], [y], epsilon=1e-3)
+
+
+def _rejected(report: object, stage: str, rule: str) -> list[str]:
+    return [r.reason for r in report.rejections[stage] if r.rule == rule]  # type: ignore[attr-defined]
+
+
+def _optimized_ops(model: object) -> set[str]:
+    ir_model = ir.serde.deserialize_model(model)
+    optimize(ir_model, 99)
+    return {n.op_type for n in ir_model.graph}
+
+
+IMAGE = {"x": _f32(1, 3, 6, 6)}
+CONV = {"w": _f32(4, 3, 3, 3), "b": _f32(4)}
+
+
+# --------------------------------------------------------------------------- BatchNorm folding
+
+
+def test_conv_batchnorm_folds_into_the_conv() -> None:
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), _bn("c", "y")]
+    model = make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], {**CONV, **_bn_params("bn", 4)})
+    result = optimize_and_run(model, IMAGE)
+    assert result.ops() == {"Conv": 1}
+    assert result.report.count("Conv+BatchNormalization") == 1
+    result.assert_close()
+
+
+def test_batchnorm_with_variable_statistics_is_not_folded() -> None:
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), _bn("c", "y")]
+    params = _bn_params("bn", 4)
+    del params["bn_mean"]
+    model = make_model(nodes, {"x": [1, 3, 6, 6], "bn_mean": [4]}, ["y"], {**CONV, **params})
+    ir_model = ir.serde.deserialize_model(model)
+    report = optimize(ir_model, 99)
+    assert report.count("Conv+BatchNormalization") == 0
+    assert any(
+        "constants" in r for r in _rejected(report, "batchnorm folding", "Conv+BatchNormalization")
+    )
+
+
+def test_conv_read_elsewhere_keeps_its_batchnorm() -> None:
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), _bn("c", "y")]
+    model = make_model(nodes, {"x": [1, 3, 6, 6]}, ["y", "c"], {**CONV, **_bn_params("bn", 4)})
+    result = optimize_and_run(model, IMAGE)
+    assert result.ops() == {"Conv": 1, "BatchNormalization": 1}
+    result.assert_close(rtol=0)
+
+
+def test_gemm_batchnorm_folds_into_the_gemm() -> None:
+    nodes = [helper.make_node("Gemm", ["a", "w", "c"], ["g"], transB=1, beta=0.5), _bn("g", "y")]
+    init = {"w": _f32(4, 3), "c": _f32(4), **_bn_params("bn", 4)}
+    result = optimize_and_run(make_model(nodes, {"a": [2, 3]}, ["y"], init), {"a": _f32(2, 3)})
+    assert result.ops() == {"Gemm": 1}
+    result.assert_close()
+
+
+def test_gemm_with_variable_weights_keeps_its_batchnorm() -> None:
+    nodes = [helper.make_node("Gemm", ["a", "w"], ["g"]), _bn("g", "y")]
+    model = make_model(nodes, {"a": [2, 3], "w": [3, 4]}, ["y"], _bn_params("bn", 4))
+    assert _optimized_ops(model) == {"Gemm", "BatchNormalization"}
+
+
+def test_2d_matmul_batchnorm_becomes_a_gemm() -> None:
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["m"]), _bn("m", "y")]
+    init = {"w": _f32(3, 4), **_bn_params("bn", 4)}
+    result = optimize_and_run(make_model(nodes, {"a": [2, 3]}, ["y"], init), {"a": _f32(2, 3)})
+    assert result.ops() == {"Gemm": 1}
+    assert result.report.count("MatMul+BatchNormalization") == 1
+    result.assert_close()
+
+
+def test_3d_matmul_keeps_its_batchnorm() -> None:
+    # BatchNormalization normalizes axis 1, not the MatMul's output columns
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["m"]), _bn("m", "y")]
+    init = {"w": _f32(3, 4), **_bn_params("bn", 2)}
+    result = optimize_and_run(
+        make_model(nodes, {"a": [1, 2, 3]}, ["y"], init), {"a": _f32(1, 2, 3)}
+    )
+    assert "BatchNormalization" in result.ops()
+    result.assert_close(rtol=0)
+
+
+def test_conv_per_channel_mul_and_add_fold_into_the_conv() -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Mul", ["c", "s"], ["m"]),
+        helper.make_node("Add", ["t", "m"], ["y"]),
+    ]
+    init = {**CONV, "s": _f32(4, 1, 1), "t": _f32(1, 4, 1, 1)}
+    result = optimize_and_run(make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], init), IMAGE)
+    assert result.ops() == {"Conv": 1}
+    assert result.report.count("Conv+Mul/Add") == 2
+    result.assert_close()
+
+
+def test_conv_mul_by_a_spatial_constant_is_kept() -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Mul", ["c", "s"], ["y"]),
+    ]
+    init = {**CONV, "s": _f32(1, 1, 4, 4)}
+    result = optimize_and_run(make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], init), IMAGE)
+    assert result.ops() == {"Conv": 1, "Mul": 1}
+    assert any(
+        "per-channel" in r for r in _rejected(result.report, "batchnorm folding", "Conv+Mul/Add")
+    )
+
+
+def test_batchnorm_absorbs_a_per_channel_mul_and_add() -> None:
+    nodes = [
+        _bn("x", "n"),
+        helper.make_node("Mul", ["n", "s"], ["m"]),
+        helper.make_node("Add", ["m", "t"], ["y"]),
+    ]
+    init = {**_bn_params("bn", 3), "s": _f32(3, 1, 1), "t": _f32(3, 1, 1)}
+    result = optimize_and_run(make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], init), IMAGE)
+    assert result.ops() == {"BatchNormalization": 1}
+    assert result.report.count("BatchNormalization+Mul/Add") == 2
+    result.assert_close()
+
+
+def test_batchnorm_keeps_an_add_of_a_variable() -> None:
+    nodes = [_bn("x", "n"), helper.make_node("Add", ["n", "x"], ["y"])]
+    result = optimize_and_run(
+        make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], _bn_params("bn", 3)), IMAGE
+    )
+    assert result.ops() == {"BatchNormalization": 1, "Add": 1}
+
+
+# --------------------------------------------------------------------------- MatMul + Add
+
+
+def test_2d_matmul_add_becomes_gemm() -> None:
+    nodes = [
+        helper.make_node("MatMul", ["a", "w"], ["m"]),
+        helper.make_node("Add", ["b", "m"], ["y"]),
+    ]
+    init = {"w": _f32(3, 4), "b": _f32(4)}
+    result = optimize_and_run(make_model(nodes, {"a": [2, 3]}, ["y"], init), {"a": _f32(2, 3)})
+    assert result.ops() == {"Gemm": 1}
+    result.assert_close(rtol=0)
+
+
+def test_3d_matmul_add_becomes_fused_matmul() -> None:
+    nodes = [
+        helper.make_node("MatMul", ["a", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["y"]),
+    ]
+    init = {"w": _f32(3, 4), "b": _f32(1, 1, 4)}
+    result = optimize_and_run(
+        make_model(nodes, {"a": ["n", 2, 3]}, ["y"], init), {"a": _f32(5, 2, 3)}
+    )
+    assert result.ops() == {"hetrix::FusedMatMul": 1}
+    assert result.model.opset_imports["hetrix"] == 1
+    result.assert_close(rtol=0)
+
+
+def test_matmul_add_of_a_full_matrix_is_kept() -> None:
+    nodes = [
+        helper.make_node("MatMul", ["a", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["y"]),
+    ]
+    init = {"w": _f32(3, 4), "b": _f32(2, 4)}
+    result = optimize_and_run(make_model(nodes, {"a": [2, 3]}, ["y"], init), {"a": _f32(2, 3)})
+    assert result.ops() == {"MatMul": 1, "Add": 1}
+    assert any(
+        "per column" in r for r in _rejected(result.report, "matmul+add fusion", "MatMul+Add")
+    )
+
+
+# --------------------------------------------------------------------------- activation fusion
+
+ACTIVATIONS = {
+    "Relu": ([], {}),
+    "LeakyRelu": ([], {"alpha": 0.2}),
+    "Clip": (["lo", "hi"], {}),
+    "Sigmoid": ([], {}),
+    "HardSigmoid": ([], {"alpha": 0.3, "beta": 0.4}),
+    "Tanh": ([], {}),
+}
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_conv_activation_becomes_fused_conv(activation: str) -> None:
+    extra, attrs = ACTIVATIONS[activation]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node(activation, ["c", *extra], ["y"], **attrs),
+    ]
+    init = {**CONV, "lo": np.array(-0.2, np.float32), "hi": np.array(0.3, np.float32)}
+    result = optimize_and_run(make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], init), IMAGE)
+    assert result.ops() == {"hetrix::FusedConv": 1}
+    fused = next(iter(result.model.graph))
+    assert fused.attributes["activation"].value == activation
+    result.assert_close()
+
+
+@pytest.mark.parametrize(("producer", "fused"), [("Gemm", "FusedGemm"), ("MatMul", "FusedMatMul")])
+def test_linear_activation_becomes_fused_op(producer: str, fused: str) -> None:
+    nodes = [helper.make_node(producer, ["a", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    result = optimize_and_run(
+        make_model(nodes, {"a": [2, 3]}, ["y"], {"w": _f32(3, 4)}), {"a": _f32(2, 3)}
+    )
+    assert result.ops() == {f"hetrix::{fused}": 1}
+    result.assert_close(rtol=0)
+
+
+def test_conv_read_by_two_nodes_is_not_fused() -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Add", ["c", "r"], ["y"]),
+    ]
+    result = optimize_and_run(make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], CONV), IMAGE)
+    assert result.ops() == {"Conv": 1, "Relu": 1, "Add": 1}
+    assert any(
+        "other readers" in r
+        for r in _rejected(result.report, "activation fusion", "activation fusion")
+    )
+
+
+def test_clip_with_variable_bounds_is_not_fused() -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Clip", ["c", "lo"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": [1, 3, 6, 6], "lo": []}, ["y"], CONV)
+    assert _optimized_ops(model) == {"Conv", "Clip"}
+
+
+# --------------------------------------------------------------------------- LayerNorm
+
+
+def _layernorm_nodes(axes_var: list[int], opset: int) -> list:
+    def mean(x: str, y: str, axes: list[int]) -> object:
+        if opset >= 18:
+            return helper.make_node("ReduceMean", [x, f"axes_{y}"], [y])
+        return helper.make_node("ReduceMean", [x], [y], axes=axes)
+
+    return [
+        mean("x", "mu", [-1]),
+        helper.make_node("Sub", ["x", "mu"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["d2"]),
+        mean("d2", "var", axes_var),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Div", ["d", "sd"], ["n"]),
+        helper.make_node("Mul", ["n", "g"], ["s"]),
+        helper.make_node("Add", ["s", "b"], ["y"]),
+    ]
+
+
+def _layernorm_model(axes_var: list[int], opset: int) -> object:
+    init = {
+        "two": np.array(2, np.float32),
+        "eps": np.array(1e-5, np.float32),
+        "g": _f32(8),
+        "b": _f32(8),
+        "axes_mu": np.array([-1]),
+        "axes_var": np.array(axes_var),
+    }
+    return make_model(
+        _layernorm_nodes(axes_var, opset), {"x": ["n", 5, 8]}, ["y"], init, opset=opset
+    )
+
+
+@pytest.mark.parametrize(
+    ("opset", "op"),
+    [(14, "hetrix::LayerNormalization"), (17, "LayerNormalization"), (18, "LayerNormalization")],
+)
+def test_layernorm_formula_becomes_layernormalization(opset: int, op: str) -> None:
+    result = optimize_and_run(_layernorm_model([-1], opset), {"x": _f32(2, 5, 8, low=-3, high=3)})
+    assert result.ops() == {op: 1}
+    assert result.report.count("LayerNormalization") == 1
+    result.assert_close()
+
+
+def test_layernorm_formula_over_other_axes_is_kept() -> None:
+    result = optimize_and_run(_layernorm_model([-2], 17), {"x": _f32(2, 5, 8)})
+    assert result.report.count("LayerNormalization") == 0
+    assert "LayerNormalization" not in result.ops()
+    result.assert_close(rtol=0)
+
+
+# --------------------------------------------------------------------------- GELU
+
+_GELU_ERF = {
+    "(x * b) * 0.5": [
+        helper.make_node("Mul", ["x", "b"], ["xb"]),
+        helper.make_node("Mul", ["xb", "half"], ["y"]),
+    ],
+    "x * (b * 0.5)": [
+        helper.make_node("Mul", ["b", "half"], ["bh"]),
+        helper.make_node("Mul", ["x", "bh"], ["y"]),
+    ],
+    "(0.5 * x) * b": [
+        helper.make_node("Mul", ["half", "x"], ["hx"]),
+        helper.make_node("Mul", ["hx", "b"], ["y"]),
+    ],
+}
+
+
+def _gelu_erf_model(grouping: str, root2: float = math.sqrt(2), opset: int = 17) -> object:
+    nodes = [
+        helper.make_node("Div", ["x", "root2"], ["s"]),
+        helper.make_node("Erf", ["s"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["b"]),
+        *_GELU_ERF[grouping],
+    ]
+    init = {
+        "root2": np.array(root2, np.float32),
+        "one": np.array(1, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
+    return make_model(nodes, {"x": [2, 8]}, ["y"], init, opset=opset)
+
+
+@pytest.mark.parametrize("grouping", sorted(_GELU_ERF))
+def test_gelu_erf_formula_becomes_gelu(grouping: str) -> None:
+    result = optimize_and_run(_gelu_erf_model(grouping), {"x": _f32(2, 8, low=-4, high=4)})
+    assert result.ops() == {"hetrix::Gelu": 1}
+    result.assert_close()
+
+
+def test_gelu_at_opset_20_is_the_standard_op() -> None:
+    result = optimize_and_run(_gelu_erf_model("(x * b) * 0.5", opset=20), {"x": _f32(2, 8)})
+    assert result.ops() == {"Gelu": 1}
+    result.assert_close()
+
+
+def test_gelu_tanh_formula_becomes_gelu_tanh() -> None:
+    nodes = [
+        helper.make_node("Pow", ["x", "three"], ["x3"]),
+        helper.make_node("Mul", ["c", "x3"], ["cx3"]),
+        helper.make_node("Add", ["x", "cx3"], ["inner"]),
+        helper.make_node("Mul", ["inner", "k"], ["arg"]),
+        helper.make_node("Tanh", ["arg"], ["t"]),
+        helper.make_node("Add", ["one", "t"], ["b"]),
+        helper.make_node("Mul", ["half", "x"], ["hx"]),
+        helper.make_node("Mul", ["hx", "b"], ["y"]),
+    ]
+    init = {
+        "three": np.array(3, np.float32),
+        "c": np.array(0.044715, np.float32),
+        "k": np.array(math.sqrt(2 / math.pi), np.float32),
+        "one": np.array(1, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
+    result = optimize_and_run(
+        make_model(nodes, {"x": [2, 8]}, ["y"], init), {"x": _f32(2, 8, low=-4, high=4)}
+    )
+    assert result.ops() == {"hetrix::Gelu": 1}
+    assert next(iter(result.model.graph)).attributes["approximate"].value == "tanh"
+    result.assert_close()
+
+
+def test_erf_of_another_scaling_is_not_gelu() -> None:
+    result = optimize_and_run(_gelu_erf_model("(x * b) * 0.5", root2=2.0), {"x": _f32(2, 8)})
+    assert "hetrix::Gelu" not in result.ops() and "Erf" in result.ops()
+    assert any(
+        "sqrt(2)" in r or "constant" in r
+        for r in _rejected(result.report, "layernorm/gelu recognition", "Gelu")
+    )
+
+
+def test_matmul_add_gelu_becomes_one_fused_matmul() -> None:
+    nodes = [
+        helper.make_node("MatMul", ["a", "w"], ["m"]),
+        helper.make_node("Add", ["m", "bias"], ["x"]),
+        *[n for n in _gelu_erf_model("(x * b) * 0.5").graph.node],
+    ]
+    init = {
+        "w": _f32(3, 8),
+        "bias": _f32(8),
+        "root2": np.array(math.sqrt(2), np.float32),
+        "one": np.array(1, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
+    result = optimize_and_run(
+        make_model(nodes, {"a": [1, 2, 3]}, ["y"], init), {"a": _f32(1, 2, 3, low=-3, high=3)}
+    )
+    assert result.ops() == {"hetrix::FusedMatMul": 1}
+    assert next(iter(result.model.graph)).attributes["activation"].value == "Gelu"
+    result.assert_close()
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def _attention_model(axis: int = -1) -> object:
+    nodes = [
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+        helper.make_node("Mul", ["s", "scale"], ["ss"]),
+        helper.make_node("Add", ["ss", "mask"], ["sm"]),
+        helper.make_node("Softmax", ["sm"], ["p"], axis=axis),
+        helper.make_node("MatMul", ["p", "v"], ["y"]),
+    ]
+    return make_model(
+        nodes,
+        {"q": [1, 2, 4, 8], "kt": [1, 2, 8, 4], "v": [1, 2, 4, 8], "mask": [1, 1, 1, 4]},
+        ["y"],
+        {"scale": np.array(0.35, np.float32)},
+    )
+
+
+def _attention_feeds() -> dict[str, np.ndarray]:
+    mask = np.zeros((1, 1, 1, 4), np.float32)
+    mask[..., -1] = -1e4
+    return {"q": _f32(1, 2, 4, 8), "kt": _f32(1, 2, 8, 4), "v": _f32(1, 2, 4, 8), "mask": mask}
+
+
+def test_attention_pattern_becomes_attention() -> None:
+    result = optimize_and_run(_attention_model(), _attention_feeds())
+    assert result.ops() == {"hetrix::Attention": 1}
+    result.assert_close()
+
+
+def test_softmax_over_another_axis_is_not_attention() -> None:
+    result = optimize_and_run(_attention_model(axis=2), _attention_feeds())
+    assert "hetrix::Attention" not in result.ops()
+    result.assert_close(rtol=0)
+
+
+def test_attention_is_only_fused_at_the_all_level() -> None:
+    ir_model = ir.serde.deserialize_model(_attention_model())
+    optimize(ir_model, 2)
+    assert "Attention" not in {n.op_type for n in ir_model.graph}
