@@ -12,6 +12,7 @@ appear as ``xla-gpu`` only when torch found no CUDA/ROCm device (else they would
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.metadata
 import importlib.util
 import logging
@@ -87,7 +88,7 @@ def _torch_accelerators() -> list[AcceleratorInfo]:
 
     found: list[AcceleratorInfo] = []
     for probe in (_cuda_devices, _mps_devices, _xpu_devices, _npu_devices):
-        found += _guarded(f"torch {probe.__name__.split('_')[1]}", lambda p=probe: p(torch))
+        found += _guarded(f"torch {probe.__name__.split('_')[1]}", functools.partial(probe, torch))
     return found
 
 
@@ -141,9 +142,9 @@ def _nvidia_driver_version() -> str | None:
         return version
     for library in ("libcuda.so.1", "nvcuda.dll", "libcuda.dylib"):
         try:
-            version = ctypes.c_int()
-            if ctypes.CDLL(library).cuDriverGetVersion(ctypes.byref(version)) == 0:
-                return f"CUDA {version.value // 1000}.{version.value % 1000 // 10}"
+            number = ctypes.c_int()
+            if ctypes.CDLL(library).cuDriverGetVersion(ctypes.byref(number)) == 0:
+                return f"CUDA {number.value // 1000}.{number.value % 1000 // 10}"
         except (OSError, AttributeError):
             continue
     return None

@@ -134,6 +134,10 @@ class DeviceFigures:
         for name in ("method", "skipped"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be an object")
+        if not isinstance(self.measured_at, str) or not isinstance(self.size, str):
+            raise ValueError("measured_at and size must be strings")
+        if not _is_number(self.duration_s):
+            raise ValueError("duration_s must be a number")
 
 
 def _is_number(value: Any) -> bool:

@@ -9,6 +9,7 @@ transfer figures are keyed ``pageable``.  Not exercised by the test suite (no JA
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,8 @@ def measure_jax(library_device: str, memory_bytes: int | None, config: MeasureCo
                   min_batch_s=config.min_batch_s)
     where = f"jax {jax.__version__} {library_device}"
     for dtype in DTYPES:
-        attempt(figures, f"matmul.{dtype}", lambda dtype=dtype: _matmul(
-            jax, device, dtype, config.accel_matmul_n, timer, figures, where))
+        attempt(figures, f"matmul.{dtype}", functools.partial(
+            _matmul, jax, device, dtype, config.accel_matmul_n, timer, figures, where))
     cap = memory_bytes // 8 if memory_bytes else None
     copy_bytes = min(config.accel_copy_bytes, cap or config.accel_copy_bytes)
     attempt(figures, "memory_bandwidth", lambda: _copy(jax, device, copy_bytes, timer, figures))

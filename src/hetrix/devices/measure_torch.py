@@ -7,6 +7,7 @@ installed.  Timings synchronise the device (``torch.<type>.synchronize``) around
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -32,8 +33,8 @@ def torch_cpu_matmuls(config: MeasureConfig, timer: Timer, figures: DeviceFigure
 
     where = f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads"
     for dtype in CPU_DTYPES:
-        attempt(figures, f"matmul.{dtype}", lambda dtype=dtype: _matmul(
-            torch, torch.device("cpu"), dtype, config.cpu_matmul_n, timer, figures, where))
+        attempt(figures, f"matmul.{dtype}", functools.partial(
+            _matmul, torch, torch.device("cpu"), dtype, config.cpu_matmul_n, timer, figures, where))
 
 
 def measure_torch(library_device: str, memory_bytes: int | None, config: MeasureConfig,
@@ -48,15 +49,15 @@ def measure_torch(library_device: str, memory_bytes: int | None, config: Measure
     if device.type == "cuda":
         where += f", float32 matmul precision {torch.get_float32_matmul_precision()}"
     for dtype in ACCELERATOR_DTYPES:
-        attempt(figures, f"matmul.{dtype}", lambda dtype=dtype: _matmul(
-            torch, device, dtype, config.accel_matmul_n, timer, figures, where))
+        attempt(figures, f"matmul.{dtype}", functools.partial(
+            _matmul, torch, device, dtype, config.accel_matmul_n, timer, figures, where))
     copy_bytes = _cap(config.accel_copy_bytes, memory_bytes)
     attempt(figures, "memory_bandwidth",
             lambda: _device_copy(torch, device, copy_bytes, timer, figures))
     transfer_bytes = _cap(config.transfer_bytes, memory_bytes)
     for memory in ("pageable", "pinned"):
-        attempt(figures, f"transfer.{memory}", lambda memory=memory: _transfers(
-            torch, device, transfer_bytes, memory, timer, figures))
+        attempt(figures, f"transfer.{memory}", functools.partial(
+            _transfers, torch, device, transfer_bytes, memory, timer, figures))
     attempt(figures, "launch_latency", lambda: _launches(torch, device, timer, figures))
 
 
@@ -121,7 +122,11 @@ def _transfers(torch: Any, device: Any, nbytes: int, memory: str, timer: Timer,
     small_dev = torch.empty(LATENCY_BYTES, dtype=torch.uint8, device=device)
 
     def one_way(dst: Any, src: Any) -> float:
-        return timer.median(lambda: (dst.copy_(src, non_blocking=pinned), timer.sync()))
+        def copy_and_wait() -> None:
+            dst.copy_(src, non_blocking=pinned)
+            timer.sync()
+
+        return timer.median(copy_and_wait)
 
     figures.host_to_device_latency_us[memory] = round(one_way(small_dev, small_host) / MICRO, 2)
     figures.device_to_host_latency_us[memory] = round(one_way(small_host, small_dev) / MICRO, 2)
@@ -134,8 +139,12 @@ def _launches(torch: Any, device: Any, timer: Timer, figures: DeviceFigures) -> 
     x = torch.zeros(1, device=device)
     batched = dataclasses.replace(timer, min_batch_s=max(timer.min_batch_s * 5, 1e-3))
     figures.launch_latency_us = round(batched.median(lambda: x.add_(1.0)) / MICRO, 2)
-    figures.launch_sync_latency_us = round(
-        batched.median(lambda: (x.add_(1.0), timer.sync())) / MICRO, 2)
+
+    def launch_and_wait() -> None:
+        x.add_(1.0)
+        timer.sync()
+
+    figures.launch_sync_latency_us = round(batched.median(launch_and_wait) / MICRO, 2)
     figures.method["launch_latency"] = (
         f"Tensor.add_ on one element of {device}: back to back (launch) and each followed by "
         f"synchronize (launch_sync); {batched.describe()}")

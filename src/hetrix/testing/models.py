@@ -238,8 +238,8 @@ def export_bert(
     import torch
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(**{**BERT_SIZES[size], **config_overrides},
-                        attn_implementation=attn_implementation)
+    settings: dict[str, Any] = {**BERT_SIZES[size], "attn_implementation": attn_implementation}
+    config = BertConfig(**{**settings, **config_overrides})
     torch.manual_seed(seed)
     bert = BertModel(config).eval()
 
@@ -286,8 +286,8 @@ def export_gpt2(
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(**{**GPT2_SIZES[size], **config_overrides},
-                        attn_implementation=attn_implementation)
+    settings: dict[str, Any] = {**GPT2_SIZES[size], "attn_implementation": attn_implementation}
+    config = GPT2Config(**{**settings, **config_overrides})
     torch.manual_seed(seed)
     gpt2 = GPT2LMHeadModel(config).eval()
 

@@ -101,7 +101,8 @@ def _tensor_from_numpy(array: np.ndarray) -> torch.Tensor:
     """A CPU tensor sharing memory with ``array`` where torch allows it, else a copy."""
     dtype = array.dtype
     if dtype.name == "bfloat16":
-        bits = np.ascontiguousarray(array).view(np.int16)
+        # ascontiguousarray turns a 0-d array into shape (1,): restore the shape
+        bits = np.ascontiguousarray(array).view(np.int16).reshape(array.shape)
         return _tensor_from_numpy(bits).view(torch.bfloat16)
     if numpy_to_torch_dtype(dtype) is None:
         raise TypeError(f"torch cannot hold a {dtype} tensor")
