@@ -411,6 +411,12 @@ def check(
             results.append(run_case(case, provider_list, fallback=not no_fallback))
             progress.advance(task)
     _print_check(out, selected, results, ops or [], max_failures)
+    if provider_list:
+        s = check_mod.summarize(results)
+        first = provider_list[0] if isinstance(provider_list[0], str) else provider_list[0][0]
+        out.print(f"{s['on_first_provider']} cases ran wholly on {escape(str(first))} (shape "
+                  f"arithmetic aside); {s['passed_on_first_provider']} of them passed; the rest "
+                  "fell back per node to the next provider (see get_placement())")
     if json_file is not None:
         with user_errors():
             json_file.write_text(json.dumps(check_mod.report(selected, results, ops or []),
