@@ -66,11 +66,19 @@ class Row:
 # -- models ------------------------------------------------------------------------------------
 
 
+def _cache_dir() -> Path:
+    """``benchmarks/.cache``, created with a ``.gitignore`` of ``*`` so git never picks it up."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ignore = CACHE / ".gitignore"
+    if not ignore.is_file():
+        ignore.write_text("# exported benchmark models (large): never commit\n*\n")
+    return CACHE
+
+
 def _cached(name: str, make: Callable[[Path], object]) -> Path:
     """``CACHE/name``, made by ``make(path)`` the first time."""
-    path = CACHE / name
+    path = _cache_dir() / name
     if not path.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
         logger.info("building %s", path)
         partial = path.with_suffix(".partial.onnx")
         make(partial)
@@ -89,10 +97,9 @@ def _light_entries() -> list[Entry]:
 
 
 def _light_batch8(path: Path) -> tuple[Path | None, str]:
-    target = CACHE / f"{path.stem}_symbolic_batch.onnx"
+    target = _cache_dir() / f"{path.stem}_symbolic_batch.onnx"
     if target.is_file():
         return target, ""
-    CACHE.mkdir(parents=True, exist_ok=True)
     reason = suite_models.make_batch_symbolic(path, target)
     return (None, f"batch fixed at 1: {reason}") if reason else (target, "")
 

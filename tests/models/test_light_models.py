@@ -32,8 +32,6 @@ SHIPPED_ATOL = 1e-7
 ORT_RTOL = 1e-4
 ORT_ATOL_SCALE = 1e-5
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
 
 def test_all_nine_light_models_are_found() -> None:
     assert sorted(light_model_paths()) == sorted(LIGHT_MODEL_NAMES)
