@@ -93,7 +93,7 @@ def expand_function_ops(model: onnx.ModelProto, can_run: CanRun, max_rounds: int
 def _mark_schema_functions(model: onnx.ModelProto, can_run: CanRun) -> int:
     """Turn each function op without a kernel into a call of a model-local copy of its body."""
     opsets = opset_map(model)
-    value_types = _value_types(model)
+    value_types: dict[str, onnx.TypeProto] = {}  # filled on first need: inference is costly
     bodies: dict[bytes, onnx.FunctionProto] = {}
     count = 0
     for graph in iter_graphs(model.graph):
@@ -102,7 +102,7 @@ def _mark_schema_functions(model: onnx.ModelProto, can_run: CanRun) -> int:
             opset = opsets.get(domain)
             if opset is None or can_run(domain, node.op_type, opset):
                 continue
-            body = _function_body(node, domain, opset, opsets, value_types)
+            body = _function_body(node, domain, opset, opsets, value_types, model)
             if body is None:
                 continue
             key = body.SerializeToString()
@@ -125,6 +125,7 @@ def _function_body(
     opset: int,
     opsets: dict[str, int],
     value_types: dict[str, onnx.TypeProto],
+    model: onnx.ModelProto,
 ) -> onnx.FunctionProto | None:
     schema = find_schema(node.op_type, opset, domain)
     if schema is None:
@@ -135,6 +136,8 @@ def _function_body(
     if schema.has_function and plain:
         body.ParseFromString(schema.get_function_with_opset_version(max(plain)))
     elif schema.has_context_dependent_function and contextual:
+        if not value_types:
+            value_types.update(_value_types(model))
         types = [value_types.get(name) for name in node.input if name]
         if any(t is None for t in types):
             logger.debug("cannot expand %s: input types unknown", node.name or node.op_type)
