@@ -131,6 +131,9 @@ class InferenceSession:
             for v in self._model.graph.inputs
             if v.name not in self._plan.optional_input_names
         ]
+        # The plan holds its own copy of every weight: drop the proto's, so a session keeps
+        # one copy of the model's parameters, not two.
+        _drop_weight_bytes(self._loaded.proto)
         self._timings: list[tuple[Any, float]] = []
         self._input_index = {name: i for i, name in enumerate(self._plan.input_names)}
         self._output_index = {name: i for i, name in enumerate(self._plan.output_names)}
@@ -300,7 +303,10 @@ class InferenceSession:
 
     @property
     def model_proto(self) -> onnx.ModelProto:
-        """The model as planned (defaults filled, functions expanded)."""
+        """The model's structure as planned (defaults filled, functions expanded).
+
+        Initializers keep their name, type and shape but not their data, which lives in the plan.
+        """
         return self._loaded.proto
 
     # -- feed checks ---------------------------------------------------------------------------
@@ -412,6 +418,16 @@ def _as_output(value: Any) -> Any:
     if isinstance(value, np.generic):
         return np.asarray(value)
     return value
+
+
+def _drop_weight_bytes(model: onnx.ModelProto) -> None:
+    from hetrix.model.functions import iter_graphs
+
+    for graph in iter_graphs(model.graph):
+        for tensor in graph.initializer:
+            for field_name in ("raw_data", "float_data", "int32_data", "int64_data",
+                               "double_data", "uint64_data", "string_data"):
+                tensor.ClearField(field_name)
 
 
 def _own_output(value: Any, feeds: list[Any]) -> Any:
