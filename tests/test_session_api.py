@@ -43,7 +43,13 @@ def model() -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def session(model: onnx.ModelProto) -> hetrix.InferenceSession:
-    return hetrix.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    # Level 0 keeps the graph as written, so the structural checks below see its three nodes;
+    # test_optimized_session_gives_the_same_outputs covers the default level.
+    return hetrix.InferenceSession(
+        model.SerializeToString(),
+        hetrix.SessionOptions(graph_optimization_level=0),
+        providers=["CPUExecutionProvider"],
+    )
 
 
 def test_inputs_and_outputs_match_onnxruntime(model, session) -> None:
@@ -199,7 +205,7 @@ def test_torch_tensor_feeds_are_accepted_and_checked(session) -> None:
 
 
 def test_profiling_records_every_node(model, tmp_path) -> None:
-    options = hetrix.SessionOptions(enable_profiling=True,
+    options = hetrix.SessionOptions(enable_profiling=True, graph_optimization_level=0,
                                     profile_file_prefix=str(tmp_path / "trace"))
     profiled = hetrix.InferenceSession(model, options)
     for _ in range(2):
@@ -211,3 +217,12 @@ def test_profiling_records_every_node(model, tmp_path) -> None:
     events = json.loads(open(profiled.end_profiling()).read())
     assert [e["args"]["op_type"] for e in events] == ["MatMul", "Relu", "ReduceSum"] * 2
     assert all(e["dur"] >= 0 for e in events)
+
+
+def test_optimized_session_gives_the_same_outputs(model, session) -> None:
+    optimized = hetrix.InferenceSession(model)  # default level: all passes
+    report = optimized.get_optimization_report()
+    assert report.nodes_after <= report.nodes_before
+    x = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
+    for a, b in zip(optimized.run(None, {"x": x}), session.run(None, {"x": x})):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -162,7 +162,8 @@ def test_run_with_intermediates_matches_onnxruntime(
     ort_run: Callable[..., list[np.ndarray]], assert_close: Callable[..., None],
 ) -> None:
     model = dynamic_model if model_name == "dynamic" else control_flow_model
-    session = hetrix.InferenceSession(model)
+    # Level 0: optimization folds and fuses values away; debugging wants the graph as written.
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(graph_optimization_level=0))
     values = session.run_with_intermediates(feeds)
 
     # Every value the main graph computes is there, the outputs equal a plain run's.

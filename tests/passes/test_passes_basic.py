@@ -262,3 +262,29 @@ def test_report_table_lists_passes_rules_and_node_counts() -> None:
     assert "no-op elimination" in table and "Dropout" in table
     assert report.by_pass()["identity elimination"]["identity elimination"] == 1
     assert all(run.nodes_before >= run.nodes_after for run in report.runs)
+
+
+def test_identity_of_outer_value_in_subgraph_is_kept() -> None:
+    """onnx-ir's own pass fails here (the branch output would become an outer-scope value)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    import hetrix
+
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["r"], ["out"])], "branch", [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("Constant", [], ["flag"], value_int=1),
+         helper.make_node("Cast", ["flag"], ["cond"], to=TensorProto.BOOL),
+         helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = hetrix.InferenceSession(model)
+    assert session.get_optimization_report().level == 99
+    x = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], np.maximum(x, 0))

@@ -14,6 +14,8 @@ from hetrix.testing.models import (
     light_model_case,
     light_model_paths,
     light_model_randomized,
+    make_control_flow_model,
+    make_dynamic_shape_model,
 )
 
 _QUICK = {"resnet50", "densenet121", "squeezenet"}
@@ -56,6 +58,23 @@ def test_resnet50_with_random_weights_is_unchanged() -> None:
     # The light models' weights are all one constant; random ones check the folded arithmetic.
     model, feeds = light_model_randomized("resnet50")
     optimize_and_run(model, feeds).assert_close()
+
+
+def test_control_flow_model_with_subgraphs_is_unchanged() -> None:
+    rng = np.random.default_rng(0)
+    feeds = {
+        "x": rng.standard_normal((3, 4)).astype(np.float32),
+        "steps": np.array(5),
+        "limit": np.array(100.0, np.float32),
+    }
+    result = optimize_and_run(make_control_flow_model(), feeds)
+    result.assert_close()
+    assert result.report.count("lift constants") > 0  # subgraph Constants included
+
+
+def test_dynamic_shape_model_is_unchanged() -> None:
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)}
+    optimize_and_run(make_dynamic_shape_model(), feeds).assert_close()
 
 
 # --------------------------------------------------------------------------- BERT

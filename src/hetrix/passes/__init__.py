@@ -69,6 +69,19 @@ class FreezeInitializersPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, True)
 
 
+class IdentityEliminationPass(common.IdentityEliminationPass):
+    """onnx-ir's identity elimination, minus the case it gets wrong: a subgraph output that is
+    an Identity of an outer-scope value cannot become that value (it belongs to another graph)."""
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        source = node.inputs[0] if len(node.inputs) == 1 else None
+        output = node.outputs[0] if len(node.outputs) == 1 else None
+        if source is not None and output is not None and output.is_graph_output():
+            if source.graph is not node.graph:
+                return False
+        return super()._try_eliminate_identity_node(node)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One entry of the pipeline: the pass, its name in reports and the level it needs."""
@@ -95,7 +108,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(BASIC, "constant folding", ConstantFoldingPass),
     # After folding, since the arguments that make a node a no-op often just became constants.
     Stage(BASIC, "no-op elimination", NoOpEliminationPass),
-    Stage(BASIC, "identity elimination", common.IdentityEliminationPass),
+    Stage(BASIC, "identity elimination", IdentityEliminationPass),
     Stage(BASIC, "common subexpressions", common.CommonSubexpressionEliminationPass),
     # MatMul+Add before BatchNorm folding: a 2-D one becomes a Gemm, whose BN then folds.
     Stage(EXTENDED, "matmul+add fusion", MatMulAddFusionPass),
@@ -117,7 +130,7 @@ def optimize(model: ir.Model, level: int = ALL, max_iterations: int = 5) -> Opti
     """
     level = _check_level(level)
     report = OptimizationReport(level=level, nodes_before=count_nodes(model))
-    stages = [s for s in PIPELINE if s.level <= max(level, 0) and level > DISABLED]
+    stages = [s for s in PIPELINE if DISABLED < s.level <= level]
     if stages:
         started = time.perf_counter()
         passes = [_Recorded(stage, report, first=i == 0) for i, stage in enumerate(stages)]

@@ -25,6 +25,8 @@ from hetrix.backends.base import Backend, RegistryBackend
 from hetrix.backends.reference_fallback import ReferenceFallbackBackend
 from hetrix.errors import InvalidArgumentError, InvalidInputError, ModelLoadError
 from hetrix.model.loader import LoadedModel, ModelSource, load_model
+from hetrix.passes import optimize
+from hetrix.passes.report import OptimizationReport
 from hetrix.placement.placer import PriorityPlacer
 from hetrix.runtime.executor import SubgraphRunner, execute
 from hetrix.runtime.plan import HOST, Placement, Plan, build_plan
@@ -125,6 +127,7 @@ class InferenceSession:
         self._backends = make_backends(providers)
         self._loaded = load_model(path_or_bytes, self._can_run)
         self._model = self._to_ir(self._loaded)
+        self._optimization = self._optimize()
         self._plan = self._build_plan()
         self._feeds = [
             self._feed_spec(v)
@@ -152,6 +155,30 @@ class InferenceSession:
             return ir.serde.deserialize_model(loaded.proto)
         except Exception as exc:
             raise ModelLoadError(f"model {loaded.source} cannot be read as ONNX: {exc}") from exc
+
+    def _optimize(self) -> OptimizationReport:
+        """Run the graph passes up to the session's level (ORT's levels: 0, 1, 2, 99).
+
+        Above level 1 the passes emit Hetrix's fused ops, which only the NumPy backend has
+        kernels for; when another backend comes first the level is capped at 1 so that no node
+        leaves the preferred device because of a fusion.
+        """
+        level = int(self._options.graph_optimization_level)
+        if self._backends[0].name != "numpy:cpu":
+            level = min(level, 1)
+        try:
+            report = optimize(self._model, level)
+        except Exception as exc:  # an optimizer bug must not stop a model that runs unoptimized
+            logger.warning("graph optimization failed (%s); running the model unoptimized", exc)
+            self._model = self._to_ir(self._loaded)
+            report = optimize(self._model, 0)
+        if self._options.optimized_model_filepath:
+            ir.save(self._model, self._options.optimized_model_filepath)
+        return report
+
+    def get_optimization_report(self) -> OptimizationReport:
+        """What the graph passes changed: rewrites per pass and rule, nodes before and after."""
+        return self._optimization
 
     def _build_plan(self) -> Plan:
         backends: list[Backend] = list(self._backends)
@@ -215,7 +242,12 @@ class InferenceSession:
         return results
 
     def run_with_intermediates(self, input_feed: Mapping[str, Any]) -> dict[str, Any]:
-        """Run and return every value the graph computes, by name (for debugging; slower)."""
+        """Run and return every value the graph computes, by name (for debugging; slower).
+
+        These are the values of the graph as planned: with optimization on, folded constants
+        and values inside fused nodes are gone.  Use ``graph_optimization_level=0`` to see every
+        value of the model as written.
+        """
         record: dict[str, Any] = {}
         outputs = execute(self._plan, self._feed_list(input_feed), record=record)
         record.update(zip(self._plan.output_names, outputs))

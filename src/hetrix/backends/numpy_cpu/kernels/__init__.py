@@ -11,6 +11,7 @@ from hetrix.backends.numpy_cpu.kernels import (
     control_flow,
     conv,
     elementwise,
+    fused,
     image,
     indexing,
     linalg,
@@ -58,4 +59,5 @@ __all__ = [
     "ml",
     "training",
     "image",
+    "fused",
 ]
