@@ -259,3 +259,12 @@ def test_select_cases_by_operator_use() -> None:
     assert not any(name.startswith("test_convtranspose") for name in names)
     relu = {case.name for case in select_cases(["Relu"])}
     assert {"test_relu", "test_relu_expanded_ver18"} <= relu
+
+
+def test_info_optimized_shows_the_rewrites() -> None:
+    from hetrix.testing.models import light_model_paths
+
+    result = invoke("info", str(light_model_paths()["resnet50"]), "--optimized")
+    assert result.exit_code == 0, result.output
+    assert "415 -> 90 nodes" in result.output or "-> " in result.output
+    assert "Conv+BatchNormalization" in result.output and "hetrix::FusedConv" in result.output

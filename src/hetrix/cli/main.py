@@ -112,6 +112,11 @@ def main(
 @app.command()
 def info(
     model: Annotated[Path, typer.Argument(help="The .onnx model file.")],
+    optimized: Annotated[bool, typer.Option(
+        "--optimized", help="Also show the graph after the optimization passes and what each "
+        "pass changed.")] = False,
+    level: Annotated[int, typer.Option(help="Optimization level for --optimized (0, 1, 2, 99)."
+                                       )] = 99,
 ) -> None:
     """Describe a model: inputs, outputs, opsets, operators, parameters (no kernels run)."""
     with user_errors():
@@ -134,6 +139,25 @@ def info(
     out.print(f"parameters: {human_count(summary.parameters)} ({summary.parameters:,}), "
               f"{human_bytes(summary.parameter_bytes)} in {summary.initializers} initializers "
               f"and {summary.constants} Constant nodes")
+    if optimized:
+        _print_optimized(out, model, level)
+
+
+def _print_optimized(out: Console, model: Path, level: int) -> None:
+    """Plan the model at ``level`` and show the passes' report and the resulting operators."""
+    import collections
+
+    import hetrix
+
+    with user_errors():
+        options = hetrix.SessionOptions(graph_optimization_level=level)
+        session = hetrix.InferenceSession(str(model), options)
+    report = session.get_optimization_report()
+    out.print(escape(report.table()), soft_wrap=True)
+    counts = collections.Counter(
+        f"{p.domain}::{p.op_type}" if p.domain else p.op_type for p in session.get_placement()
+    )
+    _print_op_histogram(out, dict(counts.most_common()), sum(counts.values()), 0)
 
 
 def _print_op_histogram(out: Console, counts: dict[str, int], nodes: int, nested: int) -> None:
