@@ -156,6 +156,8 @@ def conv_nd(
         )
     mg = m // group
     kprod = math.prod(ksz)
+    if cg == 1 and mg == 1 and group > 1:
+        return _depthwise(pad_spatial(x, pads_begin, pads_end), w, strides, dilations)
     if kprod == 1 and not any(pads_begin) and not any(pads_end):
         # 1x1 kernel: no im2col, the (strided) input already is the column matrix.
         if any(s != 1 for s in strides):
@@ -166,6 +168,26 @@ def conv_nd(
         view, out = im2col(pad_spatial(x, pads_begin, pads_end), ksz, strides, dilations)
         cols = view.reshape(n, group, cg * kprod, math.prod(out))  # the one im2col copy
     return grouped_matmul(w.reshape(group, mg, cg * kprod), cols).reshape(n, m, *out)
+
+
+def _depthwise(
+    xp: np.ndarray, w: np.ndarray, strides: list[int], dilations: list[int]
+) -> np.ndarray:
+    """Depthwise convolution (one filter per channel) as a sum over kernel offsets.
+
+    A per-group matmul would make C tiny BLAS calls; instead each kernel offset contributes one
+    whole-tensor multiply-add of a strided view of the input with that offset's C weights.
+    """
+    windows, out = im2col(xp, list(w.shape[2:]), strides, dilations)  # (N, C, *K, *O) view
+    weights = w.reshape(w.shape[0], -1).astype(xp.dtype, copy=False)  # (C, K)
+    y = np.zeros((xp.shape[0], xp.shape[1], *out), dtype=xp.dtype)
+    scratch = np.empty_like(y)
+    channel_shape = (1, -1) + (1,) * len(out)
+    for index, offset in enumerate(np.ndindex(*w.shape[2:])):
+        view = windows[(slice(None), slice(None), *offset)]
+        np.multiply(view, weights[:, index].reshape(channel_shape), out=scratch)
+        y += scratch
+    return y
 
 
 def grouped_matmul(wmat: np.ndarray, cols: np.ndarray) -> np.ndarray:
