@@ -67,8 +67,16 @@ def pad_spatial(x: np.ndarray, begin: list[int], end: list[int], value: float = 
     """``x`` padded with ``value`` on its trailing spatial axes (no copy when nothing to pad)."""
     if not any(begin) and not any(end):
         return x
-    widths = [(0, 0)] * (x.ndim - len(begin)) + list(zip(begin, end, strict=True))
-    return np.pad(x, widths, constant_values=value)
+    if min(begin) < 0 or min(end) < 0:  # negative pads crop: np.pad's semantics do not apply
+        widths = [(0, 0)] * (x.ndim - len(begin)) + list(zip(begin, end, strict=True))
+        return np.pad(x, widths, constant_values=value)
+    # np.pad is general and slow; a filled buffer with the input copied into its middle is not
+    lead = x.ndim - len(begin)
+    shape = x.shape[:lead] + tuple(n + b + e for n, b, e in zip(x.shape[lead:], begin, end))
+    out = np.full(shape, value, dtype=x.dtype)
+    inner = tuple(slice(b, b + n) for b, n in zip(begin, x.shape[lead:]))
+    out[(slice(None),) * lead + inner] = x
+    return out
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
