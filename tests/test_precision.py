@@ -1,0 +1,68 @@
+"""Reduced precision as an explicit choice: where it applies, and what it costs in accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hetrix
+from hetrix.testing.models import light_model_case, light_model_randomized
+
+pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_matrix_work_runs_reduced_and_the_difference_is_reported(precision: str) -> None:
+    model = light_model_randomized("squeezenet", 0)[0]
+    feeds, _ = light_model_case("squeezenet")
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision=precision))
+    placement = session.get_placement()
+    convs = [p for p in placement if "Conv" in p.op_type]
+    assert convs and all(p.backend == f"{precision}:cpu" for p in convs)
+    assert all(p.backend == "numpy:cpu" for p in placement if "Conv" not in p.op_type)
+    report = session.compare_precision(feeds)
+    assert [entry["output"] for entry in report] == [o.name for o in session.get_outputs()]
+    for entry in report:
+        assert entry["max_abs"] > 0, "a reduced-precision run that equals float32 did not reduce"
+        # bf16 keeps 8 bits of mantissa: about 1% of the output's scale at most here
+        assert entry["max_rel_to_max"] < 0.03, entry
+    assert report[0]["argmax_agrees"]
+
+
+def test_float32_default_is_exact_against_itself_and_refuses_comparison() -> None:
+    model = light_model_randomized("squeezenet", 0)[0]
+    session = hetrix.InferenceSession(model)
+    assert all(p.backend == "numpy:cpu" for p in session.get_placement())
+    with pytest.raises(hetrix.InvalidArgumentError, match="precision"):
+        session.compare_precision(light_model_case("squeezenet")[0])
+
+
+def test_unknown_precision_is_rejected() -> None:
+    model = light_model_randomized("squeezenet", 0)[0]
+    with pytest.raises(hetrix.InvalidArgumentError, match="precision must be one of"):
+        hetrix.InferenceSession(model, hetrix.SessionOptions(precision="int3"))
+
+
+def test_reduced_matmul_and_gemm_match_float32_closely() -> None:
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]),
+         helper.make_node("Gemm", ["m2", "w2"], ["y"], transB=1, alpha=0.5),
+         helper.make_node("Reshape", ["m", "shape"], ["m2"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 4])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [16, 8], w.ravel()),
+         helper.make_tensor("w2", TensorProto.FLOAT, [4, 8], w[:4].ravel()),
+         helper.make_tensor("shape", TensorProto.INT64, [2], [6, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    session = hetrix.InferenceSession(
+        model, hetrix.SessionOptions(precision="bf16", graph_optimization_level=0))
+    (y,) = session.run(None, {"x": x})
+    expected = 0.5 * (x.reshape(6, 16) @ w) @ w[:4].T
+    np.testing.assert_allclose(y, expected, rtol=0.05, atol=0.05 * np.abs(expected).max())
+    assert {p.op_type: p.backend for p in session.get_placement()}["Gemm"] == "bf16:cpu"
