@@ -226,3 +226,14 @@ def test_optimized_session_gives_the_same_outputs(model, session) -> None:
     x = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
     for a, b in zip(optimized.run(None, {"x": x}), session.run(None, {"x": x})):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_arena_option_configures_the_allocator_once() -> None:
+    import platform
+
+    from hetrix.runtime.memory import retain_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the retaining allocator is configured on glibc only")
+    assert retain_freed_memory() is True
+    assert retain_freed_memory() is True  # idempotent

@@ -36,6 +36,44 @@ def execute(
             slots[slot] = value
     for slot, value in zip(plan.captured_slots, captured):
         slots[slot] = value
+    # inf and nan are valid ONNX results: one errstate for the run, not one per kernel
+    with np.errstate(all="ignore"):
+        if record is None and timings is None:
+            _walk_lean(plan, slots)
+        else:
+            _walk(plan, slots, record, timings)
+    slots[0] = None  # an omitted optional output of a step may have written the None slot
+    return [slots[slot] for slot in plan.output_slots]
+
+
+def _walk_lean(plan: Plan, slots: list[Any]) -> None:
+    """The run loop as most runs take it: no recording, no timing, nothing checked per step
+    that the planner already knows.  Kept separate from :func:`_walk` because its few
+    instructions per node are the whole per-node overhead of Hetrix."""
+    for step, kernel, ctx, inputs, outputs, frees in plan.lean_steps:
+        try:
+            result = kernel(ctx, *[slots[i] for i in inputs])
+        except HetrixError:
+            raise
+        except Exception as exc:
+            args = [slots[i] for i in inputs]
+            raise ExecutionError(_failure_message(step, args, exc)) from exc
+        if type(result) is tuple:
+            for slot, value in zip(outputs, result):
+                slots[slot] = value
+        else:
+            slots[outputs[0]] = result
+        for slot in frees:
+            slots[slot] = None
+
+
+def _walk(
+    plan: Plan,
+    slots: list[Any],
+    record: dict[str, Any] | None,
+    timings: list[tuple[Step, float]] | None,
+) -> None:
+    """The run loop: for each step, call its kernel, store its outputs, drop dead values."""
     for step in plan.steps:
         args = [slots[i] for i in step.inputs]
         started = time.perf_counter() if timings is not None else 0.0
@@ -59,8 +97,6 @@ def execute(
         else:
             for slot in step.frees:
                 slots[slot] = None
-    slots[0] = None  # an omitted optional output of a step may have written the None slot
-    return [slots[slot] for slot in plan.output_slots]
 
 
 def _failure_message(step: Step, args: list[Any], exc: Exception) -> str:

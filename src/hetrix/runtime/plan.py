@@ -73,6 +73,9 @@ class Plan:
     """Outer-scope names this (sub)graph reads; their slots are ``captured_slots``."""
     captured_slots: list[int] = field(default_factory=list)
     placements: list[Placement] = field(default_factory=list)
+    lean_steps: list[tuple[Any, ...]] = field(default_factory=list)
+    """``(step, kernel, ctx, inputs, outputs, frees)`` per step: what the run loop reads,
+    unpacked once here so that it does no attribute lookups per node."""
     output_memory: list[str] = field(default_factory=list)
     """Memory space of each output: a top-level plan leaves outputs where they were computed,
     and the session brings them to the host unless the caller keeps them on the device."""
@@ -189,6 +192,7 @@ def build_plan(
         captured_slots=captured_slots,
         output_memory=output_memory,
         placements=placements,
+        lean_steps=[(s, s.kernel, s.ctx, s.inputs, s.outputs, s.frees) for s in steps],
     )
 
 

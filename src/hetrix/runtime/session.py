@@ -29,6 +29,7 @@ from hetrix.passes import optimize
 from hetrix.passes.report import OptimizationReport
 from hetrix.placement.placer import PriorityPlacer
 from hetrix.runtime.executor import SubgraphRunner, execute
+from hetrix.runtime.memory import retain_freed_memory
 from hetrix.runtime.plan import HOST, Placement, Plan, build_plan
 from hetrix.runtime.providers import ProviderSpec, make_backends
 
@@ -42,6 +43,9 @@ class SessionOptions:
     graph_optimization_level: int = 99
     intra_op_num_threads: int = 0
     log_severity_level: int = 2
+    enable_cpu_mem_arena: bool = True
+    """Reuse freed host buffers across runs (configures glibc's allocator process-wide; see
+    :mod:`hetrix.runtime.memory`)."""
     enable_reference_fallback: bool = True
     """Run operators no Hetrix kernel covers on onnx's reference evaluator (slow, logged)."""
     disable_fallback: bool = False
@@ -128,6 +132,8 @@ class InferenceSession:
                 (p if isinstance(p, str) else p[0], dict(o))
                 for p, o in zip(providers, provider_options)
             ]
+        if self._options.enable_cpu_mem_arena:
+            retain_freed_memory()
         self._backends = make_backends(providers)
         if self._options.precision != "fp32":
             from hetrix.backends.reduced_precision import ReducedPrecisionBackend

@@ -291,6 +291,13 @@ def _binary(
     ctx: NodeContext, fn: Ufunc, a: np.ndarray, b: np.ndarray, dtype: np.dtype
 ) -> np.ndarray:
     """``fn(a, b)`` with numpy broadcasting, as ``dtype``; a clear error on bad shapes."""
+    if a.dtype == b.dtype == dtype and a.dtype.kind in "fiub":  # the common case, kept lean
+        try:
+            y = fn(a, b)
+        except ValueError:
+            _check_broadcast(ctx, a, b)
+            raise
+        return y if type(y) is np.ndarray else np.asarray(y)  # 0-d inputs give numpy scalars
     try:
         with np.errstate(all="ignore"):
             y = fn(_wide(a), _wide(b))
