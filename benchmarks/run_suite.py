@@ -290,7 +290,9 @@ def write_markdown(path: Path, rows: Sequence[Row], args: argparse.Namespace,
         f"({machine.get('usable_cores', '?')} usable), {machine.get('platform')}, "
         f"Python {machine.get('python')}, BLAS {machine.get('blas', '?')}",
         "- versions: " + ", ".join(f"{k} {v.split('-')[0]}" for k, v in versions.items()),
-        f"- settings: {args.warmup} warm-up + {args.repeat} timed runs per runtime, alternating; "
+        f"- settings: {args.warmup} warm-up + {args.repeat} timed runs per runtime, alternating, "
+        "with a 0.1 s pause before each run so that the previous runtime's spinning worker "
+        "threads are idle; "
         f"threads {args.threads or 'default'}; transformer sequence length {args.sequence}; "
         "random seeded inputs; ratio = Hetrix median / ORT median (lower is better)",
         "", "| " + " | ".join(columns) + " |",
