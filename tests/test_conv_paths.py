@@ -15,14 +15,27 @@ CASES = {
                                                          "pads": [1, 1, 1, 1]}),
     "depthwise_5x5_dilated": ((1, 4, 12, 12), (4, 1, 5, 5), {"group": 4, "dilations": [2, 2]}),
     "depthwise_1d": ((1, 5, 20), (5, 1, 3), {"group": 5, "pads": [1, 1]}),
+    "depthwise_asymmetric_pads": ((1, 4, 8, 8), (4, 1, 3, 3), {"group": 4, "pads": [0, 1, 2, 1]}),
+    "depthwise_same_upper_s2": ((1, 4, 9, 9), (4, 1, 3, 3), {"group": 4, "strides": [2, 2],
+                                                             "auto_pad": "SAME_UPPER"}),
     "grouped_3": ((1, 6, 7, 7), (9, 2, 3, 3), {"group": 3, "pads": [1, 1, 1, 1]}),
     "pointwise_strided": ((1, 16, 8, 8), (8, 16, 1, 1), {"strides": [2, 2]}),
     "plain_7x7_s2": ((1, 3, 32, 32), (8, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
 }
 
 
+@pytest.fixture(params=["library", "numpy-only"])
+def conv_library(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each case with PyTorch's kernel for depthwise Conv (when installed) and without."""
+    from hetrix.backends.numpy_cpu.kernels import conv
+
+    if request.param == "numpy-only":
+        monkeypatch.setattr(conv, "_FUNCTIONAL", False)
+    return request.param
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_conv_matches_onnxruntime(name: str) -> None:
+def test_conv_matches_onnxruntime(name: str, conv_library: str) -> None:
     x_shape, w_shape, attrs = CASES[name]
     rng = np.random.default_rng(7)
     x = rng.standard_normal(x_shape).astype(np.float32)

@@ -23,6 +23,7 @@ from hetrix.backends.base import Backend
 from hetrix.backends.numpy_cpu.kernels import fused
 from hetrix.backends.numpy_cpu.kernels.conv import resolve_pads, spatial_ints
 from hetrix.backends.registry import Kernel, NodeContext
+from hetrix.backends.torch_setup import import_torch
 from hetrix.errors import InvalidArgumentError
 
 PRECISIONS = {"bf16": "bfloat16", "fp16": "float16"}
@@ -40,7 +41,7 @@ class ReducedPrecisionBackend(Backend):
                 f"precision must be one of fp32, {', '.join(PRECISIONS)}; got {precision!r}"
             )
         try:
-            import torch
+            torch = import_torch()
         except ImportError as exc:
             raise InvalidArgumentError(
                 f"precision={precision!r} computes through PyTorch's CPU kernels: "

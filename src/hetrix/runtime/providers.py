@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hetrix.backends.base import Backend
+from hetrix.backends.torch_setup import import_torch
 from hetrix.errors import InvalidArgumentError
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
@@ -45,7 +46,7 @@ def torch_installed() -> bool:
 
 def _torch_devices() -> list[str]:
     """The torch devices usable here, accelerators first (imports torch)."""
-    import torch
+    torch = import_torch()
 
     devices: list[str] = []
     if torch.cuda.is_available():
@@ -129,6 +130,7 @@ def _torch_backend(name: str) -> Backend:
             f"provider '{name}' is not available on this machine; available: "
             f"{', '.join([*available, NUMPY_CPU])}"
         )
+    import_torch()  # first, so that torch's OpenMP threads do not spin (see torch_setup)
     from hetrix.backends.torch_backend import TorchBackend
 
     return TorchBackend(name.removeprefix("torch:"))
