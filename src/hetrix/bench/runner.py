@@ -52,6 +52,8 @@ class BenchConfig:
     seed: int = 0
     memory: bool = True
     memory_runs: int = 2
+    precision: str = "fp32"
+    """Hetrix's SessionOptions.precision, and OpenVINO's precision hint (ORT stays float32)."""
     gap_s: float = 0.1
     """Pause before each run.  Runtimes keep worker threads spinning after a run returns (ORT's
     pool, OpenVINO's TBB, OpenBLAS); on a small machine those steal the cores the next runtime's
@@ -241,7 +243,7 @@ def _timed_load(
     result: RuntimeResult,
 ) -> RunFn:
     start = time.perf_counter()
-    fn = runtime.load(path, feeds, config.threads, config.providers)
+    fn = runtime.load(path, feeds, config.threads, config.providers, config.precision)
     result.load_s = time.perf_counter() - start
     if runtime.name != HETRIX:
         result.threads = f"{config.threads} threads" if config.threads else "default"

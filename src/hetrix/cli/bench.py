@@ -56,6 +56,9 @@ def bench(
     memory: Annotated[bool, typer.Option(
         "--memory/--no-memory", help="Measure peak RSS growth, each runtime in a fresh process."
     )] = True,
+    precision: Annotated[str, typer.Option(
+        help="fp32, or bf16/fp16: Hetrix's reduced-precision mode and OpenVINO's matching hint "
+        "(ONNX Runtime stays float32); the output difference is reported.")] = "fp32",
 ) -> None:
     """Time Hetrix and a competitor on the same random inputs, alternating runs.
 
@@ -69,7 +72,7 @@ def bench(
     with _user_errors():
         config = BenchConfig(str(model), _split(vs), batch, threads, warmup, repeat,
                              parse_dims(dims or []), _split([providers or ""]) or None, seed,
-                             memory)
+                             memory, precision=precision)
         if plot is not None:
             _check_matplotlib()
         with Progress(TextColumn("{task.description}", style="cyan"), BarColumn(),
