@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
+
+# torch (the exporters here, Hetrix's depthwise path) must not leave OpenMP threads spinning
+# between runs: set before anything imports it, as Hetrix itself does (hetrix.backends.torch_setup).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import functools
 import logging
 import math
