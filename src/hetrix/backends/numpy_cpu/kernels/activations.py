@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from hetrix.backends.numpy_cpu.kernels import _library
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.kernels.elementwise import erf_single, erfc64
 from hetrix.backends.registry import Kernel
@@ -274,6 +275,12 @@ _GELU_TAIL = 1.4
 def gelu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Gelu: 0.5 x (1 + erf(x / sqrt 2)), or its tanh approximation (``approximate="tanh"``)."""
     approximate = ctx.attrs.get("approximate", "none")
+    functional = _library.torch_functional() if x.dtype == np.float32 else None
+    if functional is not None and approximate in ("none", "tanh"):
+        import torch
+
+        with torch.no_grad():
+            return functional.gelu(torch.from_numpy(x), approximate=approximate).numpy()
     xc = _compute(x)
     if approximate == "tanh":
         # 0.5 (1 + tanh(z)) = sigmoid(2 z): the sigmoid form keeps relative accuracy for x << 0

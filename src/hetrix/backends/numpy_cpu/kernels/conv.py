@@ -8,14 +8,12 @@ kernel offsets only.  The spatial-attribute helpers here are shared with the poo
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
-import os
-from typing import Any
 
 import numpy as np
 
+from hetrix.backends.numpy_cpu.kernels import _library
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 
 _FAST_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -168,7 +166,7 @@ def conv_nd(
     mg = m // group
     kprod = math.prod(ksz)
     if cg == 1 and mg == 1 and group > 1:
-        if 1 <= len(ksz) <= 3 and x.dtype == np.float32 and _torch_functional() is not None:
+        if 1 <= len(ksz) <= 3 and x.dtype == np.float32 and _library.torch_functional() is not None:
             return _depthwise_onednn(x, w, group, strides, dilations, pads_begin, pads_end)
         return _depthwise(pad_spatial(x, pads_begin, pads_end), w, strides, dilations)
     if kprod == 1 and not any(pads_begin) and not any(pads_end):
@@ -183,35 +181,15 @@ def conv_nd(
     return grouped_matmul(w.reshape(group, mg, cg * kprod), cols).reshape(n, m, *out)
 
 
-def _torch_functional() -> Any:
-    """``torch.nn.functional`` when PyTorch is installed, else None (checked once).
-
-    Depthwise convolution is the one Conv shape where NumPy has no fast primitive: BLAS sees
-    only tiny per-channel products, and ufunc loops run 4-9x slower than oneDNN's kernel
-    (measured on MobileNetV2's layers).  So where PyTorch is present, its CPU kernel serves
-    those nodes on the same host arrays (no copies); the NumPy path below is used otherwise.
-    """
-    global _FUNCTIONAL
-    if _FUNCTIONAL is None:
-        _FUNCTIONAL = False
-        if os.environ.get("HETRIX_NUMPY_ONLY") != "1" and importlib.util.find_spec("torch"):
-            from hetrix.backends.torch_setup import import_torch
-
-            _FUNCTIONAL = import_torch().nn.functional
-    return _FUNCTIONAL or None
-
-
-_FUNCTIONAL: Any = None
-
-
 def _depthwise_onednn(
     x: np.ndarray, w: np.ndarray, group: int, strides: list[int], dilations: list[int],
     pads_begin: list[int], pads_end: list[int],
 ) -> np.ndarray:
-    """Depthwise convolution through PyTorch's CPU kernel, on views of the numpy arrays."""
+    """Depthwise convolution through PyTorch's CPU kernel, on views of the numpy arrays
+    (see :mod:`._library` for why)."""
     import torch
 
-    functional = _torch_functional()
+    functional = _library.torch_functional()
     nsp = x.ndim - 2
     xt = torch.from_numpy(np.ascontiguousarray(x))
     padding: list[int] | int = pads_begin

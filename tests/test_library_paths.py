@@ -1,4 +1,6 @@
-"""Each Conv code path (depthwise, grouped, 1x1, strided, dilated) against ONNX Runtime."""
+"""Code paths that may use a vendor kernel (see numpy_cpu/kernels/_library.py), each run with the
+vendor kernel and NumPy-only: every Conv path (depthwise, grouped, 1x1, strided, dilated) against
+ONNX Runtime, and Gelu against float64."""
 
 from __future__ import annotations
 
@@ -27,10 +29,10 @@ CASES = {
 @pytest.fixture(params=["library", "numpy-only"])
 def conv_library(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run each case with PyTorch's kernel for depthwise Conv (when installed) and without."""
-    from hetrix.backends.numpy_cpu.kernels import conv
+    from hetrix.backends.numpy_cpu.kernels import _library
 
     if request.param == "numpy-only":
-        monkeypatch.setattr(conv, "_FUNCTIONAL", False)
+        monkeypatch.setattr(_library, "_FUNCTIONAL", False)
     return request.param
 
 
@@ -53,3 +55,26 @@ def test_conv_matches_onnxruntime(name: str, conv_library: str) -> None:
     (theirs,) = ort.InferenceSession(model.SerializeToString(),
                                      providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_matches_float64(approximate: str, conv_library: str) -> None:
+    import math
+
+    x = np.linspace(-8, 8, 4001, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"], approximate=approximate)], "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.size])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+    (ours,) = hetrix.InferenceSession(model).run(None, {"x": x})
+    x64 = x.astype(np.float64)
+    if approximate == "none":
+        expected = 0.5 * x64 * (1 + np.vectorize(math.erf)(x64 / math.sqrt(2)))
+    else:
+        expected = 0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))
+    # float32 accuracy: within a few ulp of the exact value; in the deep negative tail, where
+    # GELU is below 1e-6 in magnitude, PyTorch's kernel (like ORT's) is accurate in absolute,
+    # not relative, terms.
+    np.testing.assert_allclose(ours, expected, rtol=2e-6, atol=1e-6)
