@@ -47,3 +47,14 @@ def retain_freed_memory() -> bool:
     _applied = bool(ok)
     logger.debug("glibc keeps freed memory for reuse: %s", _applied)
     return _applied
+
+
+def release_free_memory() -> None:
+    """Return the heap's free memory to the OS (glibc's malloc_trim), e.g. after loading a model,
+    whose parsing buffers are freed once the plan holds the weights."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError) as exc:
+        logger.debug("malloc_trim unavailable: %s", exc)

@@ -12,6 +12,7 @@ checks the feeds (cheaply, against facts computed here) and walks the plan.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +30,13 @@ from hetrix.passes import optimize
 from hetrix.passes.report import OptimizationReport
 from hetrix.placement.placer import PriorityPlacer
 from hetrix.runtime.executor import SubgraphRunner, execute
-from hetrix.runtime.memory import retain_freed_memory
+from hetrix.runtime.memory import release_free_memory, retain_freed_memory
 from hetrix.runtime.plan import HOST, Placement, Plan, build_plan
 from hetrix.runtime.providers import ProviderSpec, make_backends
 
 logger = logging.getLogger(__name__)
+
+_TRIM_ABOVE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -149,14 +152,35 @@ class InferenceSession:
             for v in self._model.graph.inputs
             if v.name not in self._plan.optional_input_names
         ]
-        # The plan holds its own copy of every weight: drop the proto's, so a session keeps
-        # one copy of the model's parameters, not two.
-        _drop_weight_bytes(self._loaded.proto)
+        self._outputs = [
+            NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
+            for v in self._model.graph.outputs
+        ]
+        self._overridable = [
+            NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
+            for v in self._model.graph.inputs
+            if v.name in self._plan.optional_input_names
+        ]
+        self._release_model_copies()
         self._timings: list[tuple[Any, float]] = []
         self._input_index = {name: i for i, name in enumerate(self._plan.input_names)}
         self._output_index = {name: i for i, name in enumerate(self._plan.output_names)}
 
     # -- construction ------------------------------------------------------------------------
+
+    def _release_model_copies(self) -> None:
+        """Keep one copy of the weights (the plan's): drop the IR and the parsed protobuf, whose
+        arena holds the file's tensor bytes, keeping a structure-only proto for metadata; then
+        hand the freed memory back to the OS."""
+        del self._model
+        _drop_weight_bytes(self._loaded.proto)
+        structure = onnx.ModelProto()
+        structure.CopyFrom(self._loaded.proto)
+        self._loaded.proto = structure  # the last reference: the old arena is freed here
+        weights = sum(v.nbytes for v in self._plan.initial_slots if isinstance(v, np.ndarray))
+        if weights > _TRIM_ABOVE_BYTES:  # a full collection and a heap trim: for big models only
+            gc.collect()  # the IR's node/value cycles still hold the protobuf's tensors
+            release_free_memory()
 
     def _can_run(self, domain: str, op_type: str, opset: int) -> bool:
         return any(
@@ -305,18 +329,11 @@ class InferenceSession:
 
     def get_outputs(self) -> list[NodeArg]:
         """The model's outputs with their declared types and (possibly symbolic) shapes."""
-        return [
-            NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
-            for v in self._model.graph.outputs
-        ]
+        return list(self._outputs)
 
     def get_overridable_initializers(self) -> list[NodeArg]:
         """Graph inputs that have an initializer: feeding them replaces the stored value."""
-        return [
-            NodeArg(v.name, type_string(v.type), _shape_list(v.shape) or [])
-            for v in self._model.graph.inputs
-            if v.name in self._plan.optional_input_names
-        ]
+        return list(self._overridable)
 
     def get_providers(self) -> list[str]:
         """The session's backends in priority order."""
