@@ -268,3 +268,25 @@ def test_info_optimized_shows_the_rewrites() -> None:
     assert result.exit_code == 0, result.output
     assert "415 -> 90 nodes" in result.output or "-> " in result.output
     assert "Conv+BatchNormalization" in result.output and "hetrix::FusedConv" in result.output
+
+
+def test_profile_reports_ops_and_conv_throughput() -> None:
+    from hetrix.testing.models import light_model_paths
+
+    result = invoke("profile", str(light_model_paths()["squeezenet"]), "--runs", "2", "--top", "3")
+    assert result.exit_code == 0, result.output
+    assert "By operator" in result.output and "GEMM peak" in result.output
+    assert re.search(r"FusedConv\s+│\s+[\d.]+\s+│\s+[\d.]+\s+│\s+\d+%", result.output)
+
+
+def test_flops_of_heavy_nodes() -> None:
+    import numpy as np
+
+    from hetrix.runtime.flops import node_flops
+
+    x, w = np.zeros((1, 3, 8, 8)), np.zeros((4, 3, 3, 3))
+    assert node_flops("Conv", {}, [x, w], np.zeros((1, 4, 6, 6))) == 2 * 4 * 36 * 27
+    a, b = np.zeros((2, 5, 7)), np.zeros((7, 3))
+    assert node_flops("MatMul", {}, [a, b], np.zeros((2, 5, 3))) == 2 * 30 * 7
+    assert node_flops("Gemm", {"transA": 1}, [np.zeros((7, 5)), b], np.zeros((5, 3))) == 2 * 15 * 7
+    assert node_flops("Relu", {}, [x], x) is None

@@ -217,6 +217,65 @@ def run(
         out.print(f"saved {escape(str(path))}", soft_wrap=True)
 
 
+@app.command()
+def profile(
+    model: Annotated[Path, typer.Argument(help="The .onnx model file.")],
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs after one warm-up.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    dims: Annotated[list[str] | None, typer.Option(
+        "--dim", help="NAME=VALUE for a symbolic dimension (default 1; repeatable).")] = None,
+    providers: ProvidersOption = None,
+    top: Annotated[int, typer.Option(help="How many of the slowest nodes to list.")] = 15,
+) -> None:
+    """Where a model's time goes: per op and per node, with the GFLOP/s of convolutions and
+    matrix products against this machine's float32 GEMM peak through the same BLAS."""
+    from hetrix import InferenceSession, SessionOptions
+
+    out = _out()
+    with user_errors():
+        session = InferenceSession(str(model), SessionOptions(enable_profiling=True),
+                                   providers=_providers(providers))
+        feeds = feeds_mod.build_feeds(session.get_inputs(), {}, True, seed,
+                                      feeds_mod.parse_dims(dims or []))
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            session.run(None, feeds)
+            session._timings.clear()  # the warm-up is not part of the profile
+            for _ in range(runs):
+                session.run(None, feeds)
+    peak = _gemm_peak_gflops()
+    total = sum(seconds for _op, _backend, _calls, seconds in session.profile_summary()) / runs
+    out.print(f"[bold]{escape(str(model))}[/bold]: {format_seconds(total)} per run in kernels "
+              f"(mean of {runs}); float32 GEMM peak here {peak:.0f} GFLOP/s (NumPy's BLAS, "
+              "1024x1024x1024)", soft_wrap=True)
+    by_op = make_table("By operator", "op", "backend", "calls/run", "ms/run", "share",
+                       right=("calls/run", "ms/run", "share"))
+    for op, backend, calls, seconds in session.profile_summary():
+        by_op.add_row(escape(op), backend, str(calls // runs), f"{seconds / runs * 1e3:.2f}",
+                      percent(seconds / runs, total))
+    out.print(by_op)
+    nodes = make_table(f"Slowest {top} nodes", "node", "op", "ms", "GFLOP/s", "of peak",
+                       right=("ms", "GFLOP/s", "of peak"))
+    for row in session.profile_nodes()[:top]:
+        rate = row["gflops_per_s"]
+        nodes.add_row(escape(row["node"] or "-"), row["op_type"], f"{row['mean_ms']:.3f}",
+                      f"{rate:.1f}" if rate is not None else "-",
+                      f"{rate / peak:.0%}" if rate is not None and peak else "-")
+    out.print(nodes)
+
+
+def _gemm_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """Median float32 GFLOP/s of a square matmul through NumPy's BLAS (the kernels' own)."""
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    a @ a  # warm-up: thread pool start, page faults
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / float(np.median(times)) / 1e9
+
+
 def _print_feeds(out: Console, feeds: dict[str, Any]) -> None:
     table = make_table("Inputs", "name", "dtype", "shape")
     for name, value in feeds.items():

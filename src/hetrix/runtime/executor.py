@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hetrix.errors import ExecutionError, HetrixError
+from hetrix.runtime.flops import node_flops
 from hetrix.runtime.plan import Plan, Step
 
 
@@ -21,14 +22,14 @@ def execute(
     inputs: Sequence[Any],
     captured: Sequence[Any] = (),
     record: dict[str, Any] | None = None,
-    timings: list[tuple[Step, float]] | None = None,
+    timings: list[tuple[Step, float, int | None]] | None = None,
 ) -> list[Any]:
     """Run the plan on ``inputs`` (in ``plan.input_slots`` order; None keeps an initializer).
 
     ``captured`` holds the outer-scope values of a subgraph, in ``plan.captured_names`` order.
     With ``record`` given, every value computed is stored there by name (for debugging), and
     intermediates are not freed early.  With ``timings`` given, each step's wall time in seconds
-    is appended to it (for profiling).
+    and its FLOPs (None where not counted) are appended to it (for profiling).
     """
     slots = plan.initial_slots.copy()
     for slot, value in zip(plan.input_slots, inputs):
@@ -71,7 +72,7 @@ def _walk(
     plan: Plan,
     slots: list[Any],
     record: dict[str, Any] | None,
-    timings: list[tuple[Step, float]] | None,
+    timings: list[tuple[Step, float, int | None]] | None,
 ) -> None:
     """The run loop: for each step, call its kernel, store its outputs, drop dead values."""
     for step in plan.steps:
@@ -80,7 +81,9 @@ def _walk(
         try:
             result = step.kernel(step.ctx, *args)
             if timings is not None:
-                timings.append((step, time.perf_counter() - started))
+                seconds = time.perf_counter() - started
+                work = node_flops(step.ctx.op_type, step.ctx.attrs, args, result)
+                timings.append((step, seconds, work))
         except HetrixError:
             raise
         except Exception as exc:

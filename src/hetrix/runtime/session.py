@@ -162,7 +162,7 @@ class InferenceSession:
             if v.name in self._plan.optional_input_names
         ]
         self._release_model_copies()
-        self._timings: list[tuple[Any, float]] = []
+        self._timings: list[tuple[Any, float, int | None]] = []
         self._input_index = {name: i for i, name in enumerate(self._plan.input_names)}
         self._output_index = {name: i for i, name in enumerate(self._plan.output_names)}
 
@@ -370,7 +370,7 @@ class InferenceSession:
         import time
 
         events, clock = [], 0.0
-        for step, seconds in self._timings:
+        for step, seconds, _flops in self._timings:
             events.append({
                 "name": step.ctx.name or step.ctx.op_type, "cat": "Node", "ph": "X",
                 "ts": clock * 1e6, "dur": seconds * 1e6, "pid": 0, "tid": 0,
@@ -386,12 +386,34 @@ class InferenceSession:
     def profile_summary(self) -> list[tuple[str, str, int, float]]:
         """``(op_type, backend, calls, total seconds)`` from the recorded runs, slowest first."""
         totals: dict[tuple[str, str], list[float]] = {}
-        for step, seconds in self._timings:
+        for step, seconds, _flops in self._timings:
             entry = totals.setdefault((step.ctx.op_type, step.backend), [0, 0.0])
             entry[0] += 1
             entry[1] += seconds
         rows = [(op, backend, int(n), t) for (op, backend), (n, t) in totals.items()]
         return sorted(rows, key=lambda row: -row[3])
+
+    def profile_nodes(self) -> list[dict[str, Any]]:
+        """Per node, from the recorded runs: op, backend, calls, mean ms, and GFLOP/s for
+        convolutions and matrix products; slowest first."""
+        nodes: dict[int, dict[str, Any]] = {}
+        for step, seconds, flops in self._timings:
+            entry = nodes.setdefault(id(step), {
+                "node": step.ctx.name, "op_type": step.ctx.op_type, "backend": step.backend,
+                "calls": 0, "seconds": 0.0, "flops": 0, "counted": flops is not None,
+            })
+            entry["calls"] += 1
+            entry["seconds"] += seconds
+            entry["flops"] += flops or 0
+        rows = []
+        for entry in nodes.values():
+            seconds = entry.pop("seconds")
+            flops = entry.pop("flops")
+            counted = entry.pop("counted")
+            entry["mean_ms"] = seconds / entry["calls"] * 1e3
+            entry["gflops_per_s"] = flops / seconds / 1e9 if counted and seconds > 0 else None
+            rows.append(entry)
+        return sorted(rows, key=lambda row: -row["mean_ms"] * row["calls"])
 
     @property
     def model_proto(self) -> onnx.ModelProto:
