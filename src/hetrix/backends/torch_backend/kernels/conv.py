@@ -24,9 +24,9 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-@attr_check("Conv", "ConvTranspose")
-def _spatial_rank(node, device_type: str) -> str:  # type: ignore[no-untyped-def]
-    """torch has 1-, 2- and 3-D convolutions only; float only (no integer convolution)."""
+def spatial_float_input_problem(node) -> str:  # type: ignore[no-untyped-def]
+    """Why torch's conv/pool functions cannot take the node's input: they handle 1-3 spatial
+    dims of float tensors only.  Empty when they can (or when the input is not declared)."""
     x = node.inputs[0]
     rank = x.shape.rank() if x is not None and x.shape is not None else None
     if rank is not None and not 3 <= rank <= 5:
@@ -34,6 +34,12 @@ def _spatial_rank(node, device_type: str) -> str:  # type: ignore[no-untyped-def
     if x is not None and x.dtype is not None and int(x.dtype) not in (1, 10, 11, 16):
         return f"{node.op_type} on {x.dtype.name} input"
     return ""
+
+
+@attr_check("Conv", "ConvTranspose")
+def _spatial_rank(node, device_type: str) -> str:  # type: ignore[no-untyped-def]
+    """torch has 1-, 2- and 3-D convolutions only; float only (no integer convolution)."""
+    return spatial_float_input_problem(node)
 
 
 def conv_pads(

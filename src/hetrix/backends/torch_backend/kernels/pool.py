@@ -19,7 +19,11 @@ from hetrix.backends.torch_backend.kernels._common import (
     compute_dtype,
     kernel,
 )
-from hetrix.backends.torch_backend.kernels.conv import conv_pads, torch_pad_arg
+from hetrix.backends.torch_backend.kernels.conv import (
+    conv_pads,
+    spatial_float_input_problem,
+    torch_pad_arg,
+)
 
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -28,12 +32,9 @@ _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 @attr_check("MaxPool", "AveragePool")
 def _pool_supported(node, device_type: str) -> str:  # type: ignore[no-untyped-def]
     """torch pools 1-3 spatial dims of float tensors; its average pool has no dilation."""
-    x = node.inputs[0]
-    rank = x.shape.rank() if x is not None and x.shape is not None else None
-    if rank is not None and not 3 <= rank <= 5:
-        return f"{node.op_type} on a rank-{rank} input"
-    if x is not None and x.dtype is not None and int(x.dtype) not in (1, 10, 11, 16):
-        return f"{node.op_type} on {x.dtype.name} input"
+    problem = spatial_float_input_problem(node)
+    if problem:
+        return problem
     dilations = node.attributes.get("dilations")
     if node.op_type == "AveragePool" and dilations is not None and any(
         d != 1 for d in dilations.value
