@@ -136,8 +136,11 @@ def _gemm(dtype: Any, ctx: NodeContext, a: np.ndarray, b: np.ndarray,
 
 
 def _fused_conv(dtype: Any, ctx: NodeContext, x: np.ndarray, w: np.ndarray,
-                b: np.ndarray | None = None) -> np.ndarray:
-    return fused.activate(ctx, _conv(dtype, ctx, x, w, b))
+                b: np.ndarray | None = None, z: np.ndarray | None = None) -> np.ndarray:
+    y = _conv(dtype, ctx, x, w, b)
+    if z is not None:  # the residual, added in float32 before the activation
+        y = np.add(y, z, out=y) if z.shape == y.shape else y + z
+    return fused.activate(ctx, y)
 
 
 def _fused_gemm(dtype: Any, ctx: NodeContext, a: np.ndarray, b: np.ndarray,

@@ -29,7 +29,11 @@ import onnx_ir.passes.common as common
 from hetrix.passes._ir import HETRIX_DOMAIN, count_nodes
 from hetrix.passes.batchnorm import BatchNormFoldingPass
 from hetrix.passes.constant_folding import ConstantFoldingPass
-from hetrix.passes.fusion import ActivationFusionPass, MatMulAddFusionPass
+from hetrix.passes.fusion import (
+    ActivationFusionPass,
+    MatMulAddFusionPass,
+    ResidualAddFusionPass,
+)
 from hetrix.passes.noop import NoOpEliminationPass
 from hetrix.passes.patterns import AttentionFusionPass, PatternRecognitionPass
 from hetrix.passes.report import OptimizationReport, PassRun
@@ -116,6 +120,8 @@ PIPELINE: tuple[Stage, ...] = (
     # Recognition before activation fusion: the Gelu it emits then fuses into its MatMul.
     Stage(EXTENDED, "layernorm/gelu recognition", PatternRecognitionPass),
     Stage(ALL, "attention fusion", AttentionFusionPass),
+    # The residual Add of ResNet-style blocks joins its Conv before the activation after it does.
+    Stage(EXTENDED, "conv+add fusion", ResidualAddFusionPass),
     # Activation fusion last: a Fused* node no longer looks like the Conv/Gemm/MatMul it was.
     Stage(EXTENDED, "activation fusion", ActivationFusionPass),
     # Dead code last, so whatever the rewrites orphaned is gone before the next iteration.

@@ -2,7 +2,11 @@
 
 * ``MatMul(A, W) + b`` with constant 2-D ``W`` and a constant bias along the last axis becomes
   ``Gemm(A, W, b)`` when ``A`` is known to be 2-D, else ``hetrix.FusedMatMul(A, W, b)``.
-* ``Conv``/``Gemm``/``MatMul``/``FusedMatMul`` followed by Relu, LeakyRelu, Clip, Sigmoid,
+* ``Conv(X, W, B) + Z`` (Add, or a two-input Sum, where Z has the conv output's shape and the conv
+  output no other reader) becomes ``hetrix.FusedConv(X, W, B, Z)``: the residual connection of
+  ResNet-style blocks, which oneDNN adds while the output is still in cache.  The activation that
+  usually follows fuses next, by the rule below.
+* ``Conv``/``FusedConv`` (without activation)/``Gemm``/``MatMul``/``FusedMatMul`` followed by Relu, LeakyRelu, Clip, Sigmoid,
   HardSigmoid, Tanh or Gelu becomes ``hetrix.FusedConv``/``FusedGemm``/``FusedMatMul`` with the
   producer's attributes plus ``activation`` (the op name, ``"GeluTanh"`` for the tanh Gelu) and
   ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid alpha, beta).  The kernels in
@@ -77,6 +81,74 @@ class MatMulAddRule(Rule):
                 outputs=[out],
             )
         _ir.replace(add, [matmul, add], [fused], [add.outputs[0]], [out])
+
+
+class ResidualAddRule(Rule):
+    """``Conv(X, W, B) + Z`` -> ``hetrix.FusedConv(X, W, B, Z)`` when Z has the output's shape."""
+
+    name = "Conv+Add"
+    op_types = ("Add", "Sum")
+
+    def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, ir.Node, ir.Value]:
+        if len(node.inputs) != 2 or any(v is None for v in node.inputs):
+            raise Reject("not a sum of two values")
+        reasons = []
+        for index in (0, 1):
+            conv = _ir.producer(node.inputs[index])
+            residual = node.inputs[1 - index]
+            assert residual is not None
+            reason = self._why_not(conv, node.inputs[index], residual)
+            if reason is None:
+                assert conv is not None
+                return conv, node, residual
+            reasons.append(reason)
+        raise Reject("; ".join(reasons))
+
+    @staticmethod
+    def _why_not(conv: ir.Node | None, out: ir.Value | None, residual: ir.Value) -> str | None:
+        plain_fused_conv = _ir.is_op(conv, "FusedConv", domain=_ir.HETRIX_DOMAIN) and (
+            _is_plain_fused(conv)
+        )
+        if not (_ir.is_op(conv, "Conv") or plain_fused_conv):
+            return "operand is not produced by a Conv"
+        assert conv is not None and out is not None
+        if len(conv.inputs) > 3:
+            return "the Conv already adds a residual"
+        if _ir.sole_consumer(out) is None:
+            return "the Conv output has other readers"
+        if out.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16):
+            return "not a floating-point output"
+        if residual.dtype != out.dtype or not _same_known_shape(out.shape, residual.shape):
+            return "the other operand does not have the Conv output's shape and type"
+        return None
+
+    def apply(self, match: tuple[ir.Node, ir.Node, ir.Value], ctx: RewriteContext) -> None:
+        conv, add, residual = match
+        ctx.import_hetrix()
+        inputs = list(conv.inputs) + [None] * (3 - len(conv.inputs)) + [residual]
+        attributes = {k: v for k, v in conv.attributes.items() if k != "activation_params"}
+        attributes["activation"] = ir.Attr("activation", ir.AttributeType.STRING, "")
+        fused = ir.Node(
+            _ir.HETRIX_DOMAIN,
+            "FusedConv",
+            inputs,
+            attributes.values(),
+            name=conv.name,
+            outputs=[ir.Value(name=_ir.fresh_name(add.outputs[0].name or "conv_add"))],
+        )
+        _ir.replace(add, [conv, add], [fused], [add.outputs[0]], fused.outputs)
+
+
+def _same_known_shape(a: ir.Shape | None, b: ir.Shape | None) -> bool:
+    """Both shapes known, of one rank, each dim the same number or the same named symbol."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        x_value = x if isinstance(x, int) else x.value
+        y_value = y if isinstance(y, int) else y.value
+        if x_value is None or x_value != y_value:
+            return False
+    return True
 
 
 class ActivationFusionRule(Rule):
@@ -172,8 +244,8 @@ def _clip_bounds(node: ir.Node, version: int | None) -> list[float]:
 
 
 def _is_plain_fused(node: ir.Node | None) -> bool:
-    """A FusedMatMul (bias only) that has no activation yet."""
-    if not _ir.is_op(node, "FusedMatMul", domain=_ir.HETRIX_DOMAIN):
+    """A FusedMatMul (bias only) or FusedConv (residual only) that has no activation yet."""
+    if not _ir.is_op(node, "FusedMatMul", "FusedConv", domain=_ir.HETRIX_DOMAIN):
         return False
     assert node is not None
     return not _ir.attribute(node, "activation", None)
@@ -191,6 +263,13 @@ class MatMulAddFusionPass(RewritePass):
 
     def __init__(self) -> None:
         super().__init__([MatMulAddRule()])
+
+
+class ResidualAddFusionPass(RewritePass):
+    """Conv + same-shaped Add -> hetrix FusedConv with the residual input Z."""
+
+    def __init__(self) -> None:
+        super().__init__([ResidualAddRule()])
 
 
 class ActivationFusionPass(RewritePass):

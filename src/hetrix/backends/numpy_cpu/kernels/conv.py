@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from hetrix.backends.numpy_cpu.kernels import _library
+from hetrix.backends.numpy_cpu.kernels import _library, _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 
 _FAST_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -239,6 +239,22 @@ def grouped_matmul(wmat: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return y
 
 
+def _channels_match(x: np.ndarray, w: np.ndarray, group: int) -> bool:
+    """Whether x, w and group agree (else the NumPy path raises the descriptive error)."""
+    return group > 0 and x.shape[1] == w.shape[1] * group and w.shape[0] % group == 0
+
+
+def _output_shape(
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], strides: list[int],
+    dilations: list[int], begin: list[int], end: list[int],
+) -> tuple[int, ...]:
+    spatial = (
+        (size + b + e - d * (k - 1) - 1) // s + 1
+        for size, k, s, d, b, e in zip(x_shape[2:], w_shape[2:], strides, dilations, begin, end)
+    )
+    return (x_shape[0], w_shape[0], *spatial)
+
+
 def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """Add a per-channel bias (axis 1) in place."""
     if b is not None:
@@ -254,6 +270,22 @@ def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 @kernel("Conv", since=1)
 def conv(ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """N-d grouped, dilated, strided, padded convolution with optional bias."""
+    return conv_fused(ctx, x, w, b)[0]
+
+
+def conv_fused(
+    ctx: NodeContext,
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
+    activation: str = "",
+) -> tuple[np.ndarray, bool]:
+    """Conv, plus ``residual`` when given; through oneDNN when it can (see :mod:`._onednn`).
+
+    Returns ``(y, applied)``: whether ``activation`` (a Hetrix activation name, "" for none) was
+    applied as a oneDNN post-op; when not, the caller applies it.
+    """
     nsp = x.ndim - 2
     if nsp < 1:
         raise ValueError(f"Conv: input must have rank >= 3, got shape {x.shape}")
@@ -263,17 +295,36 @@ def conv(ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = 
     strides = spatial_ints(ctx, "strides", nsp, 1)
     dilations = spatial_ints(ctx, "dilations", nsp, 1)
     begin, end = resolve_pads(ctx, x.shape[2:], list(w.shape[2:]), strides, dilations)
+    group = int(ctx.attrs.get("group", 1))
+    if _onednn.can_run(x, w, b, begin, end) and _channels_match(x, w, group):
+        out_shape = _output_shape(x.shape, w.shape, strides, dilations, begin, end)
+        # a residual that broadcasts is added by NumPy afterwards, and then so is the activation
+        fuse_residual = residual is None or residual.shape == out_shape
+        fusable = _onednn.fuses(activation, with_residual=residual is not None)
+        post_op = activation if fuse_residual and fusable else ""
+        y = _onednn.conv2d(
+            ctx.cache, x, w, b, strides=strides, dilations=dilations, pads=begin, group=group,
+            activation=post_op,
+            activation_params=list(ctx.attrs.get("activation_params") or []),
+            residual=residual if fuse_residual else None,
+        )
+        if not fuse_residual:
+            y = y + residual
+        return y, post_op == activation
     dtype = _compute_dtype(x.dtype)
     y = conv_nd(
         x.astype(dtype, copy=False),
         w.astype(dtype, copy=False),
-        int(ctx.attrs.get("group", 1)),
+        group,
         strides,
         dilations,
         begin,
         end,
     )
-    return _add_bias(y, b).astype(x.dtype, copy=False)
+    y = _add_bias(y, b)
+    if residual is not None:
+        y = np.add(y, residual, out=y) if residual.shape == y.shape else y + residual
+    return y.astype(x.dtype, copy=False), not activation
 
 
 @kernel("ConvInteger", since=10)

@@ -3,7 +3,8 @@
 Each runs the existing kernel of the op it replaces, then applies the activation in place on the
 fresh output, so a fused node computes exactly what the unfused pair did minus one temporary:
 
-* ``FusedConv(X, W, B?)``, ``FusedGemm(A, B, C?)``: Conv / Gemm attributes, plus ``activation``
+* ``FusedConv(X, W, B?, Z?)``: ``activation(Conv(X, W, B) + Z)`` (Z, the residual of ResNet-style
+  blocks, has the output's shape); ``FusedGemm(A, B, C?)``: Conv / Gemm attributes, plus ``activation``
   (``Relu``, ``LeakyRelu``, ``Clip``, ``Sigmoid``, ``HardSigmoid``, ``Tanh``, ``Gelu``,
   ``GeluTanh`` or empty) and ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid
   alpha, beta);
@@ -22,7 +23,7 @@ import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels import activations, normalization
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
-from hetrix.backends.numpy_cpu.kernels.conv import conv
+from hetrix.backends.numpy_cpu.kernels.conv import conv_fused
 from hetrix.backends.numpy_cpu.kernels.linalg import gemm, matmul
 from hetrix.backends.numpy_cpu.kernels.softmax import softmax
 
@@ -115,10 +116,18 @@ def activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
 
 @kernel("FusedConv", since=1, domain="hetrix")
 def fused_conv(
-    ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
+    ctx: NodeContext,
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    z: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Conv, then the activation in place."""
-    return activate(ctx, conv(ctx, x, w, b))
+    """``activation(Conv(x, w, b) + z)``: oneDNN applies both as post-ops where it can."""
+    name = ctx.attrs.get("activation", "")
+    if isinstance(name, bytes):
+        name = name.decode()
+    y, applied = conv_fused(ctx, x, w, b, residual=z, activation=name)
+    return y if applied else activate(ctx, y)
 
 
 @kernel("FusedGemm", since=1, domain="hetrix")

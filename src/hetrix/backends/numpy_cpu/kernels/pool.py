@@ -2,6 +2,13 @@
 
 Windowed pools loop over the (few) kernel offsets and combine one strided slice of the padded input
 per offset into the whole output at once, which beats reducing a 2N-d window view in numpy.
+
+2-D float pools go to oneDNN through PyTorch when it is installed (see :mod:`._onednn`): a conv
+network's activations arrive channels-last from the convolutions, a layout NumPy's strided slices
+walk slowly and oneDNN's pooling reads natively, so the layout survives to the next convolution.
+Only the geometries PyTorch's pooling expresses exactly take that path (symmetric pads of at most
+half the kernel, and for AveragePool no dilation and no ceil-mode overhang); the output shape is
+checked against ONNX's before use.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hetrix.backends.numpy_cpu.kernels import _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.kernels.conv import pad_spatial, resolve_pads, spatial_ints
 
@@ -111,8 +119,50 @@ def _tap_positions(
     return flat
 
 
+def _torch_pool_fits(x: np.ndarray, win: _Window, asymmetric_ok: bool = False) -> bool:
+    """Whether PyTorch's 2-D pooling computes exactly this window geometry (asymmetric pads only
+    where the caller pads explicitly first)."""
+    return (
+        x.ndim == 4
+        and x.dtype.name in ("float32", "bfloat16")
+        and (asymmetric_ok or win.begin == win.end)
+        and all(2 * p <= k for p, k in zip(win.begin, win.kernel, strict=True))
+        and min(win.begin + win.end) >= 0
+        and _onednn.available()
+    )
+
+
+def _torch_pool(pool: str, x: np.ndarray, win: _Window, **options: object) -> np.ndarray | None:
+    """``max_pool2d``/``avg_pool2d`` of PyTorch on ``x``, or None if its output shape differs."""
+    import torch
+
+    functional = torch.nn.functional
+    xt = _onednn.as_tensor(x)
+    padding = win.begin
+    with torch.no_grad():
+        if pool == "max":
+            if win.begin != win.end:  # pad the uneven side with -inf ourselves
+                low = [min(b, e) for b, e in zip(win.begin, win.end, strict=True)]
+                before = [b - m for b, m in zip(win.begin, low, strict=True)]
+                after = [e - m for e, m in zip(win.end, low, strict=True)]
+                xt = functional.pad(xt, (before[1], after[1], before[0], after[0]),
+                                    value=-math.inf)
+                padding = low
+            y = functional.max_pool2d(xt, win.kernel, win.strides, padding, win.dilations,
+                                      **options)
+        else:
+            y = functional.avg_pool2d(xt, win.kernel, win.strides, padding, **options)
+    if list(y.shape[2:]) != win.out:
+        return None
+    return _onednn.to_numpy(y)
+
+
 def _max_pool(ctx: NodeContext, x: np.ndarray) -> tuple[np.ndarray, ...] | np.ndarray:
     win = _window(ctx, x)
+    if ctx.num_outputs < 2 and _torch_pool_fits(x, win, asymmetric_ok=True):
+        y = _torch_pool("max", x, win, ceil_mode=bool(ctx.attrs.get("ceil_mode", 0)))
+        if y is not None:
+            return y
     xp = _padded(x, win, _lowest(x.dtype))
     y = _separable(xp, win, np.maximum)
     if ctx.num_outputs < 2:
@@ -158,6 +208,11 @@ def _window_counts(x_shape: tuple[int, ...], win: _Window, include_pad: bool) ->
 def average_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Average pooling; count_include_pad chooses whether pads count in the divisor."""
     win = _window(ctx, x)
+    include_pad = bool(ctx.attrs.get("count_include_pad", 0))
+    if _torch_pool_fits(x, win) and not any(win.extra) and all(d == 1 for d in win.dilations):
+        y = _torch_pool("avg", x, win, count_include_pad=include_pad)
+        if y is not None:
+            return y
     acc = np.float32 if x.dtype.itemsize < 4 else x.dtype
     total = _separable(_padded(x.astype(acc, copy=False), win, 0), win, np.add)
     counts = _window_counts(x.shape, win, bool(ctx.attrs.get("count_include_pad", 0)))
@@ -209,6 +264,12 @@ def _spatial_axes(ctx: NodeContext, x: np.ndarray) -> tuple[int, ...]:
 @kernel("GlobalAveragePool", since=1)
 def global_average_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Mean over all spatial axes, kept as size-1 axes."""
+    if x.ndim == 4 and x.dtype.name in ("float32", "bfloat16") and _onednn.available():
+        import torch
+
+        with torch.no_grad():  # channels-last input: oneDNN's pooling reads it in place
+            return _onednn.to_numpy(torch.nn.functional.adaptive_avg_pool2d(
+                _onednn.as_tensor(x), 1))
     acc = np.float32 if x.dtype.itemsize < 4 else x.dtype
     return np.mean(x, axis=_spatial_axes(ctx, x), keepdims=True, dtype=acc).astype(x.dtype)
 

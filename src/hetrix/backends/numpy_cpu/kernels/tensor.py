@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from onnx.helper import tensor_dtype_to_np_dtype
 
+from hetrix.backends.numpy_cpu.kernels import _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 
 # --------------------------------------------------------------------------------------------------
@@ -263,6 +264,8 @@ def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
                 f"Concat: inputs differ in type or rank ({first.dtype}{list(first.shape)} vs "
                 f"{other.dtype}{list(other.shape)})"
             )
+    if axis == 1 and _onednn.all_channels_last(inputs):
+        return _onednn.concat_channels(inputs)
     return np.concatenate(inputs, axis=axis)
 
 
