@@ -57,6 +57,9 @@ class Backend(ABC):
     device: str = "cpu"
     memory: str = "host"
     """Memory space of the values its kernels take and return; "host" means numpy arrays."""
+    runs_fused_ops: bool = False
+    """Whether it has kernels for the ``hetrix``-domain ops the level-2 passes emit (host
+    backends always can: the NumPy backend takes whatever they do not)."""
 
     @abstractmethod
     def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:

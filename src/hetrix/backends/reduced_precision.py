@@ -1,11 +1,17 @@
-"""Reduced precision on the CPU: the matrix work of a float32 model in bfloat16 or float16.
+"""Reduced precision on the CPU: the dense part of a float32 model in bfloat16 or float16.
 
 Selected with ``SessionOptions(precision="bf16")`` (or ``"fp16"``).  This backend goes first in the
-session and takes only the nodes where the matrix units pay off — Conv, MatMul, Gemm and their fused
-forms — computing them through PyTorch's CPU kernels (oneDNN, which uses AMX on CPUs that have
-it).  Inputs are rounded to the reduced type, products accumulate in float32 inside oneDNN, and
-results come back as float32 numpy arrays, so every other node runs unchanged on the NumPy backend
-with no copies (both live in host memory).  Constant weights are converted once per node.
+session and takes the nodes where the matrix units pay off — Conv, MatMul, Gemm and their fused
+forms — plus the cheap ops that sit between convolutions in CNNs (Relu, Add, Concat, pooling,
+inference BatchNormalization, Flatten), so that a chain of them stays in the reduced type.
+
+Its values live in their own memory space, ``bf16:cpu`` (``fp16:cpu``): numpy arrays of the reduced
+type, channels-last as oneDNN writes them.  The planner converts a float32 value once when it
+enters that space and converts back where a float32 node reads it (Softmax, LayerNormalization, a
+graph output...), exactly as it copies values to and from a GPU.  Constant weights are converted
+once, at planning.  Convolutions and pooling run through oneDNN (:mod:`.numpy_cpu.kernels._onednn`,
+AMX on CPUs that have it; products accumulate in float32 inside oneDNN), matrix products through
+PyTorch.
 
 Nothing is switched silently: the placement lists these nodes under ``bf16:cpu``, and
 :meth:`hetrix.InferenceSession.compare_precision` measures the output difference against float32.
@@ -13,15 +19,14 @@ Nothing is switched silently: the placement lists these nodes under ``bf16:cpu``
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from hetrix.backends.base import Backend
-from hetrix.backends.numpy_cpu.kernels import fused
-from hetrix.backends.numpy_cpu.kernels.conv import resolve_pads, spatial_ints
+from hetrix.backends.numpy_cpu.kernels import _onednn, fused, pool, tensor
+from hetrix.backends.numpy_cpu.kernels.conv import conv_fused
 from hetrix.backends.registry import Kernel, NodeContext
 from hetrix.backends.torch_setup import import_torch
 from hetrix.errors import InvalidArgumentError
@@ -30,10 +35,10 @@ PRECISIONS = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 class ReducedPrecisionBackend(Backend):
-    """Conv/MatMul/Gemm (and Hetrix's fused forms) in bfloat16 or float16 through torch."""
+    """Conv/MatMul/Gemm and the CNN ops between them, in bfloat16 or float16, through oneDNN."""
 
-    memory = "host"
     device = "cpu"
+    runs_fused_ops = True  # FusedConv/FusedGemm/FusedMatMul: the fused forms are what it is for
 
     def __init__(self, precision: str) -> None:
         if precision not in PRECISIONS:
@@ -49,16 +54,40 @@ class ReducedPrecisionBackend(Backend):
             ) from exc
         self.precision = precision
         self.name = f"{precision}:cpu"
-        self._dtype = getattr(torch, PRECISIONS[precision])
+        self.memory = f"{precision}:cpu"
+        self._torch_dtype = getattr(torch, PRECISIONS[precision])
 
     def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:
-        key = (node.domain, node.op_type)
-        make = _KERNELS.get(key)
+        make = _KERNELS.get((node.domain, node.op_type))
         if make is None:
             return None
         if any(v is not None and v.dtype not in (None, ir.DataType.FLOAT) for v in node.inputs):
             return None  # only float32 models trade precision here
-        return functools.partial(make, self._dtype)
+        if node.op_type == "BatchNormalization" and (
+            len(node.outputs) > 1 or _attribute(node, "training_mode", 0)
+        ):
+            return None  # training-mode statistics stay in float32
+        return make
+
+    # -- memory: float32 <-> the reduced type, converted by PyTorch's vectorised casts -------------
+
+    def from_host(self, value: Any) -> Any:
+        if isinstance(value, np.ndarray) and value.dtype == np.float32:
+            return _onednn.to_numpy(_onednn.as_tensor(value).to(self._torch_dtype))
+        return value
+
+    def to_host(self, value: Any) -> Any:
+        if isinstance(value, np.ndarray) and value.dtype.name in PRECISIONS.values():
+            torch = import_torch()
+            # C order on the way out: float32 readers (and users) expect plain NCHW arrays
+            return _onednn.to_numpy(_onednn.as_tensor(value).to(torch.float32)
+                                    .contiguous(memory_format=torch.contiguous_format))
+        return value
+
+
+def _attribute(node: ir.Node, name: str, default: Any) -> Any:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
 
 
 def _torch() -> Any:
@@ -67,101 +96,134 @@ def _torch() -> Any:
     return torch
 
 
-def _reduced(ctx: NodeContext, array: np.ndarray, dtype: Any, slot: str) -> Any:
-    """``array`` as a reduced-precision tensor; weights (read-only constants) converted once."""
+# -- kernels: inputs and outputs are arrays of the reduced type -----------------------------------
+
+
+def _conv(ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+          z: np.ndarray | None = None) -> np.ndarray:
+    activation = ctx.attrs.get("activation", "") or ""
+    if isinstance(activation, bytes):
+        activation = activation.decode()
+    y, applied = conv_fused(ctx, x, w, b, residual=z, activation=activation)
+    return y if applied else _reduced_result(fused.activate, ctx, y)
+
+
+def _reduced_result(fn: Any, ctx: NodeContext, *arrays: np.ndarray) -> np.ndarray:
+    """A float32 NumPy kernel on reduced inputs: computed in float32, returned reduced."""
+    dtype = arrays[0].dtype
+    result = fn(ctx, *(a.astype(np.float32) for a in arrays))
+    return result.astype(dtype)
+
+
+def _torch_elementwise(op: str) -> Any:
+    def run(ctx: NodeContext, *arrays: np.ndarray) -> np.ndarray:
+        torch = _torch()
+        tensors = [_onednn.as_tensor(a) for a in arrays[: ctx.num_inputs]]
+        with torch.no_grad():
+            if op == "Relu":
+                result = torch.relu(tensors[0])
+            else:  # Add, or a Sum of any number of inputs
+                result = tensors[0]
+                for other in tensors[1:]:
+                    result = result + other
+        return _onednn.to_numpy(result)
+
+    return run
+
+
+def _batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray,
+                mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     torch = _torch()
-    if array.flags.writeable:  # an activation: new values every run
-        return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
-    cached = ctx.cache.get(slot)
-    if cached is None or cached[0] is not array:
-        # a writable copy for torch, which warns on read-only memory; made once per weight
-        cached = (array, torch.from_numpy(np.array(array, order="C")).to(dtype))
-        ctx.cache[slot] = cached
-    return cached[1]
+    params = ctx.cache.get("bn")
+    if params is None or params[0] is not scale:
+        # statistics in float32: torch's batch_norm takes them so with reduced inputs
+        params = (scale, *(_onednn.as_tensor(np.asarray(p, np.float32))
+                           for p in (scale, bias, mean, var)))
+        ctx.cache["bn"] = params
+    _, s, b, m, v = params
+    with torch.no_grad():
+        y = torch.nn.functional.batch_norm(_onednn.as_tensor(x), m, v, s, b, False, 0.0,
+                                           float(ctx.attrs.get("epsilon", 1e-5)))
+    return _onednn.to_numpy(y)
 
 
-def _to_numpy(tensor: Any) -> np.ndarray:
-    return tensor.float().numpy()
-
-
-def _conv(dtype: Any, ctx: NodeContext, x: np.ndarray, w: np.ndarray,
-          b: np.ndarray | None = None) -> np.ndarray:
+def _matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     torch = _torch()
-    functional = torch.nn.functional
-    nsp = x.ndim - 2
-    if nsp not in (1, 2, 3) or x.dtype != np.float32:
-        raise ValueError(f"reduced-precision Conv needs a 1-3-d float32 input, got {x.shape}")
-    strides = spatial_ints(ctx, "strides", nsp, 1)
-    dilations = spatial_ints(ctx, "dilations", nsp, 1)
-    begin, end = resolve_pads(ctx, x.shape[2:], list(w.shape[2:]), strides, dilations)
-    xt = _reduced(ctx, x, dtype, "x")
-    padding: list[int] | int = begin
-    if begin != end:  # torch pads symmetrically: pad the odd side explicitly first
-        pairs = [p for axis in reversed(range(nsp)) for p in (begin[axis], end[axis])]
-        xt = functional.pad(xt, pairs)
-        padding = 0
-    conv = (functional.conv1d, functional.conv2d, functional.conv3d)[nsp - 1]
-    y = conv(xt, _reduced(ctx, w, dtype, "w"), None, strides, padding, dilations,
-             int(ctx.attrs.get("group", 1)))
-    out = _to_numpy(y)
-    if b is not None:
-        out += b.reshape((-1,) + (1,) * nsp)
-    return out
+    with torch.no_grad():
+        return _onednn.to_numpy(torch.matmul(_onednn.as_tensor(a), _weight(ctx, b, "b")))
 
 
-def _matmul(dtype: Any, ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    torch = _torch()
-    if a.ndim > 2 and b.ndim == 2:  # (..., K) @ (K, N): one 2-D product, oneDNN's fast path
-        flat = _reduced(ctx, a.reshape(-1, a.shape[-1]), dtype, "a")
-        y = torch.matmul(flat, _reduced(ctx, b, dtype, "b"))
-        return _to_numpy(y).reshape(*a.shape[:-1], b.shape[-1])
-    return _to_numpy(torch.matmul(_reduced(ctx, a, dtype, "a"), _reduced(ctx, b, dtype, "b")))
-
-
-def _gemm(dtype: Any, ctx: NodeContext, a: np.ndarray, b: np.ndarray,
+def _gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
           c: np.ndarray | None = None) -> np.ndarray:
     torch = _torch()
-    at, bt = _reduced(ctx, a, dtype, "a"), _reduced(ctx, b, dtype, "b")
+    at, bt = _onednn.as_tensor(a), _weight(ctx, b, "b")
     if ctx.attrs.get("transA", 0):
         at = at.T
     if ctx.attrs.get("transB", 0):
         bt = bt.T
-    y = _to_numpy(torch.matmul(at, bt))
     alpha, beta = float(ctx.attrs.get("alpha", 1.0)), float(ctx.attrs.get("beta", 1.0))
-    if alpha != 1.0:
-        y *= np.float32(alpha)
-    if c is not None and beta != 0.0:
-        y += c * np.float32(beta) if beta != 1.0 else c
-    return y
+    with torch.no_grad():
+        y = torch.matmul(at, bt)
+        if alpha != 1.0:
+            y = y * alpha
+        if c is not None and beta != 0.0:
+            y = y + _weight(ctx, c, "c") * beta
+    return _onednn.to_numpy(y)
 
 
-def _fused_conv(dtype: Any, ctx: NodeContext, x: np.ndarray, w: np.ndarray,
-                b: np.ndarray | None = None, z: np.ndarray | None = None) -> np.ndarray:
-    y = _conv(dtype, ctx, x, w, b)
-    if z is not None:  # the residual, added in float32 before the activation
-        y = np.add(y, z, out=y) if z.shape == y.shape else y + z
-    return fused.activate(ctx, y)
+def _weight(ctx: NodeContext, array: np.ndarray, slot: str) -> Any:
+    """A tensor view of ``array``; constant weights (read-only, the same object every run) are
+    made contiguous once and kept."""
+    if array.flags.writeable:
+        return _onednn.as_tensor(array)
+    cached = ctx.cache.get(slot)
+    if cached is None or cached[0] is not array:
+        cached = (array, _onednn.as_tensor(np.ascontiguousarray(array)))
+        ctx.cache[slot] = cached
+    return cached[1]
 
 
-def _fused_gemm(dtype: Any, ctx: NodeContext, a: np.ndarray, b: np.ndarray,
+def _fused_gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
                 c: np.ndarray | None = None) -> np.ndarray:
-    return fused.activate(ctx, _gemm(dtype, ctx, a, b, c))
+    return _activate(ctx, _gemm(ctx, a, b, c))
 
 
-def _fused_matmul(dtype: Any, ctx: NodeContext, a: np.ndarray, b: np.ndarray,
+def _fused_matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
                   bias: np.ndarray | None = None) -> np.ndarray:
-    y = _matmul(dtype, ctx, a, b)
+    y = _matmul(ctx, a, b)
     if bias is not None:
-        y += bias
-    return fused.activate(ctx, y)
+        y = _onednn.to_numpy(_onednn.as_tensor(y) + _weight(ctx, bias, "bias"))
+    return _activate(ctx, y)
 
 
-_KERNELS = {
+def _activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
+    """The node's activation: Relu by torch in the reduced type, others in float32."""
+    activation = ctx.attrs.get("activation", "") or ""
+    if activation == "":
+        return y
+    if activation == "Relu":
+        return _onednn.to_numpy(_torch().relu(_onednn.as_tensor(y)))
+    return _reduced_result(fused.activate, ctx, y)
+
+
+_KERNELS: dict[tuple[str, str], Kernel] = {
     ("", "Conv"): _conv,
+    ("hetrix", "FusedConv"): _conv,
     ("", "MatMul"): _matmul,
     ("", "Gemm"): _gemm,
-    ("hetrix", "FusedConv"): _fused_conv,
     ("hetrix", "FusedGemm"): _fused_gemm,
     ("hetrix", "FusedMatMul"): _fused_matmul,
+    ("", "Relu"): _torch_elementwise("Relu"),
+    ("", "Add"): _torch_elementwise("Add"),
+    ("", "Sum"): _torch_elementwise("Sum"),
+    ("", "BatchNormalization"): _batch_norm,
+    # the NumPy kernels below take reduced arrays as they are (their oneDNN paths for 2-D inputs)
+    ("", "MaxPool"): pool.max_pool,
+    ("", "AveragePool"): pool.average_pool,
+    ("", "GlobalAveragePool"): pool.global_average_pool,
+    ("", "Concat"): tensor.concat,
+    ("", "Flatten"): tensor.flatten,
 }
-"""The ops this backend takes: the matrix work.  Everything else stays in float32."""
+"""The ops this backend takes; everything else stays in float32 on the NumPy backend."""
+
+__all__ = ["PRECISIONS", "ReducedPrecisionBackend"]

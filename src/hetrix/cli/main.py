@@ -226,15 +226,17 @@ def profile(
         "--dim", help="NAME=VALUE for a symbolic dimension (default 1; repeatable).")] = None,
     providers: ProvidersOption = None,
     top: Annotated[int, typer.Option(help="How many of the slowest nodes to list.")] = 15,
+    precision: Annotated[str, typer.Option(
+        help="fp32, or bf16/fp16 (Hetrix's reduced-precision mode).")] = "fp32",
 ) -> None:
     """Where a model's time goes: per op and per node, with the GFLOP/s of convolutions and
-    matrix products against this machine's float32 GEMM peak through the same BLAS."""
+    matrix products against this machine's float32 GEMM peak through the same library."""
     from hetrix import InferenceSession, SessionOptions
 
     out = _out()
     with user_errors():
-        session = InferenceSession(str(model), SessionOptions(enable_profiling=True),
-                                   providers=_providers(providers))
+        options = SessionOptions(enable_profiling=True, precision=precision)
+        session = InferenceSession(str(model), options, providers=_providers(providers))
         feeds = feeds_mod.build_feeds(session.get_inputs(), {}, True, seed,
                                       feeds_mod.parse_dims(dims or []))
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -243,10 +245,10 @@ def profile(
             session._timings.clear()  # the warm-up is not part of the profile
             for _ in range(runs):
                 session.run(None, feeds)
-    peak = _gemm_peak_gflops()
+    peak, library = _gemm_peak_gflops()
     total = sum(seconds for _op, _backend, _calls, seconds in session.profile_summary()) / runs
     out.print(f"[bold]{escape(str(model))}[/bold]: {format_seconds(total)} per run in kernels "
-              f"(mean of {runs}); float32 GEMM peak here {peak:.0f} GFLOP/s (NumPy's BLAS, "
+              f"(mean of {runs}); float32 GEMM peak here {peak:.0f} GFLOP/s ({library}, "
               "1024x1024x1024)", soft_wrap=True)
     by_op = make_table("By operator", "op", "backend", "calls/run", "ms/run", "share",
                        right=("calls/run", "ms/run", "share"))
@@ -264,16 +266,24 @@ def profile(
     out.print(nodes)
 
 
-def _gemm_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
-    """Median float32 GFLOP/s of a square matmul through NumPy's BLAS (the kernels' own)."""
+def _gemm_peak_gflops(size: int = 1024, repeats: int = 5) -> tuple[float, str]:
+    """Median float32 GFLOP/s of a square matmul through the library the CPU kernels use for
+    matrix work (PyTorch's, when installed and allowed; NumPy's BLAS otherwise), and its name."""
+    from hetrix.backends.numpy_cpu.kernels import _library
+
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    a @ a  # warm-up: thread pool start, page faults
+    matmul, library = np.matmul, "NumPy's BLAS"
+    if _library.torch_functional() is not None:
+        import torch
+
+        a, matmul, library = torch.from_numpy(a), torch.mm, "PyTorch's oneDNN/MKL"
+    matmul(a, a)  # warm-up: thread pool start, page faults
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ a
+        matmul(a, a)
         times.append(time.perf_counter() - start)
-    return 2 * size**3 / float(np.median(times)) / 1e9
+    return 2 * size**3 / float(np.median(times)) / 1e9, library
 
 
 def _print_feeds(out: Console, feeds: dict[str, Any]) -> None:

@@ -101,12 +101,41 @@ def conv2d(
                 xt, weight, bias, pads, strides, dilations, group, unary, scalars, algorithm
             )
         else:
-            z = as_tensor(residual).to(xt.dtype).contiguous(memory_format=torch.channels_last)
+            y = _conv_add(cache, xt, _as_like(residual, xt), weight, bias, pads, strides,
+                          dilations, group, unary)
+    return to_numpy(y)
+
+
+def _conv_add(cache: dict[str, Any], xt: Any, z: Any, weight: Any, bias: Any, pads: list[int],
+              strides: list[int], dilations: list[int], group: int, unary: str) -> Any:
+    """``conv + z`` (then relu when ``unary`` says so), as one oneDNN call where PyTorch has it.
+
+    For some reduced-precision grouped convolutions PyTorch routes the binary form to a generic
+    kernel that refuses the type; the node then remembers to add separately.
+    """
+    import torch
+
+    if not cache.get("onednn_no_binary"):
+        try:
             # after a binary post-op oneDNN takes only relu (or nothing, spelled None)
-            y = torch.ops.mkldnn._convolution_pointwise.binary(
+            return torch.ops.mkldnn._convolution_pointwise.binary(
                 xt, z, weight, bias, pads, strides, dilations, group, "add", None,
-                None if unary == "none" else unary, scalars, algorithm or None,
+                None if unary == "none" else unary, [], None,
             )
+        except RuntimeError:
+            cache["onednn_no_binary"] = True
+    y = torch.ops.mkldnn._convolution_pointwise(
+        xt, weight, bias, pads, strides, dilations, group, "none", [], ""
+    )
+    y += z
+    return torch.relu_(y) if unary == "relu" else y
+
+
+def _as_like(array: np.ndarray, like: Any) -> Any:
+    """``array`` as a channels-last tensor of ``like``'s type."""
+    import torch
+
+    return as_tensor(array).to(like.dtype).contiguous(memory_format=torch.channels_last)
     return to_numpy(y)
 
 

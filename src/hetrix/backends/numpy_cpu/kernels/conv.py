@@ -239,6 +239,20 @@ def grouped_matmul(wmat: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return y
 
 
+def _geometry(ctx: NodeContext, x: np.ndarray, w: np.ndarray) -> tuple:
+    """(strides, dilations, pads begin, pads end, group) of a Conv node on these shapes."""
+    nsp = x.ndim - 2
+    if nsp < 1:
+        raise ValueError(f"Conv: input must have rank >= 3, got shape {x.shape}")
+    ksz = spatial_ints(ctx, "kernel_shape", nsp, 0) if ctx.attrs.get("kernel_shape") else None
+    if ksz is not None and tuple(ksz) != tuple(w.shape[2:]):
+        raise ValueError(f"Conv: kernel_shape {ksz} does not match weight shape {w.shape}")
+    strides = spatial_ints(ctx, "strides", nsp, 1)
+    dilations = spatial_ints(ctx, "dilations", nsp, 1)
+    begin, end = resolve_pads(ctx, x.shape[2:], list(w.shape[2:]), strides, dilations)
+    return strides, dilations, begin, end, int(ctx.attrs.get("group", 1))
+
+
 def _channels_match(x: np.ndarray, w: np.ndarray, group: int) -> bool:
     """Whether x, w and group agree (else the NumPy path raises the descriptive error)."""
     return group > 0 and x.shape[1] == w.shape[1] * group and w.shape[0] % group == 0
@@ -286,16 +300,12 @@ def conv_fused(
     Returns ``(y, applied)``: whether ``activation`` (a Hetrix activation name, "" for none) was
     applied as a oneDNN post-op; when not, the caller applies it.
     """
-    nsp = x.ndim - 2
-    if nsp < 1:
-        raise ValueError(f"Conv: input must have rank >= 3, got shape {x.shape}")
-    ksz = spatial_ints(ctx, "kernel_shape", nsp, 0) if ctx.attrs.get("kernel_shape") else None
-    if ksz is not None and tuple(ksz) != tuple(w.shape[2:]):
-        raise ValueError(f"Conv: kernel_shape {ksz} does not match weight shape {w.shape}")
-    strides = spatial_ints(ctx, "strides", nsp, 1)
-    dilations = spatial_ints(ctx, "dilations", nsp, 1)
-    begin, end = resolve_pads(ctx, x.shape[2:], list(w.shape[2:]), strides, dilations)
-    group = int(ctx.attrs.get("group", 1))
+    key = (x.shape, w.shape)
+    geometry = ctx.cache.get("geometry")
+    if geometry is None or geometry[0] != key:  # attributes parsed once per input shape
+        geometry = (key, _geometry(ctx, x, w))
+        ctx.cache["geometry"] = geometry
+    strides, dilations, begin, end, group = geometry[1]
     if _onednn.can_run(x, w, b, begin, end) and _channels_match(x, w, group):
         out_shape = _output_shape(x.shape, w.shape, strides, dilations, begin, end)
         # a residual that broadcasts is added by NumPy afterwards, and then so is the activation
