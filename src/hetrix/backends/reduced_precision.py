@@ -69,6 +69,17 @@ class ReducedPrecisionBackend(Backend):
             return None  # training-mode statistics stay in float32
         return make
 
+    def host_input_indices(self, node: ir.Node) -> frozenset[int]:
+        """Shape arguments, and constant weights: those stay the plan's read-only float32 arrays,
+        converted (and, for convolutions, packed) once by the kernel that reads them."""
+        indices = set(super().host_input_indices(node))
+        if node.op_type in _WEIGHTED_OPS:
+            indices.update(
+                i for i, v in enumerate(node.inputs[1:3], start=1)
+                if v is not None and (v.const_value is not None or v.is_initializer())
+            )
+        return frozenset(indices)
+
     # -- memory: float32 <-> the reduced type, converted by PyTorch's vectorised casts -------------
 
     def from_host(self, value: Any) -> Any:
@@ -83,6 +94,10 @@ class ReducedPrecisionBackend(Backend):
             return _onednn.to_numpy(_onednn.as_tensor(value).to(torch.float32)
                                     .contiguous(memory_format=torch.contiguous_format))
         return value
+
+
+_WEIGHTED_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+"""Ops whose inputs 1 and 2 are usually constant weight and bias."""
 
 
 def _attribute(node: ir.Node, name: str, default: Any) -> Any:
@@ -150,13 +165,13 @@ def _batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.nda
 def _matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     torch = _torch()
     with torch.no_grad():
-        return _onednn.to_numpy(torch.matmul(_onednn.as_tensor(a), _weight(ctx, b, "b")))
+        return _onednn.to_numpy(torch.matmul(_onednn.as_tensor(a), _weight(ctx, b, "b", a)))
 
 
 def _gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
           c: np.ndarray | None = None) -> np.ndarray:
     torch = _torch()
-    at, bt = _onednn.as_tensor(a), _weight(ctx, b, "b")
+    at, bt = _onednn.as_tensor(a), _weight(ctx, b, "b", a)
     if ctx.attrs.get("transA", 0):
         at = at.T
     if ctx.attrs.get("transB", 0):
@@ -167,18 +182,21 @@ def _gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
         if alpha != 1.0:
             y = y * alpha
         if c is not None and beta != 0.0:
-            y = y + _weight(ctx, c, "c") * beta
+            y = y + _weight(ctx, c, "c", a) * beta
     return _onednn.to_numpy(y)
 
 
-def _weight(ctx: NodeContext, array: np.ndarray, slot: str) -> Any:
-    """A tensor view of ``array``; constant weights (read-only, the same object every run) are
-    made contiguous once and kept."""
+def _weight(ctx: NodeContext, array: np.ndarray, slot: str, like: np.ndarray) -> Any:
+    """``array`` as a tensor of ``like``'s type; constant weights (read-only float32, the same
+    object every run) are converted once and kept."""
+    torch = _torch()
+    dtype = _onednn.torch_dtype(like.dtype)
     if array.flags.writeable:
-        return _onednn.as_tensor(array)
+        return _onednn.as_tensor(array).to(dtype)
     cached = ctx.cache.get(slot)
     if cached is None or cached[0] is not array:
-        cached = (array, _onednn.as_tensor(np.ascontiguousarray(array)))
+        tensor = _onednn.as_tensor(np.ascontiguousarray(array)).to(dtype)
+        cached = (array, tensor.contiguous(memory_format=torch.contiguous_format))
         ctx.cache[slot] = cached
     return cached[1]
 
@@ -192,7 +210,7 @@ def _fused_matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
                   bias: np.ndarray | None = None) -> np.ndarray:
     y = _matmul(ctx, a, b)
     if bias is not None:
-        y = _onednn.to_numpy(_onednn.as_tensor(y) + _weight(ctx, bias, "bias"))
+        y = _onednn.to_numpy(_onednn.as_tensor(y) + _weight(ctx, bias, "bias", y))
     return _activate(ctx, y)
 
 

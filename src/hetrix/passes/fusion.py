@@ -2,8 +2,8 @@
 
 * ``MatMul(A, W) + b`` with constant 2-D ``W`` and a constant bias along the last axis becomes
   ``Gemm(A, W, b)`` when ``A`` is known to be 2-D, else ``hetrix.FusedMatMul(A, W, b)``.
-* ``Conv(X, W, B) + Z`` (Add, or a two-input Sum, where Z has the conv output's shape and the conv
-  output no other reader) becomes ``hetrix.FusedConv(X, W, B, Z)``: the residual connection of
+* ``Conv(X, W, B) + Z`` (Add, or a two-input Sum, where Z is not known to broadcast and the conv
+  output has no other reader) becomes ``hetrix.FusedConv(X, W, B, Z)``: the residual connection of
   ResNet-style blocks, which oneDNN adds while the output is still in cache.  The activation that
   usually follows fuses next, by the rule below.
 * ``Conv``/``FusedConv`` (without activation)/``Gemm``/``MatMul``/``FusedMatMul`` followed by Relu, LeakyRelu, Clip, Sigmoid,
@@ -84,7 +84,7 @@ class MatMulAddRule(Rule):
 
 
 class ResidualAddRule(Rule):
-    """``Conv(X, W, B) + Z`` -> ``hetrix.FusedConv(X, W, B, Z)`` when Z has the output's shape."""
+    """``Conv(X, W, B) + Z`` -> ``hetrix.FusedConv(X, W, B, Z)`` unless Z provably broadcasts."""
 
     name = "Conv+Add"
     op_types = ("Add", "Sum")
@@ -118,8 +118,10 @@ class ResidualAddRule(Rule):
             return "the Conv output has other readers"
         if out.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16):
             return "not a floating-point output"
-        if residual.dtype != out.dtype or not _same_known_shape(out.shape, residual.shape):
-            return "the other operand does not have the Conv output's shape and type"
+        if residual.dtype != out.dtype:
+            return "the other operand does not have the Conv output's type"
+        if _known_different_shapes(out.shape, residual.shape):
+            return "the other operand broadcasts to the Conv output"
         return None
 
     def apply(self, match: tuple[ir.Node, ir.Node, ir.Value], ctx: RewriteContext) -> None:
@@ -139,16 +141,19 @@ class ResidualAddRule(Rule):
         _ir.replace(add, [conv, add], [fused], [add.outputs[0]], fused.outputs)
 
 
-def _same_known_shape(a: ir.Shape | None, b: ir.Shape | None) -> bool:
-    """Both shapes known, of one rank, each dim the same number or the same named symbol."""
-    if a is None or b is None or len(a) != len(b):
+def _known_different_shapes(a: ir.Shape | None, b: ir.Shape | None) -> bool:
+    """Whether the shapes are provably different.  Unknown dims (dynamic image sizes) do not
+    stop the fusion: the kernel adds a residual that turns out to broadcast separately."""
+    if a is None or b is None:
         return False
+    if len(a) != len(b):
+        return True
     for x, y in zip(a, b, strict=True):
         x_value = x if isinstance(x, int) else x.value
         y_value = y if isinstance(y, int) else y.value
-        if x_value is None or x_value != y_value:
-            return False
-    return True
+        if x_value is not None and y_value is not None and x_value != y_value:
+            return True
+    return False
 
 
 class ActivationFusionRule(Rule):

@@ -6,8 +6,9 @@ fast, and this module does all three:
 
 * **weights packed once.**  oneDNN wants weights in a blocked layout chosen for the input size;
   packing costs as much as a small convolution, so it happens on the first call of a node and the
-  packed tensor is kept in the node's cache (the weight array is the same object every run; a weight
-  computed at run time is packed per call, which is correct, only slower);
+  packed tensor is kept in the node's cache.  Only constant weights are kept (the plan's weights
+  are read-only arrays, the same object every run); a weight fed or computed at run time is
+  writable, may change in place, and is packed per call, which is correct, only slower;
 * **channels-last activations.**  oneDNN's fast float32 and bfloat16 kernels read and write NHWC.
   The output of one conv stays NHWC (the NumPy view handed to the next node has NHWC strides, which
   NumPy's ufuncs keep), so a chain of convs and elementwise ops never converts back and forth;
@@ -41,7 +42,7 @@ _UNARY_POST_OPS: dict[str, str] = {
 }
 """Hetrix activation name -> oneDNN post-op name in ``torch.ops.mkldnn._convolution_pointwise``."""
 
-_SUPPORTED_DTYPES = ("float32", "bfloat16")
+_SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def available() -> bool:
@@ -56,7 +57,7 @@ def can_run(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads_begin: list
         x.ndim == 4
         and w.ndim == 4
         and x.dtype.name in _SUPPORTED_DTYPES
-        and w.dtype == x.dtype
+        and (w.dtype == x.dtype or w.dtype == np.float32)  # float32 weights convert when packed
         and (b is None or b.shape == (w.shape[0],))
         and pads_begin == pads_end
         and min(pads_begin) >= 0
@@ -144,14 +145,21 @@ def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
     """The node's weight in oneDNN's blocked layout and its bias, packed on first use."""
     import torch
 
-    if cache.get("onednn_source") is w and cache.get("onednn_bias_source") is b:
+    if (
+        cache.get("onednn_source") is w
+        and cache.get("onednn_bias_source") is b
+        and cache.get("onednn_dtype") == xt.dtype
+    ):
         return cache["onednn_weight"], cache["onednn_bias"]
     weight = torch.ops.mkldnn._reorder_convolution_weight(
-        as_tensor(w).contiguous(), pads, strides, dilations, group, list(xt.shape)
+        as_tensor(w).to(xt.dtype).contiguous(), pads, strides, dilations, group, list(xt.shape)
     )
     bias = None if b is None else as_tensor(b).to(xt.dtype).contiguous()
-    # keep the sources: identity tells a constant weight (same object every run) from a computed one
-    cache.update(onednn_source=w, onednn_bias_source=b, onednn_weight=weight, onednn_bias=bias)
+    if not w.flags.writeable and (b is None or not b.flags.writeable):
+        # a constant (the plan's weights are read-only, the same object every run); a weight fed
+        # or computed at run time is writable, may change in place, and is packed on every call
+        cache.update(onednn_source=w, onednn_bias_source=b, onednn_dtype=xt.dtype,
+                     onednn_weight=weight, onednn_bias=bias)
     return weight, bias
 
 
@@ -208,6 +216,15 @@ def as_tensor(array: np.ndarray) -> Any:
     if array.dtype.name == "bfloat16":
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(array)
+
+
+def torch_dtype(dtype: np.dtype) -> Any:
+    """The torch dtype of a float NumPy dtype this module handles."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        dtype.name
+    ]
 
 
 def to_numpy(tensor: Any) -> np.ndarray:

@@ -1,0 +1,761 @@
+"""The oneDNN paths of the NumPy CPU backend, each test run with PyTorch's kernels and NumPy-only,
+against ONNX Runtime (with its graph optimizations off, so that it computes the model as written).
+
+What these paths add over plain NumPy, and so what the tests aim at:
+
+* ``hetrix.FusedConv`` applies its activation and its residual ``Z`` as oneDNN post-ops; the
+  activations oneDNN lacks (HardSigmoid) and residuals that only broadcast fall back to NumPy;
+* weights are packed once per node: the result must follow a weight fed anew each run, and input
+  shapes that change (batch and image size);
+* conv outputs are channels-last (NHWC-strided) views that flow into NumPy kernels (Concat,
+  Flatten, Slice, Split, ReduceMean...) and out to the caller;
+* PyTorch's pooling is used only where its geometry is ONNX's (pads, ceil_mode, dilations);
+* the Conv+Add fusion pass, on ResNet-50 and where it must not fire.
+
+The ``route`` fixture counts the oneDNN convolutions and PyTorch pools, so that a test meant for
+those paths fails when they quietly stop being taken (and that NumPy-only never takes them).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import hetrix
+from hetrix.backends.numpy_cpu.kernels import _library, _onednn, pool
+from hetrix.passes import optimize
+from hetrix.testing.models import light_model_randomized
+
+FLOAT = TensorProto.FLOAT
+
+
+# --------------------------------------------------------------------------- fixtures, helpers
+
+
+@dataclass
+class Route:
+    """The kernel library a test runs with, and what ran on the oneDNN paths."""
+
+    library: bool
+    convs: int = 0
+    """Calls of ``_onednn.conv2d``."""
+    pools: int = 0
+    """PyTorch pool results used (``pool._torch_pool`` calls that did not decline)."""
+    post_ops: list[str] = field(default_factory=list)
+    """The activation each oneDNN conv applied as its post-op ("" for none)."""
+    residuals: int = 0
+    """oneDNN convs handed the residual ``Z`` to add."""
+
+    def check_convs(self, onednn: bool = True) -> None:
+        """The oneDNN conv ran exactly when PyTorch is allowed and ``onednn`` says it should."""
+        if self.library and onednn:
+            assert self.convs > 0, "expected the oneDNN convolution to run"
+        else:
+            assert self.convs == 0, "expected the NumPy convolution only"
+
+
+@pytest.fixture(params=["library", "numpy-only"])
+def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Route:
+    """Run the test with PyTorch's kernels (oneDNN) and NumPy-only, counting oneDNN's calls."""
+    library = request.param == "library"
+    if library:
+        if _library.torch_functional() is None:
+            pytest.skip("PyTorch is not installed, or HETRIX_NUMPY_ONLY=1")
+    else:
+        monkeypatch.setattr(_library, "_FUNCTIONAL", False)
+    state = Route(library)
+    conv2d, torch_pool = _onednn.conv2d, pool._torch_pool
+
+    def counted_conv2d(*args: Any, **kwargs: Any) -> np.ndarray:
+        state.convs += 1
+        state.post_ops.append(kwargs.get("activation", ""))
+        state.residuals += kwargs.get("residual") is not None
+        return conv2d(*args, **kwargs)
+
+    def counted_pool(*args: Any, **kwargs: Any) -> np.ndarray | None:
+        result = torch_pool(*args, **kwargs)
+        state.pools += result is not None
+        return result
+
+    monkeypatch.setattr(_onednn, "conv2d", counted_conv2d)
+    monkeypatch.setattr(pool, "_torch_pool", counted_pool)
+    return state
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def f32(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def conv_weights(rng: np.random.Generator, prefix: str, w_shape: Sequence[int],
+                 bias: bool = True) -> dict[str, np.ndarray]:
+    """He-scaled weight (and bias) initializers ``<prefix>_w``/``<prefix>_b`` for a Conv."""
+    fan_in = int(np.prod(w_shape[1:]))
+    values = {f"{prefix}_w": f32(rng, *w_shape) * np.float32(np.sqrt(2.0 / fan_in))}
+    if bias:
+        values[f"{prefix}_b"] = f32(rng, w_shape[0]) * np.float32(0.1)
+    return values
+
+
+def conv(prefix: str, x: str, y: str, bias: bool = True, **attrs: Any) -> onnx.NodeProto:
+    """A Conv node reading the initializers of :func:`conv_weights`."""
+    inputs = [x, f"{prefix}_w"] + ([f"{prefix}_b"] if bias else [])
+    return helper.make_node("Conv", inputs, [y], **attrs)
+
+
+def make_model(
+    nodes: Sequence[onnx.NodeProto],
+    inputs: Mapping[str, Sequence[Any]],
+    outputs: Sequence[str],
+    initializers: dict[str, np.ndarray] | None = None,
+    opset: int = 17,
+    int64_outputs: Sequence[str] = (),
+    hetrix_domain: bool = False,
+) -> onnx.ModelProto:
+    """A one-graph model with float32 inputs; outputs are float32 unless named in int64_outputs."""
+    graph = helper.make_graph(
+        list(nodes),
+        "test",
+        [helper.make_tensor_value_info(name, FLOAT, list(shape)) for name, shape in inputs.items()],
+        [helper.make_tensor_value_info(name, TensorProto.INT64 if name in int64_outputs else FLOAT,
+                                       None) for name in outputs],
+        [numpy_helper.from_array(np.asarray(v), name) for name, v in (initializers or {}).items()],
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    if hetrix_domain:
+        opsets.append(helper.make_opsetid("hetrix", 1))
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+class Compared:
+    """One model opened in Hetrix and in ONNX Runtime; :meth:`check` runs both on one feed."""
+
+    def __init__(self, model: onnx.ModelProto, level: int = 99,
+                 reference: onnx.ModelProto | None = None) -> None:
+        options = hetrix.SessionOptions(graph_optimization_level=level)
+        self.ours = hetrix.InferenceSession(model, options)
+        ort_options = ort.SessionOptions()
+        ort_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.theirs = ort.InferenceSession((reference or model).SerializeToString(), ort_options,
+                                           providers=["CPUExecutionProvider"])
+
+    def count(self, rule: str) -> int:
+        """How often the graph passes applied ``rule`` (e.g. "Conv+Add") in Hetrix's session."""
+        return self.ours.get_optimization_report().count(rule)
+
+    def check(self, feeds: dict[str, np.ndarray], rtol: float = 1e-4) -> list[np.ndarray]:
+        """Hetrix's outputs, after checking them against ORT's and that no feed was written to."""
+        before = {name: value.copy() for name, value in feeds.items()}
+        ours = self.ours.run(None, feeds)
+        theirs = self.theirs.run(None, feeds)
+        assert_outputs_close(ours, theirs, rtol)
+        for name, value in feeds.items():
+            np.testing.assert_array_equal(value, before[name], err_msg=f"feed {name!r} changed")
+        return ours
+
+
+def assert_outputs_close(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray],
+                         rtol: float = 1e-4) -> None:
+    """Same shapes and dtypes; floats within rtol, and rtol of the output's scale near zero."""
+    assert len(ours) == len(theirs)
+    for index, (actual, expected) in enumerate(zip(ours, theirs, strict=True)):
+        assert actual.shape == expected.shape and actual.dtype == expected.dtype, index
+        if expected.dtype.kind in "iu":
+            np.testing.assert_array_equal(actual, expected, err_msg=f"output {index}")
+            continue
+        scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale,
+                                   err_msg=f"output {index}")
+
+
+# --------------------------------------------------------------------------- 1. fused convs
+
+X_SHAPE = (2, 8, 10, 10)
+W_SHAPE = (8, 8, 3, 3)
+PAD1: dict[str, Any] = {"pads": [1, 1, 1, 1]}
+
+class Activation(NamedTuple):
+    """An activation node after a Conv, and what oneDNN is to make of it."""
+
+    op: str
+    post_op: str
+    """The Hetrix activation oneDNN applies as a post-op ("" when NumPy applies it after)."""
+    attrs: dict[str, Any] = {}
+    extra_inputs: tuple[str, ...] = ()
+    constants: dict[str, np.ndarray] = {}
+    opset: int = 17
+
+    def node(self, x: str, y: str) -> onnx.NodeProto:
+        return helper.make_node(self.op, [x, *self.extra_inputs], [y], **self.attrs)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "Relu": Activation("Relu", "Relu"),
+    "Clip_0_6": Activation("Clip", "Clip", extra_inputs=("lo", "hi"),
+                           constants={"lo": np.float32(0), "hi": np.float32(6)}),
+    "Clip_min_only": Activation("Clip", "Clip", extra_inputs=("lo",),
+                                constants={"lo": np.float32(-0.25)}),
+    "Clip_max_only": Activation("Clip", "Clip", extra_inputs=("", "hi"),
+                                constants={"hi": np.float32(0.5)}),
+    "Clip_attributes": Activation("Clip", "Clip", {"min": -0.5, "max": 0.75}, opset=10),
+    "LeakyRelu": Activation("LeakyRelu", "LeakyRelu", {"alpha": 0.2}),
+    "LeakyRelu_default_alpha": Activation("LeakyRelu", "LeakyRelu"),
+    "Sigmoid": Activation("Sigmoid", "Sigmoid"),
+    "Tanh": Activation("Tanh", "Tanh"),
+    "HardSigmoid": Activation("HardSigmoid", "", {"alpha": 0.3, "beta": 0.4}),
+    "Gelu": Activation("Gelu", "Gelu", opset=20),
+    "Gelu_tanh": Activation("Gelu", "GeluTanh", {"approximate": "tanh"}, opset=20),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_conv_activation_matches_onnxruntime(name: str, route: Route,
+                                             rng: np.random.Generator) -> None:
+    act = ACTIVATIONS[name]
+    model = make_model(
+        [conv("c", "x", "c", **PAD1), act.node("c", "y")], {"x": X_SHAPE}, ["y"],
+        {**conv_weights(rng, "c", W_SHAPE), **act.constants}, opset=act.opset,
+    )
+    compared = Compared(model)
+    compared.check({"x": f32(rng, *X_SHAPE)})
+    assert compared.count("activation fusion") == 1
+    route.check_convs()
+    assert route.post_ops == ([act.post_op] if route.library else [])
+
+
+@pytest.mark.parametrize("name", ["Relu", "Clip_0_6", "HardSigmoid", "Gelu"])
+def test_conv_residual_activation_matches_onnxruntime(name: str, route: Route,
+                                                      rng: np.random.Generator) -> None:
+    """act(Conv + Z): oneDNN adds Z; the activation is a post-op after it, or NumPy's (which
+    ones oneDNN takes after a residual is the kernel's choice, not checked here)."""
+    act = ACTIVATIONS[name]
+    nodes = [conv("c", "x", "c", **PAD1), helper.make_node("Add", ["c", "z"], ["s"]),
+             act.node("s", "y")]
+    model = make_model(nodes, {"x": X_SHAPE, "z": X_SHAPE}, ["y"],
+                       {**conv_weights(rng, "c", W_SHAPE), **act.constants}, opset=act.opset)
+    compared = Compared(model)
+    compared.check({"x": f32(rng, *X_SHAPE), "z": f32(rng, *X_SHAPE)})
+    assert compared.count("Conv+Add") == 1 and compared.count("activation fusion") == 1
+    route.check_convs()
+    assert route.residuals == (1 if route.library else 0)
+
+
+RESIDUALS: dict[str, tuple[list[onnx.NodeProto], bool, list[int], int]] = {
+    # name: (nodes after the conv "c" and the addend "z", Conv bias, z's shape, Conv+Add rewrites)
+    "add_relu": ([helper.make_node("Add", ["c", "z"], ["s"]),
+                  helper.make_node("Relu", ["s"], ["y"])], True, list(X_SHAPE), 1),
+    "add_conv_second": ([helper.make_node("Add", ["z", "c"], ["s"]),
+                         helper.make_node("Relu", ["s"], ["y"])], True, list(X_SHAPE), 1),
+    "sum_relu": ([helper.make_node("Sum", ["c", "z"], ["s"]),
+                  helper.make_node("Relu", ["s"], ["y"])], True, list(X_SHAPE), 1),
+    "add_no_bias": ([helper.make_node("Add", ["c", "z"], ["y"])], False, list(X_SHAPE), 1),
+    "add_no_activation": ([helper.make_node("Add", ["c", "z"], ["y"])], True, list(X_SHAPE), 1),
+    # an addend that broadcasts is no residual: the pass leaves it to Add
+    "add_broadcast_channels": ([helper.make_node("Add", ["c", "z"], ["s"]),
+                                helper.make_node("Relu", ["s"], ["y"])], True, [1, 8, 1, 1], 0),
+    "add_broadcast_batch": ([helper.make_node("Add", ["c", "z"], ["y"])], True, [1, 8, 10, 10], 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESIDUALS))
+def test_conv_add_matches_onnxruntime(name: str, route: Route, rng: np.random.Generator) -> None:
+    after, bias, z_shape, rewrites = RESIDUALS[name]
+    model = make_model([conv("c", "x", "c", bias=bias, **PAD1), *after],
+                       {"x": X_SHAPE, "z": z_shape}, ["y"], conv_weights(rng, "c", W_SHAPE, bias))
+    compared = Compared(model)
+    compared.check({"x": f32(rng, *X_SHAPE), "z": f32(rng, *z_shape)})
+    assert compared.count("Conv+Add") == rewrites
+    route.check_convs()
+
+
+@pytest.mark.parametrize("activation", ["", "Relu", "HardSigmoid"])
+def test_fused_conv_with_broadcast_residual(activation: str, route: Route,
+                                            rng: np.random.Generator) -> None:
+    """hetrix.FusedConv(X, W, B, Z) with a Z that only broadcasts (the pass never builds one, but
+    the kernel accepts it): NumPy adds Z, then applies the activation; ORT runs the ONNX ops."""
+    z_shape = [1, 8, 1, 1]
+    hard_sigmoid = activation == "HardSigmoid"
+    params: dict[str, Any] = {"activation_params": [0.3, 0.4]} if hard_sigmoid else {}
+    fused = helper.make_node("FusedConv", ["x", "c_w", "c_b", "z"], ["y"], domain="hetrix",
+                             activation=activation, **params, **PAD1)
+    reference_nodes = [conv("c", "x", "c", **PAD1), helper.make_node("Add", ["c", "z"], ["s"])]
+    if activation:
+        attrs: dict[str, Any] = {"alpha": 0.3, "beta": 0.4} if hard_sigmoid else {}
+        reference_nodes.append(helper.make_node(activation, ["s"], ["y"], **attrs))
+    else:
+        reference_nodes.append(helper.make_node("Identity", ["s"], ["y"]))
+    weights = conv_weights(rng, "c", W_SHAPE)
+    inputs = {"x": X_SHAPE, "z": z_shape}
+    model = make_model([fused], inputs, ["y"], weights, hetrix_domain=True)
+    reference = make_model(reference_nodes, inputs, ["y"], weights)
+    Compared(model, reference=reference).check({"x": f32(rng, *X_SHAPE), "z": f32(rng, *z_shape)})
+    route.check_convs()
+
+
+def test_residual_read_by_a_later_node_is_unchanged(route: Route,
+                                                    rng: np.random.Generator) -> None:
+    """Z is itself a (channels-last) conv output that another node reads after the fused conv:
+    the residual post-op must not write into it."""
+    nodes = [
+        conv("a", "x", "z", **PAD1),
+        conv("b", "z", "c", **PAD1),
+        helper.make_node("Add", ["c", "z"], ["s"]),
+        helper.make_node("Relu", ["s"], ["y"]),
+        helper.make_node("Mul", ["z", "two"], ["z2"]),
+    ]
+    weights = {**conv_weights(rng, "a", W_SHAPE), **conv_weights(rng, "b", W_SHAPE),
+               "two": np.float32(2)}
+    compared = Compared(make_model(nodes, {"x": X_SHAPE}, ["y", "z2"], weights))
+    compared.check({"x": f32(rng, *X_SHAPE)})
+    assert compared.count("Conv+Add") == 1
+    route.check_convs()
+
+
+GEOMETRIES: dict[str, tuple[tuple[int, ...], tuple[int, ...], dict[str, Any], bool]] = {
+    # name: (x shape, w shape, Conv attributes, runs on oneDNN (symmetric pads only))
+    "grouped": ((2, 8, 10, 10), (12, 4, 3, 3), {"group": 2, **PAD1}, True),
+    "depthwise": ((2, 8, 10, 10), (8, 1, 3, 3), {"group": 8, **PAD1}, True),
+    "depthwise_multiplier": ((1, 4, 9, 9), (8, 1, 3, 3), {"group": 4, **PAD1}, True),
+    "strided": ((2, 8, 11, 11), (8, 8, 3, 3), {"strides": [2, 2], **PAD1}, True),
+    "strided_rectangular": ((1, 8, 10, 12), (8, 8, 3, 1), {"strides": [2, 1],
+                                                           "pads": [1, 0, 1, 0]}, True),
+    "dilated": ((2, 8, 12, 12), (8, 8, 3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}, True),
+    "pointwise_strided": ((2, 8, 10, 10), (16, 8, 1, 1), {"strides": [2, 2]}, True),
+    "stem_7x7": ((1, 3, 20, 20), (8, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}, True),
+    "no_padding_5x5": ((1, 8, 12, 12), (8, 8, 5, 5), {}, True),
+    "same_upper_s1": ((1, 8, 10, 10), (8, 8, 3, 3), {"auto_pad": "SAME_UPPER"}, True),
+    # asymmetric pads keep the NumPy kernel
+    "asymmetric_pads": ((2, 8, 10, 10), (8, 8, 3, 3), {"pads": [0, 1, 1, 2]}, False),
+    "same_upper_s2": ((1, 8, 10, 10), (8, 8, 3, 3), {"auto_pad": "SAME_UPPER",
+                                                     "strides": [2, 2]}, False),
+    # other ranks keep it too, residual and all
+    "conv1d": ((2, 8, 20), (8, 8, 3), {"pads": [1, 1]}, False),
+    "conv3d": ((1, 4, 6, 6, 6), (4, 4, 3, 3, 3), {"pads": [1] * 6}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_conv_geometry_with_residual_and_relu(name: str, route: Route,
+                                              rng: np.random.Generator) -> None:
+    """Relu(ConvA(x) + ConvB(x)) for each geometry: one conv fuses the other's (channels-last)
+    output as its residual, then the Relu."""
+    x_shape, w_shape, attrs, onednn = GEOMETRIES[name]
+    nodes = [
+        conv("a", "x", "a", **attrs),
+        conv("b", "x", "b", bias=False, **attrs),
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    weights = {**conv_weights(rng, "a", w_shape), **conv_weights(rng, "b", w_shape, bias=False)}
+    compared = Compared(make_model(nodes, {"x": x_shape}, ["y"], weights))
+    compared.check({"x": f32(rng, *x_shape)})
+    assert compared.count("Conv+Add") == 1 and compared.count("activation fusion") == 1
+    route.check_convs(onednn)
+
+
+def _conv_with_weight_input() -> onnx.ModelProto:
+    """Relu(Conv(x, w, b)) with the weight a graph input, fed anew each run."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **PAD1),
+             helper.make_node("Relu", ["c"], ["y"])]
+    bias = np.linspace(-0.5, 0.5, W_SHAPE[0], dtype=np.float32)
+    return make_model(nodes, {"x": X_SHAPE, "w": W_SHAPE}, ["y"], {"b": bias})
+
+
+def test_weight_fed_as_input_follows_each_run(route: Route, rng: np.random.Generator) -> None:
+    """The packed weight is reused only while it is the same array: a new one repacks."""
+    compared = Compared(_conv_with_weight_input())
+    x = f32(rng, *X_SHAPE)
+    first, second = f32(rng, *W_SHAPE), f32(rng, *W_SHAPE)
+    for w in (first, second, first, second.copy()):
+        compared.check({"x": x, "w": w})
+    route.check_convs()
+
+
+def test_weight_fed_as_input_changed_in_place(route: Route, rng: np.random.Generator) -> None:
+    """The caller writes new values into the same weight array between runs (a reused buffer):
+    ORT reads the new values, so must Hetrix (only read-only constants keep a packed copy)."""
+    compared = Compared(_conv_with_weight_input())
+    x, w = f32(rng, *X_SHAPE), f32(rng, *W_SHAPE)
+    compared.check({"x": x, "w": w})
+    w *= np.float32(-2)
+    compared.check({"x": x, "w": w})
+
+
+DYNAMIC: dict[str, tuple[list[Any], list[tuple[int, int, int]], int]] = {
+    # name: (x and z dims, (batch, height, width) of each run, Conv+Add rewrites)
+    "batch": (["N", 8, 10, 10], [(1, 10, 10), (3, 10, 10), (1, 10, 10), (3, 10, 10),
+                                 (1, 10, 10)], 1),
+    # the conv's output shape is unknown to the pass, which then leaves the Add alone
+    "batch_and_image": (["N", 8, "H", "W"], [(1, 10, 10), (3, 10, 10), (2, 7, 13),
+                                             (1, 16, 16), (1, 10, 10)], 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DYNAMIC))
+def test_dynamic_shapes_reuse_packed_weights(name: str, route: Route,
+                                             rng: np.random.Generator) -> None:
+    """Weights are packed for the first input shape; later batches and image sizes (and shape
+    specialization, from the third run of a shape) must still be exact."""
+    dims, runs, rewrites = DYNAMIC[name]
+    nodes = [
+        conv("a", "x", "a", **PAD1),
+        helper.make_node("Add", ["a", "z"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r"]),
+        conv("b", "r", "b", strides=[2, 2], **PAD1),
+        helper.make_node("Sigmoid", ["b"], ["y"]),
+    ]
+    weights = {**conv_weights(rng, "a", W_SHAPE), **conv_weights(rng, "b", (4, 8, 3, 3))}
+    compared = Compared(make_model(nodes, {"x": dims, "z": dims}, ["y"], weights))
+    assert compared.count("Conv+Add") == rewrites
+    for batch, height, width in runs:
+        shape = (batch, 8, height, width)
+        compared.check({"x": f32(rng, *shape), "z": f32(rng, *shape)})
+    route.check_convs()
+
+
+# --------------------------------------------------------------------------- 2. NHWC outputs
+
+
+def _chain(rng: np.random.Generator, after: list[onnx.NodeProto], outputs: list[str],
+           constants: dict[str, np.ndarray] | None = None,
+           ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x [2, 8, 6, 6] -> Relu(Conv 3x3) "c" (channels-last on oneDNN) -> ``after``; weights
+    ``d_*`` (8 -> 8), ``e_*`` (4 -> 6) and ``k_*`` (16 -> 4) are there for the nodes after."""
+    weights = {
+        **conv_weights(rng, "c", (8, 8, 3, 3)),
+        **conv_weights(rng, "d", (8, 8, 3, 3)),
+        **conv_weights(rng, "e", (6, 4, 3, 3)),
+        **conv_weights(rng, "k", (4, 16, 1, 1)),
+        **(constants or {}),
+    }
+    nodes = [conv("c", "x", "c0", **PAD1), helper.make_node("Relu", ["c0"], ["c"]), *after]
+    model = make_model(nodes, {"x": [2, 8, 6, 6]}, outputs, weights)
+    return model, {"x": f32(rng, 2, 8, 6, 6)}
+
+
+def _i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+CHAINS: dict[str, Callable[[np.random.Generator], tuple[list[onnx.NodeProto], list[str],
+                                                        dict[str, np.ndarray]]]] = {
+    "concat_channels_then_conv": lambda rng: (
+        [conv("d", "x", "d", **PAD1), helper.make_node("Concat", ["c", "d"], ["cat"], axis=1),
+         conv("k", "cat", "y")], ["y", "cat"], {}),
+    "concat_negative_axis": lambda rng: (
+        [conv("d", "x", "d", **PAD1), helper.make_node("Concat", ["d", "c"], ["y"], axis=-3)],
+        ["y"], {}),
+    "concat_with_plain_input": lambda rng: (
+        [helper.make_node("Concat", ["c", "x"], ["cat"], axis=1), conv("k", "cat", "y")],
+        ["y"], {}),
+    "concat_spatial": lambda rng: (
+        [conv("d", "x", "d", **PAD1), helper.make_node("Concat", ["c", "d"], ["y"], axis=3)],
+        ["y"], {}),
+    "flatten_gemm": lambda rng: (
+        [helper.make_node("Flatten", ["c"], ["f"], axis=1),
+         helper.make_node("Gemm", ["f", "g_w", "g_b"], ["y"])],
+        ["y"], {"g_w": f32(rng, 8 * 6 * 6, 5), "g_b": f32(rng, 5)}),
+    "transpose_nhwc": lambda rng: (
+        [helper.make_node("Transpose", ["c"], ["y"], perm=[0, 2, 3, 1])], ["y"], {}),
+    "transpose_swap_hw": lambda rng: (
+        [helper.make_node("Transpose", ["c"], ["t"], perm=[0, 1, 3, 2]),
+         conv("d", "t", "y", **PAD1)], ["y"], {}),
+    "reshape_then_matmul": lambda rng: (
+        [helper.make_node("Reshape", ["c", "shape"], ["r"]),
+         helper.make_node("MatMul", ["r", "m"], ["y"])],
+        ["y"], {"shape": _i64(2, 8, 36), "m": f32(rng, 36, 3)}),
+    "reshape_flat": lambda rng: (
+        [helper.make_node("Reshape", ["c", "shape"], ["y"])], ["y"], {"shape": _i64(-1)}),
+    "slice_channels_then_conv": lambda rng: (
+        [helper.make_node("Slice", ["c", "s0", "s1", "ax"], ["s"]), conv("e", "s", "y", **PAD1)],
+        ["y", "s"], {"s0": _i64(2), "s1": _i64(6), "ax": _i64(1)}),
+    "slice_reversed_width_then_conv": lambda rng: (
+        [helper.make_node("Slice", ["c", "s0", "s1", "ax", "st"], ["s"]),
+         conv("d", "s", "y", **PAD1)],
+        ["y"], {"s0": _i64(-1), "s1": _i64(-100), "ax": _i64(3), "st": _i64(-1)}),
+    "slice_strided_spatial": lambda rng: (
+        [helper.make_node("Slice", ["c", "s0", "s1", "ax", "st"], ["y"])],
+        ["y"], {"s0": _i64(1, 0), "s1": _i64(6, 5), "ax": _i64(2, 3), "st": _i64(2, 2)}),
+    "split_channels": lambda rng: (
+        [helper.make_node("Split", ["c", "sizes"], ["p", "q"], axis=1),
+         conv("e", "q", "y", **PAD1)],
+        ["p", "q", "y"], {"sizes": _i64(4, 4)}),
+    "reduce_mean_spatial": lambda rng: (
+        [helper.make_node("ReduceMean", ["c"], ["y"], axes=[2, 3], keepdims=1)], ["y"], {}),
+    "reduce_mean_channels": lambda rng: (
+        [helper.make_node("ReduceMean", ["c"], ["y"], axes=[1], keepdims=0)], ["y"], {}),
+    "softmax_channels": lambda rng: (
+        [helper.make_node("Softmax", ["c"], ["y"], axis=1)], ["y"], {}),
+    "swish_then_conv": lambda rng: (
+        [helper.make_node("Sigmoid", ["c"], ["g"]), helper.make_node("Mul", ["c", "g"], ["m"]),
+         conv("d", "m", "y", **PAD1)], ["y"], {}),
+    "add_plain_input_then_conv": lambda rng: (
+        [helper.make_node("Add", ["x", "c"], ["a"]), conv("d", "a", "y", **PAD1)], ["y"], {}),
+    "pad_then_conv": lambda rng: (
+        [helper.make_node("Pad", ["c", "pads"], ["p"]), conv("d", "p", "y")],
+        ["y"], {"pads": _i64(0, 0, 1, 1, 0, 0, 1, 1)}),
+    "conv_output_is_graph_output": lambda rng: ([], ["c"], {}),
+    "plain_conv_output_is_graph_output": lambda rng: ([], ["c0", "c"], {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_channels_last_output_feeds_numpy_ops(name: str, route: Route,
+                                              rng: np.random.Generator) -> None:
+    after, outputs, constants = CHAINS[name](rng)
+    model, feeds = _chain(rng, after, outputs, constants)
+    ours = Compared(model).check(feeds)
+    for value in ours:  # what the caller gets is a plain array it may write to
+        assert isinstance(value, np.ndarray) and value.flags.writeable
+    route.check_convs()
+
+
+# --------------------------------------------------------------------------- 3. pools
+
+MAX_POOLS: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {
+    # name: (spatial size, MaxPool attributes)
+    "k3_s2_p1": ((11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "k2_s2": ((10, 10), {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "k1_s2": ((10, 10), {"kernel_shape": [1, 1], "strides": [2, 2]}),
+    "k3_s2_ceil": ((10, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    "k3_s2_p1_ceil": ((10, 10), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                 "pads": [1, 1, 1, 1], "ceil_mode": 1}),
+    "k2_s2_ceil_odd": ((11, 9), {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    "dilated": ((11, 11), {"kernel_shape": [3, 3], "dilations": [2, 2]}),
+    "dilated_p1_ceil": ((11, 11), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                   "dilations": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}),
+    "same_upper_odd": ((11, 11), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                  "auto_pad": "SAME_UPPER"}),
+    "same_upper_even": ((10, 10), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                   "auto_pad": "SAME_UPPER"}),
+    "same_lower_even": ((10, 10), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                   "auto_pad": "SAME_LOWER"}),
+    "pads_end_only": ((10, 10), {"kernel_shape": [3, 3], "pads": [0, 0, 1, 1]}),
+    "pads_begin_only": ((10, 10), {"kernel_shape": [3, 3], "pads": [1, 1, 0, 0]}),
+    "pads_mixed": ((10, 9), {"kernel_shape": [3, 3], "strides": [2, 1], "pads": [1, 0, 0, 1]}),
+    "pads_asymmetric_ceil": ((10, 10), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                        "pads": [0, 1, 1, 0], "ceil_mode": 1}),
+    "pads_over_half_kernel": ((10, 10), {"kernel_shape": [3, 3], "pads": [2, 2, 2, 2]}),
+    "rectangular": ((10, 12), {"kernel_shape": [2, 3], "strides": [2, 1],
+                               "pads": [1, 1, 1, 1]}),
+}
+
+AVERAGE_POOLS: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {
+    "k3_s1_p1_exclude": ((10, 10), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    "k3_s1_p1_include": ((10, 10), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
+                                    "count_include_pad": 1}),
+    "k3_s2_p1_exclude": ((11, 11), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                    "pads": [1, 1, 1, 1]}),
+    "k3_s2_p1_include": ((11, 11), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                    "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+    "k2_s2": ((10, 10), {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "k2_s2_ceil_odd": ((11, 11), {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    "k3_s2_p1_ceil_exclude": ((10, 10), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                         "pads": [1, 1, 1, 1], "ceil_mode": 1}),
+    "k3_s2_p1_ceil_include": ((10, 10), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                         "pads": [1, 1, 1, 1], "ceil_mode": 1,
+                                         "count_include_pad": 1}),
+    "k3_s2_ceil_exact": ((11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    "pads_asymmetric_exclude": ((10, 10), {"kernel_shape": [3, 3], "pads": [0, 0, 1, 1]}),
+    "pads_asymmetric_include": ((10, 10), {"kernel_shape": [3, 3], "pads": [0, 0, 1, 1],
+                                           "count_include_pad": 1}),
+    "same_upper_even": ((10, 10), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                   "auto_pad": "SAME_UPPER"}),
+    "dilated": ((11, 11), {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [1, 1, 1, 1]}),
+    "rectangular": ((9, 12), {"kernel_shape": [3, 2], "strides": [1, 2], "pads": [1, 1, 1, 1]}),
+}
+
+
+def _pool_model(rng: np.random.Generator, op: str, size: tuple[int, int], attrs: dict[str, Any],
+                source: str, outputs: Sequence[str] = ("y",), opset: int = 19,
+                ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``op`` on x [2, 8, *size] as fed ("plain", C-ordered) or on a 1x1 Conv's output
+    ("conv", channels-last on oneDNN); ``outputs`` name the pool's outputs."""
+    shape = (2, 8, *size)
+    nodes = [helper.make_node(op, ["p"], list(outputs), **attrs)]
+    weights: dict[str, np.ndarray] = {}
+    if source == "conv":
+        nodes.insert(0, conv("c", "x", "p"))
+        weights = conv_weights(rng, "c", (8, 8, 1, 1))
+    else:
+        nodes.insert(0, helper.make_node("Identity", ["x"], ["p"]))
+    model = make_model(nodes, {"x": shape}, list(outputs), weights, opset=opset,
+                       int64_outputs=[name for name in outputs if name == "indices"])
+    return model, {"x": f32(rng, *shape)}
+
+
+@pytest.mark.parametrize("source", ["plain", "conv"])
+@pytest.mark.parametrize("name", sorted(MAX_POOLS))
+def test_max_pool_matches_onnxruntime(name: str, source: str, route: Route,
+                                      rng: np.random.Generator) -> None:
+    size, attrs = MAX_POOLS[name]
+    model, feeds = _pool_model(rng, "MaxPool", size, attrs, source)
+    Compared(model).check(feeds)
+
+
+@pytest.mark.parametrize("storage_order", [0, 1])
+@pytest.mark.parametrize("source", ["plain", "conv"])
+@pytest.mark.parametrize("name", ["k3_s2_p1", "k2_s2_ceil_odd", "pads_mixed", "dilated"])
+def test_max_pool_with_indices_matches_onnxruntime(name: str, source: str, storage_order: int,
+                                                   route: Route,
+                                                   rng: np.random.Generator) -> None:
+    size, attrs = MAX_POOLS[name]
+    attrs = {**attrs, "storage_order": storage_order}
+    model, feeds = _pool_model(rng, "MaxPool", size, attrs, source, outputs=("y", "indices"))
+    Compared(model).check(feeds)
+    assert route.pools == 0  # PyTorch's indices are not ONNX's: the NumPy kernel runs
+
+
+@pytest.mark.parametrize("source", ["plain", "conv"])
+@pytest.mark.parametrize("name", sorted(AVERAGE_POOLS))
+def test_average_pool_matches_onnxruntime(name: str, source: str, route: Route,
+                                          rng: np.random.Generator) -> None:
+    size, attrs = AVERAGE_POOLS[name]
+    model, feeds = _pool_model(rng, "AveragePool", size, attrs, source)
+    Compared(model).check(feeds)
+
+
+@pytest.mark.parametrize(("op", "name"), [("MaxPool", "k3_s2_p1"), ("MaxPool", "pads_mixed"),
+                                          ("AveragePool", "k3_s1_p1_include")])
+def test_common_pools_run_on_pytorch(op: str, name: str, route: Route,
+                                     rng: np.random.Generator) -> None:
+    """The ResNet/Inception geometries do take PyTorch's pooling when it is there."""
+    size, attrs = (MAX_POOLS if op == "MaxPool" else AVERAGE_POOLS)[name]
+    model, feeds = _pool_model(rng, op, size, attrs, "conv")
+    Compared(model).check(feeds)
+    assert route.pools == (1 if route.library else 0)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 8, 7, 7), (2, 8, 1, 1), (2, 8, 5, 9), (2, 8, 12), (1, 4, 3, 4, 5)]
+)
+@pytest.mark.parametrize("source", ["plain", "conv"])
+def test_global_average_pool_matches_onnxruntime(shape: tuple[int, ...], source: str,
+                                                 route: Route,
+                                                 rng: np.random.Generator) -> None:
+    if source == "conv" and len(shape) != 4:
+        pytest.skip("the channels-last source is a 2-D conv")
+    nodes = [helper.make_node("GlobalAveragePool", ["p"], ["y"])]
+    weights: dict[str, np.ndarray] = {}
+    if source == "conv":
+        nodes.insert(0, conv("c", "x", "p"))
+        weights = conv_weights(rng, "c", (shape[1], shape[1], 1, 1))
+    else:
+        nodes.insert(0, helper.make_node("Identity", ["x"], ["p"]))
+    model = make_model(nodes, {"x": shape}, ["y"], weights)
+    Compared(model).check({"x": f32(rng, *shape)})
+
+
+def test_pool_after_conv_then_conv(route: Route, rng: np.random.Generator) -> None:
+    """A ResNet stem: Conv 7x7/2 + Relu -> MaxPool 3x3/2 -> Conv + Add + Relu -> GlobalAveragePool
+    -> Flatten -> Gemm: the channels-last layout runs through every kernel on the way."""
+    nodes = [
+        conv("s", "x", "s0", strides=[2, 2], pads=[3, 3, 3, 3]),
+        helper.make_node("Relu", ["s0"], ["s"]),
+        helper.make_node("MaxPool", ["s"], ["m"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        conv("a", "m", "a", **PAD1),
+        helper.make_node("Add", ["a", "m"], ["r0"]),
+        helper.make_node("Relu", ["r0"], ["r"]),
+        helper.make_node("AveragePool", ["r"], ["v"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["v"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1),
+    ]
+    weights = {**conv_weights(rng, "s", (8, 3, 7, 7)), **conv_weights(rng, "a", (8, 8, 3, 3)),
+               "fc_w": f32(rng, 10, 8), "fc_b": f32(rng, 10)}
+    compared = Compared(make_model(nodes, {"x": [2, 3, 32, 32]}, ["y", "r"], weights))
+    compared.check({"x": f32(rng, 2, 3, 32, 32)})
+    assert compared.count("Conv+Add") == 1
+    route.check_convs()
+    assert route.pools == (2 if route.library else 0)
+
+
+# --------------------------------------------------------------------------- 4. the fusion pass
+
+
+@functools.lru_cache(maxsize=1)
+def _resnet50() -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[np.ndarray]]:
+    """light ResNet-50 with random weights, its input, and ORT's outputs (computed once)."""
+    model, feeds = light_model_randomized("resnet50")
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return model, feeds, reference.run(None, feeds)
+
+
+def test_resnet50_fuses_each_residual_add_and_its_relu() -> None:
+    model, _, _ = _resnet50()
+    ir_model = ir.serde.deserialize_model(model)
+    report = optimize(ir_model, 99)
+    assert report.count("Conv+Add") == 16  # one per bottleneck block
+    residual_convs = [
+        n for n in ir_model.graph
+        if n.op_type == "FusedConv" and len(n.inputs) == 4 and n.inputs[3] is not None
+    ]
+    assert len(residual_convs) == 16
+    assert all(n.attributes["activation"].value == "Relu" for n in residual_convs)
+    assert not any(n.op_type in ("Add", "Sum") for n in ir_model.graph)
+
+
+def test_resnet50_level99_equals_level0_and_onnxruntime(route: Route) -> None:
+    model, feeds, expected = _resnet50()
+    optimized = hetrix.InferenceSession(model).run(None, feeds)
+    plain = hetrix.InferenceSession(
+        model, hetrix.SessionOptions(graph_optimization_level=0)).run(None, feeds)
+    assert_outputs_close(optimized, expected)
+    assert_outputs_close(plain, expected)
+    assert_outputs_close(optimized, plain)
+    route.check_convs()
+
+
+def _fusion_case(rng: np.random.Generator, after: list[onnx.NodeProto], outputs: list[str],
+                 ) -> tuple[Compared, dict[str, np.ndarray]]:
+    """Conv "c" of x [1, 8, 6, 6], then ``after`` (which may read z and z2, shaped like c)."""
+    shape = [1, 8, 6, 6]
+    model = make_model([conv("c", "x", "c", **PAD1), *after], {"x": shape, "z": shape, "z2": shape},
+                       outputs, conv_weights(rng, "c", W_SHAPE))
+    feeds = {name: f32(rng, *shape) for name in ("x", "z", "z2")}
+    return Compared(model), feeds
+
+
+NOT_FUSED: dict[str, tuple[list[onnx.NodeProto], list[str]]] = {
+    # the conv output read by two nodes: fusing would lose the plain conv value
+    "conv_output_read_twice": ([helper.make_node("Add", ["c", "z"], ["y"]),
+                                helper.make_node("Relu", ["c"], ["y2"])], ["y", "y2"]),
+    "conv_output_is_graph_output": ([helper.make_node("Add", ["c", "z"], ["y"])], ["y", "c"]),
+    # act(conv) + z is not act(conv + z)
+    "activation_before_add": ([helper.make_node("Relu", ["c"], ["r"]),
+                               helper.make_node("Add", ["r", "z"], ["y"])], ["y"]),
+    "sum_of_three": ([helper.make_node("Sum", ["c", "z", "z2"], ["y"])], ["y"]),
+    "sub_is_not_add": ([helper.make_node("Sub", ["c", "z"], ["y"])], ["y"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_FUSED))
+def test_conv_add_not_fused(name: str, route: Route, rng: np.random.Generator) -> None:
+    after, outputs = NOT_FUSED[name]
+    compared, feeds = _fusion_case(rng, after, outputs)
+    compared.check(feeds)
+    assert compared.count("Conv+Add") == 0
+
+
+def test_second_add_after_a_fused_residual_stays_an_add(route: Route,
+                                                        rng: np.random.Generator) -> None:
+    """(conv + z) + z2: the first Add fuses; the fused conv takes no second residual."""
+    after = [helper.make_node("Add", ["c", "z"], ["s"]),
+             helper.make_node("Add", ["s", "z2"], ["y"])]
+    compared, feeds = _fusion_case(rng, after, ["y"])
+    compared.check(feeds)
+    assert compared.count("Conv+Add") == 1
