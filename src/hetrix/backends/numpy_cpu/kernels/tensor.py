@@ -264,7 +264,7 @@ def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
                 f"Concat: inputs differ in type or rank ({first.dtype}{list(first.shape)} vs "
                 f"{other.dtype}{list(other.shape)})"
             )
-    if axis == 1 and _onednn.all_channels_last(inputs):
+    if axis == 1 and first.ndim == 4 and _onednn.all_channels_last(inputs):
         return _onednn.concat_channels(inputs)
     return np.concatenate(inputs, axis=axis)
 
@@ -313,18 +313,23 @@ def _slice(
     x: np.ndarray, starts: list[int], ends: list[int], axes: list[int] | None, steps: list[int]
 ) -> np.ndarray:
     """A basic-indexing view; Python's slice clamping is exactly ONNX's, negatives included."""
+    return x[_slice_index(x.ndim, starts, ends, axes, steps)]
+
+
+def _slice_index(
+    ndim: int, starts: list[int], ends: list[int], axes: list[int] | None, steps: list[int]
+) -> tuple[slice, ...]:
+    """The basic index of a Slice on a rank-``ndim`` input (it depends on nothing else)."""
     if axes is None:
         axes = list(range(len(starts)))
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise ValueError("Slice: starts, ends, axes and steps must have the same length")
-    index = [slice(None)] * x.ndim
-    for axis, start, end, step in zip(
-        _axes(axes, x.ndim, "Slice"), starts, ends, steps, strict=True
-    ):
+    index = [slice(None)] * ndim
+    for axis, start, end, step in zip(_axes(axes, ndim, "Slice"), starts, ends, steps, strict=True):
         if step == 0:
             raise ValueError("Slice: step cannot be 0")
         index[axis] = slice(start, end, step)
-    return x[tuple(index)]
+    return tuple(index)
 
 
 @kernel("Slice", since=1)
@@ -344,9 +349,21 @@ def slice_(
     steps: np.ndarray | None = None,
 ) -> np.ndarray:
     """Slice by the ``starts``/``ends``/``axes``/``steps`` inputs; a view."""
+    operands = (starts, ends, axes, steps)
+    cached = ctx.cache.get("slice")
+    # constant operands (read-only, the same arrays every run): the index is built once per rank
+    if cached is not None and cached[0] == x.ndim and all(
+        a is b for a, b in zip(cached[1], operands, strict=True)
+    ):
+        return x[cached[2]]
     starts_l = starts.tolist()
     steps_l = steps.tolist() if steps is not None else [1] * len(starts_l)
-    return _slice(x, starts_l, ends.tolist(), axes.tolist() if axes is not None else None, steps_l)
+    y = _slice(x, starts_l, ends.tolist(), axes.tolist() if axes is not None else None, steps_l)
+    if all(a is None or not a.flags.writeable for a in operands):
+        index = _slice_index(x.ndim, starts_l, ends.tolist(),
+                             axes.tolist() if axes is not None else None, steps_l)
+        ctx.cache["slice"] = (x.ndim, operands, index)
+    return y
 
 
 # --------------------------------------------------------------------------------------------------
