@@ -178,7 +178,8 @@ def _run_one(entry: Entry, batch: int, args: argparse.Namespace, progress: Progr
     if path is None:
         return row
     config = BenchConfig(str(path), _competitors(not args.no_openvino), batch, args.threads,
-                         args.warmup, args.repeat, dict(entry.dims), seed=0, memory=args.memory)
+                         args.warmup, args.repeat, dict(entry.dims), seed=0, memory=args.memory,
+                         precision=args.precision)
     task = progress.add_task("", total=count_steps(config))
     try:
         row.result = run_benchmark(config, lambda text: progress.update(
@@ -199,8 +200,8 @@ def _median(row: Row, runtime: str) -> float | None:
     return result.latency.median_ms if result and result.latency else None
 
 
-def _ratio(row: Row) -> float | None:
-    ours, theirs = _median(row, HETRIX), _median(row, ONNXRUNTIME)
+def _ratio(row: Row, competitor: str = ONNXRUNTIME) -> float | None:
+    ours, theirs = _median(row, HETRIX), _median(row, competitor)
     return ours / theirs if ours and theirs else None
 
 
@@ -231,24 +232,28 @@ def _memory(row: Row, runtime: str) -> float | None:
     return result.memory.peak_growth_mb if result and result.memory else None
 
 
-COLUMNS = ("model", "batch", "Hetrix ms", "ORT ms", "ratio", "OpenVINO ms", "agree", "notes")
+COLUMNS = ("model", "batch", "Hetrix ms", "ORT ms", "ratio", "OpenVINO ms", "vs OpenVINO",
+           "agree", "notes")
 MEMORY_COLUMNS = ("Hetrix MiB", "ORT MiB")
 
 
 def table_cells(row: Row, memory: bool) -> list[str]:
     """The cells of one row, in :data:`COLUMNS` order (memory columns before the notes)."""
-    ratio = _ratio(row)
+    ratio, vs_openvino = _ratio(row), _ratio(row, OPENVINO)
     cells = [row.model, str(row.batch), _fmt(_median(row, HETRIX)),
              _fmt(_median(row, ONNXRUNTIME)), "-" if ratio is None else f"{ratio:.2f}x",
-             _fmt(_median(row, OPENVINO)), _agree(row)]
+             _fmt(_median(row, OPENVINO)),
+             "-" if vs_openvino is None else f"{vs_openvino:.2f}x", _agree(row)]
     if memory:
         cells += [_fmt(_memory(row, HETRIX)), _fmt(_memory(row, ONNXRUNTIME))]
     return [*cells, _notes(row)]
 
 
-def geomean_ratio(rows: Sequence[Row], batch: int) -> tuple[float | None, int]:
-    """Geometric mean of Hetrix/ORT over the rows at ``batch`` that have both times."""
-    ratios = [r for row in rows if row.batch == batch and (r := _ratio(row)) is not None]
+def geomean_ratio(rows: Sequence[Row], batch: int,
+                  competitor: str = ONNXRUNTIME) -> tuple[float | None, int]:
+    """Geometric mean of Hetrix/competitor over the rows at ``batch`` that have both times."""
+    ratios = [r for row in rows
+              if row.batch == batch and (r := _ratio(row, competitor)) is not None]
     if not ratios:
         return None, 0
     return math.exp(sum(math.log(r) for r in ratios) / len(ratios)), len(ratios)
@@ -274,10 +279,12 @@ def print_table(console: Console, rows: Sequence[Row], memory: bool) -> None:
 def geomean_lines(rows: Sequence[Row]) -> list[str]:
     """``geomean Hetrix/ORT at batch N: R x over K models`` for each batch."""
     lines = []
-    for batch in sorted({row.batch for row in rows}):
-        value, count = geomean_ratio(rows, batch)
-        shown = "-" if value is None else f"{value:.2f}x"
-        lines.append(f"geomean Hetrix/ORT at batch {batch}: {shown} over {count} models")
+    for competitor, label in ((ONNXRUNTIME, "ORT"), (OPENVINO, "OpenVINO")):
+        for batch in sorted({row.batch for row in rows}):
+            value, count = geomean_ratio(rows, batch, competitor)
+            if count:
+                lines.append(f"geomean Hetrix/{label} at batch {batch}: {value:.2f}x "
+                             f"over {count} models")
     return lines
 
 
@@ -298,7 +305,9 @@ def write_markdown(path: Path, rows: Sequence[Row], args: argparse.Namespace,
         f"- settings: {args.warmup} warm-up + {args.repeat} timed runs per runtime, alternating, "
         "with a 0.1 s pause before each run so that the previous runtime's spinning worker "
         "threads are idle; "
-        f"threads {args.threads or 'default'}; transformer sequence length {args.sequence}; "
+        f"threads {args.threads or 'default'}; precision {args.precision} (Hetrix's "
+        "SessionOptions.precision and OpenVINO's inference precision hint; ORT is float32); "
+        f"transformer sequence length {args.sequence}; "
         "random seeded inputs; ratio = Hetrix median / ORT median (lower is better)",
         "", "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" if c in ("model", "notes") else "---:" for c in columns) + "|",
@@ -327,6 +336,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory", action="store_true",
                         help="also measure peak RSS growth (a fresh process per runtime, slow)")
     parser.add_argument("--no-openvino", action="store_true", help="skip OpenVINO")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="Hetrix's precision and OpenVINO's hint (ORT stays float32)")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

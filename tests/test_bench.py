@@ -74,7 +74,15 @@ def test_memory_is_measured_in_fresh_processes(tiny: Path) -> None:
     for runtime in result.runtimes:
         assert runtime.memory is not None, runtime.memory_error
         assert runtime.memory.baseline_mb > 0
+        assert runtime.memory.import_mb > 0  # the runtime's package, measured in the child
         assert runtime.memory.peak_growth_mb >= runtime.memory.load_growth_mb - 1.0
+
+
+def test_memory_child_failure_is_reported(tmp_path: Path) -> None:
+    from hetrix.bench.memory import measure_memory
+
+    with pytest.raises(RuntimeError, match="memory process of hetrix failed.*absent.onnx"):
+        measure_memory("hetrix", str(tmp_path / "absent.onnx"), {}, runs=1)
 
 
 def test_json_document_keys(tiny: Path, tmp_path: Path) -> None:

@@ -1,37 +1,76 @@
-"""Peak memory of one runtime, measured in a fresh ``spawn`` process so runtimes do not mix.
+"""Peak memory of one runtime, measured in a fresh Python process so that runtimes do not mix.
 
-The child imports the runtime, records its resident set size (RSS) as the baseline, then loads
-the model and runs it while a thread samples the RSS with psutil; on Linux the kernel's own
-high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` after the baseline) catches
-peaks between samples.  Growth = peak RSS - baseline; load growth = RSS after load - baseline.
+The figures, in MiB of resident set size (RSS):
+
+* **import**: RSS growth from importing the runtime's package *and the compute libraries it runs
+  on*, over an interpreter that has imported NumPy (both runtimes' Python APIs need it).  For
+  ONNX Runtime that is ``import onnxruntime``, which maps its whole native library.  For Hetrix it
+  is ``import hetrix`` (onnx, onnx-ir) plus PyTorch when its CPU kernels will use it: the kernels
+  import torch lazily, on first use, and it is imported here up front so that a library's code
+  and start-up state count as the library's, not as the model's.
+* **baseline**: RSS once the runtime is imported and ready, after a garbage collection.
+* **load growth**: RSS right after creating the session, minus the baseline.
+* **peak growth**: the highest RSS during session creation and ``runs`` runs, minus the baseline:
+  a thread samples RSS with psutil every ``SAMPLE_INTERVAL_S``, and on Linux the kernel's own
+  high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` after the baseline) catches
+  peaks between samples.
+
+So peak growth is the memory a model costs in a process where the runtime is already in use,
+and import + peak growth what a process pays from scratch; reports show both.
+
+The child is this file run as a script, not a ``multiprocessing`` child: a spawned child imports
+the parent's main module and this package before any code of ours runs, so the import could not
+be measured and the baseline would depend on the caller (``hetrix bench`` or a script).  That is
+why the module-level imports here are the standard library and NumPy only.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import gc
-import multiprocessing
+import importlib
+import json
 import os
+import pickle
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 MB = 1024 * 1024
 SAMPLE_INTERVAL_S = 0.002
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_RESULT_MARK = "hetrix-memory-result: "
+"""Prefix of the child's result line on stdout (runtimes may print lines of their own)."""
+_CHILD_COMMAND = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
+"""Runs this file as the child.  Not ``python memory.py``, which would put this package's folder
+first on ``sys.path``, where its modules (``inputs``, ``report``...) could shadow others."""
 
 
 @dataclass
 class MemoryStats:
-    """RSS figures of one runtime in MiB: before loading, growth after load, peak growth."""
+    """RSS figures of one runtime in MiB (see the module docstring for their definitions)."""
 
     baseline_mb: float
     load_growth_mb: float
     peak_growth_mb: float
     method: str
+    import_mb: float = 0.0
+
+
+# -- the child -----------------------------------------------------------------------------------
+
+
+def _rss() -> int:
+    """This process's resident set size in bytes (psutil, imported before any measurement)."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 class _Sampler:
@@ -80,23 +119,28 @@ def _high_water_mark() -> int | None:
 
 
 def measure_in_child(
-    runtime_name: str, path: str, feeds: Mapping[str, np.ndarray], threads: int,
-    providers: Sequence[str] | None, runs: int,
+    runtime_name: str, module: str, path: str, feeds: Mapping[str, np.ndarray], threads: int,
+    providers: Sequence[str] | None, runs: int, precision: str = "fp32",
 ) -> MemoryStats:
-    """Load and run the model ``runs`` times in this process, recording RSS (the child's job)."""
-    import psutil
-
-    from hetrix.bench.runtimes import RUNTIMES, blas_thread_limit
+    """Import the runtime, then load and run the model ``runs`` times in this process, recording
+    RSS (the child's job; ``module`` is the runtime's package, imported first and measured)."""
+    _rss()  # psutil's own import must not count as the runtime's
+    gc.collect()
+    start = _rss()
+    importlib.import_module(module)
+    imported = _rss() - start
+    from hetrix.bench.runtimes import RUNTIMES, blas_thread_limit  # imports hetrix for any runtime
 
     runtime = RUNTIMES[runtime_name]
-    runtime.version()  # import the runtime before the baseline
+    before_libraries = _rss()
+    runtime.prepare()
+    imported += _rss() - before_libraries
     gc.collect()
-    process = psutil.Process()
-    baseline = process.memory_info().rss
+    baseline = _rss()
     hwm_ok = _reset_high_water_mark()
     with blas_thread_limit(threads, warn=False), _Sampler() as sampler:
-        run = runtime.load(path, feeds, threads, providers)
-        after_load = process.memory_info().rss
+        run = runtime.load(path, feeds, threads, providers, precision)
+        after_load = _rss()
         for _ in range(max(1, runs)):
             run(feeds)
     peak = sampler.peak
@@ -104,31 +148,59 @@ def measure_in_child(
     method = "psutil sampling"
     if hwm is not None:
         peak, method = max(peak, hwm), "psutil sampling + VmHWM"
-    return MemoryStats(baseline / MB, (after_load - baseline) / MB, (peak - baseline) / MB, method)
+    return MemoryStats(baseline / MB, (after_load - baseline) / MB, (peak - baseline) / MB,
+                       method, imported / MB)
 
 
-@contextlib.contextmanager
-def _thread_env(threads: int) -> Iterator[None]:
-    """Set the BLAS/OpenMP thread variables that a spawned child inherits, then restore them."""
-    saved = {k: os.environ.get(k) for k in _THREAD_ENV}
+def _child_main() -> None:
+    """Entry point of the child: a pickled request on stdin, a JSON result line on stdout."""
+    request = pickle.load(sys.stdin.buffer)
+    stats = measure_in_child(**request)
+    sys.stdout.write(_RESULT_MARK + json.dumps(dataclasses.asdict(stats)) + "\n")
+    sys.stdout.flush()
+
+
+# -- the parent ----------------------------------------------------------------------------------
+
+
+def _child_env(threads: int) -> dict[str, str]:
+    """The child's environment: this one, with the BLAS/OpenMP thread variables when capped."""
+    env = dict(os.environ)
     if threads:
-        os.environ.update({k: str(threads) for k in _THREAD_ENV})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        env.update({k: str(threads) for k in _THREAD_ENV})
+    return env
+
+
+def _parse_result(stdout: str) -> MemoryStats | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(_RESULT_MARK):
+            return MemoryStats(**json.loads(line[len(_RESULT_MARK):]))
+    return None
 
 
 def measure_memory(
     runtime_name: str, path: str, feeds: Mapping[str, np.ndarray], threads: int = 0,
-    providers: Sequence[str] | None = None, runs: int = 3,
+    providers: Sequence[str] | None = None, runs: int = 3, precision: str = "fp32",
 ) -> MemoryStats:
-    """Peak RSS growth of ``runtime_name`` loading and running ``path``, in a fresh process."""
-    context = multiprocessing.get_context("spawn")
-    with _thread_env(threads), context.Pool(1) as pool:
-        return pool.apply(measure_in_child,
-                          (runtime_name, path, dict(feeds), threads, providers, runs))
+    """Import, load and run ``runtime_name`` on ``path`` in a fresh process; its RSS figures."""
+    from hetrix.bench.runtimes import RUNTIMES
+
+    request: dict[str, Any] = {
+        "runtime_name": runtime_name, "module": RUNTIMES[runtime_name].module, "path": str(path),
+        "feeds": {k: np.asarray(v) for k, v in feeds.items()}, "threads": threads,
+        "providers": list(providers) if providers else None, "runs": runs,
+        "precision": precision,
+    }
+    done = subprocess.run([sys.executable, "-c", _CHILD_COMMAND, __file__],
+                          input=pickle.dumps(request), capture_output=True,
+                          env=_child_env(threads), check=False)
+    stats = _parse_result(done.stdout.decode(errors="replace"))
+    if done.returncode != 0 or stats is None:
+        error = done.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"the memory process of {runtime_name} failed "
+                           f"(exit code {done.returncode}): {error[-1] if error else 'no output'}")
+    return stats
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -114,7 +114,8 @@ def results_table(result: BenchResult) -> Table:
              f"threads {cfg.threads or 'default'}, {cfg.warmup} warm-up + {cfg.repeat} timed runs")
     table = Table(title=title, title_justify="left")
     table.add_column("runtime")
-    for column in ("load s", "median ms", "p10-p90 ms", "items/s", "load/peak MiB"):
+    for column in ("load s", "median ms", "p10-p90 ms", "items/s", "load/peak MiB",
+                   "import MiB"):
         table.add_column(column, justify="right")
     for r in result.runtimes:
         table.add_row(*_row(r))
@@ -127,7 +128,8 @@ def _row(r: RuntimeResult) -> list[str]:
     spread = "-" if lat is None else f"{_ms(lat.p10_ms)}–{_ms(lat.p90_ms)}"
     memory = "-" if mem is None else f"{_mb(mem.load_growth_mb)}/{_mb(mem.peak_growth_mb)}"
     return [r.name, load, _ms(lat.median_ms if lat else None), spread,
-            "-" if r.throughput is None else f"{r.throughput:,.1f}", memory]
+            "-" if r.throughput is None else f"{r.throughput:,.1f}", memory,
+            "-" if mem is None else _mb(mem.import_mb)]
 
 
 def summary_lines(result: BenchResult) -> list[str]:
@@ -152,8 +154,10 @@ def summary_lines(result: BenchResult) -> list[str]:
         if r.memory_error:
             lines.append(f"[yellow]{r.name} memory not measured: {r.memory_error}[/yellow]")
     if any(r.memory for r in result.runtimes):
-        lines.append("memory: RSS growth over a baseline taken after import, each runtime in a "
-                     "fresh process (load = after creating the session, peak = during load+runs)")
+        lines.append("memory: RSS growth, each runtime in a fresh process, over a baseline taken "
+                     "once the runtime and the libraries it computes with are imported (load = "
+                     "after creating the session, peak = during creation + runs); import = what "
+                     "importing those cost, over Python + NumPy")
     return lines
 
 

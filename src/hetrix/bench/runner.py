@@ -321,7 +321,7 @@ def _measure_all(results: Sequence[RuntimeResult], path: str, feeds: Mapping[str
         try:
             result.memory = measure_memory(result.name, path, feeds, config.threads,
                                            config.providers if result.name == HETRIX else None,
-                                           config.memory_runs)
+                                           config.memory_runs, config.precision)
         except Exception as exc:  # memory is a bonus: its failure keeps the timings
             logger.debug("memory of %s failed", result.name, exc_info=True)
             result.memory_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

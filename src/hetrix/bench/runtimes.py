@@ -42,6 +42,9 @@ class Runtime:
     name: str
     module: str
     loader: Callable[[str, Mapping[str, np.ndarray], int, Sequence[str] | None, str], RunFn]
+    libraries: Callable[[], None] | None = None
+    """Imports the compute libraries the runtime loads lazily, on its first model (see
+    :meth:`prepare`); None when importing ``module`` loads everything."""
 
     def version(self) -> str:
         """The installed version of the runtime's package."""
@@ -55,6 +58,13 @@ class Runtime:
         except ImportError:
             return False
         return True
+
+    def prepare(self) -> None:
+        """Import the runtime's package and every library its kernels use, so that a memory
+        baseline taken afterwards holds the runtime's code, as ONNX Runtime's import does."""
+        importlib.import_module(self.module)
+        if self.libraries is not None:
+            self.libraries()
 
     def load(
         self, path: str, feeds: Mapping[str, np.ndarray], threads: int,
@@ -75,6 +85,14 @@ def _load_hetrix(
     session = InferenceSession(path, options,
                                providers=list(providers) if providers else None)
     return lambda f: list(session.run(None, dict(f)))
+
+
+def _hetrix_libraries() -> None:
+    """PyTorch, which the NumPy backend's kernels import on first use when it is installed and
+    allowed (``HETRIX_NUMPY_ONLY`` unset); nothing otherwise."""
+    from hetrix.backends.numpy_cpu.kernels import _library
+
+    _library.torch_functional()
 
 
 def _load_onnxruntime(
@@ -119,7 +137,7 @@ def _load_openvino(
 
 
 RUNTIMES: dict[str, Runtime] = {
-    HETRIX: Runtime(HETRIX, "hetrix", _load_hetrix),
+    HETRIX: Runtime(HETRIX, "hetrix", _load_hetrix, _hetrix_libraries),
     ONNXRUNTIME: Runtime(ONNXRUNTIME, "onnxruntime", _load_onnxruntime),
     OPENVINO: Runtime(OPENVINO, "openvino", _load_openvino),
 }

@@ -4,8 +4,9 @@
 :class:`OptimizationReport`.  Levels follow ``onnxruntime.GraphOptimizationLevel``:
 
 * 0 -- disabled;
-* 1 -- basic: constant folding (shape arithmetic included), no-op and identity removal, common
-  subexpression and dead code elimination; the result only uses standard ONNX ops;
+* 1 -- basic: constant folding (shape arithmetic included, on symbolic dims too), no-op and
+  identity removal, common subexpression and dead code elimination; the result only uses
+  standard ONNX ops;
 * 2 -- extended: + BatchNorm/Mul/Add folding into weights, MatMul+Add -> Gemm, LayerNorm and GELU
   recognition, activation fusion (these may introduce ops of the ``hetrix`` domain, which only
   Hetrix's kernels run);
@@ -38,6 +39,7 @@ from hetrix.passes.noop import NoOpEliminationPass
 from hetrix.passes.patterns import AttentionFusionPass, PatternRecognitionPass
 from hetrix.passes.report import OptimizationReport, PassRun
 from hetrix.passes.rewrite import Reject, Rejection, RewritePass, Rule
+from hetrix.passes.symbolic_shapes import SymbolicShapePass
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +112,8 @@ PIPELINE: tuple[Stage, ...] = (
         analysis=True,
     ),
     Stage(BASIC, "constant folding", ConstantFoldingPass),
+    # Shape arithmetic on symbolic dims: Reshape/Expand to the input's own shape, known ints.
+    Stage(BASIC, "symbolic shapes", SymbolicShapePass),
     # After folding, since the arguments that make a node a no-op often just became constants.
     Stage(BASIC, "no-op elimination", NoOpEliminationPass),
     Stage(BASIC, "identity elimination", IdentityEliminationPass),

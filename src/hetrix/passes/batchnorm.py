@@ -87,12 +87,19 @@ def _bias(node: ir.Node, index: int, channels: int) -> np.ndarray:
 
 
 def _set_input(node: ir.Node, index: int, array: np.ndarray, like: np.ndarray, base: str) -> None:
-    """Point input ``index`` of ``node`` at a new initializer holding ``array``."""
+    """Point input ``index`` of ``node`` at a new initializer holding ``array``, and drop the
+    initializer it replaces once nothing reads it: otherwise every weight lives twice until dead
+    code elimination (load peak of ResNet-50 228 -> 158 MiB, Inception v2 147 -> 68)."""
     assert node.graph is not None
     value = _ir.add_initializer(node.graph, base, array.astype(like.dtype))
     if len(node.inputs) <= index:
         node.resize_inputs(index + 1)
+    old = node.inputs[index]
     node.replace_input_with(index, value)
+    if (old is not None and old.name and old.is_initializer() and not old.uses()
+            and not old.is_graph_input() and not old.is_graph_output() and old.graph is not None):
+        old.graph.initializers.pop(old.name)
+        old.const_value = None  # the removed Value may sit in reference cycles until a collection
 
 
 class _FoldRule(Rule):

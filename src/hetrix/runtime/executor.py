@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,19 +18,38 @@ from hetrix.runtime.flops import node_flops
 from hetrix.runtime.plan import Plan, Step
 
 
+@dataclass
+class Watch:
+    """Values a run keeps for the caller as the steps write them (see :func:`execute`).
+
+    ``values`` receives the value of each slot in ``slots`` (numpy arrays over ``max_bytes``
+    excepted); ``shapes`` receives only the shape of each slot in ``shape_slots`` (``None`` for
+    a value without one), so that watching a large activation does not keep it alive past its
+    last reader.
+    """
+
+    slots: frozenset[int] = frozenset()
+    shape_slots: frozenset[int] = frozenset()
+    max_bytes: int = 1 << 20
+    values: dict[int, Any] = field(default_factory=dict)
+    shapes: dict[int, Any] = field(default_factory=dict)
+
+
 def execute(
     plan: Plan,
     inputs: Sequence[Any],
     captured: Sequence[Any] = (),
     record: dict[str, Any] | None = None,
     timings: list[tuple[Step, float, int | None]] | None = None,
+    watch: Watch | None = None,
 ) -> list[Any]:
     """Run the plan on ``inputs`` (in ``plan.input_slots`` order; None keeps an initializer).
 
     ``captured`` holds the outer-scope values of a subgraph, in ``plan.captured_names`` order.
     With ``record`` given, every value computed is stored there by name (for debugging), and
     intermediates are not freed early.  With ``timings`` given, each step's wall time in seconds
-    and its FLOPs (None where not counted) are appended to it (for profiling).
+    and its FLOPs (None where not counted) are appended to it (for profiling).  With ``watch``
+    given, the values and shapes of its slots are kept there (for shape specialization).
     """
     slots = plan.initial_slots.copy()
     for slot, value in zip(plan.input_slots, inputs):
@@ -39,10 +59,10 @@ def execute(
         slots[slot] = value
     # inf and nan are valid ONNX results: one errstate for the run, not one per kernel
     with np.errstate(all="ignore"):
-        if record is None and timings is None:
+        if record is None and timings is None and watch is None:
             _walk_lean(plan, slots)
         else:
-            _walk(plan, slots, record, timings)
+            _walk(plan, slots, record, timings, watch)
     slots[0] = None  # an omitted optional output of a step may have written the None slot
     return [slots[slot] for slot in plan.output_slots]
 
@@ -50,10 +70,17 @@ def execute(
 def _walk_lean(plan: Plan, slots: list[Any]) -> None:
     """The run loop as most runs take it: no recording, no timing, nothing checked per step
     that the planner already knows.  Kept separate from :func:`_walk` because its few
-    instructions per node are the whole per-node overhead of Hetrix."""
-    for step, kernel, ctx, inputs, outputs, frees in plan.lean_steps:
+    instructions per node are the whole per-node overhead of Hetrix: one- and two-input
+    steps (nearly all) fetch their arguments without building a list, and a step's single
+    output is stored without a loop."""
+    for call, count, first, second, inputs, output, outputs, frees, step in plan.lean_steps:
         try:
-            result = kernel(ctx, *[slots[i] for i in inputs])
+            if count == 1:
+                result = call(slots[first])
+            elif count == 2:
+                result = call(slots[first], slots[second])
+            else:
+                result = call(*[slots[i] for i in inputs])
         except HetrixError:
             raise
         except Exception as exc:
@@ -63,7 +90,7 @@ def _walk_lean(plan: Plan, slots: list[Any]) -> None:
             for slot, value in zip(outputs, result):
                 slots[slot] = value
         else:
-            slots[outputs[0]] = result
+            slots[output] = result
         for slot in frees:
             slots[slot] = None
 
@@ -73,6 +100,7 @@ def _walk(
     slots: list[Any],
     record: dict[str, Any] | None,
     timings: list[tuple[Step, float, int | None]] | None,
+    watch: Watch | None = None,
 ) -> None:
     """The run loop: for each step, call its kernel, store its outputs, drop dead values."""
     for step in plan.steps:
@@ -93,6 +121,8 @@ def _walk(
                 slots[slot] = value
         else:
             slots[step.outputs[0]] = result
+        if watch is not None:
+            _keep_watched(step, slots, watch)
         if record is not None:
             for slot in step.outputs:
                 if slot:
@@ -100,6 +130,17 @@ def _walk(
         else:
             for slot in step.frees:
                 slots[slot] = None
+
+
+def _keep_watched(step: Step, slots: list[Any], watch: Watch) -> None:
+    """Copy into ``watch`` what it asks of the step's inputs and outputs."""
+    for slot in (*step.inputs, *step.outputs):
+        if slot in watch.slots:
+            value = slots[slot]
+            if not (isinstance(value, np.ndarray) and value.nbytes > watch.max_bytes):
+                watch.values[slot] = value
+        if slot in watch.shape_slots:
+            watch.shapes[slot] = getattr(slots[slot], "shape", None)
 
 
 def _failure_message(step: Step, args: list[Any], exc: Exception) -> str:

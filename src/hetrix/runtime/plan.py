@@ -12,6 +12,7 @@ Slot 0 always holds ``None``: an omitted optional input points there.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,8 +75,8 @@ class Plan:
     captured_slots: list[int] = field(default_factory=list)
     placements: list[Placement] = field(default_factory=list)
     lean_steps: list[tuple[Any, ...]] = field(default_factory=list)
-    """``(step, kernel, ctx, inputs, outputs, frees)`` per step: what the run loop reads,
-    unpacked once here so that it does no attribute lookups per node."""
+    """:func:`lean_step` of each step: what the run loop reads, unpacked once here so that it
+    does no attribute lookups per node."""
     output_memory: list[str] = field(default_factory=list)
     """Memory space of each output: a top-level plan leaves outputs where they were computed,
     and the session brings them to the host unless the caller keeps them on the device."""
@@ -173,7 +174,7 @@ def build_plan(
     output_memory = [scope.memory.get(slot, HOST) for slot in output_slots]
     captured_slots = [scope.slots[name] for name in scope.captured]
     keep = {NONE_SLOT, *output_slots, *initial}
-    _assign_frees(steps, keep)
+    assign_frees(steps, keep)
     slots: list[Any] = [None] * len(scope.names)
     for slot, value in initial.items():
         if isinstance(value, np.ndarray):
@@ -192,7 +193,26 @@ def build_plan(
         captured_slots=captured_slots,
         output_memory=output_memory,
         placements=placements,
-        lean_steps=[(s, s.kernel, s.ctx, s.inputs, s.outputs, s.frees) for s in steps],
+        lean_steps=[lean_step(s) for s in steps],
+    )
+
+
+def lean_step(step: Step) -> tuple[Any, ...]:
+    """The tuple :func:`_walk_lean` reads for ``step``: the kernel with its context bound, the
+    input count and the first two input slots (the common cases, read without building a
+    list), all input slots, the first output slot, all output slots, the slots to free, and the
+    step itself (for error messages)."""
+    inputs = step.inputs
+    return (
+        functools.partial(step.kernel, step.ctx),
+        len(inputs),
+        inputs[0] if inputs else 0,
+        inputs[1] if len(inputs) > 1 else 0,
+        inputs,
+        step.outputs[0] if step.outputs else 0,
+        step.outputs,
+        step.frees,
+        step,
     )
 
 
@@ -426,7 +446,7 @@ def _numpy_dtype(value: ir.Value) -> Any:
         return None
 
 
-def _assign_frees(steps: Sequence[Step], keep: set[int]) -> None:
+def assign_frees(steps: Sequence[Step], keep: set[int]) -> None:
     """Give each step the slots whose last reader it is (never outputs or constants)."""
     last_use: dict[int, int] = {}
     for index, step in enumerate(steps):

@@ -12,7 +12,6 @@ checks the feeds (cheaply, against facts computed here) and walks the plan.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,19 +23,18 @@ import onnx_ir as ir
 
 from hetrix.backends.base import Backend, RegistryBackend
 from hetrix.backends.reference_fallback import ReferenceFallbackBackend
-from hetrix.errors import InvalidArgumentError, InvalidInputError, ModelLoadError
-from hetrix.model.loader import LoadedModel, ModelSource, load_model
+from hetrix.errors import InvalidArgumentError, InvalidInputError
+from hetrix.model.loader import LoadedModel, ModelSource, load_model, to_ir
 from hetrix.passes import optimize
 from hetrix.passes.report import OptimizationReport
 from hetrix.placement.placer import PriorityPlacer
 from hetrix.runtime.executor import SubgraphRunner, execute
-from hetrix.runtime.memory import release_free_memory, retain_freed_memory
+from hetrix.runtime.memory import collects_load_garbage, retain_freed_memory
 from hetrix.runtime.plan import HOST, Placement, Plan, build_plan
 from hetrix.runtime.providers import ProviderSpec, make_backends
+from hetrix.runtime.specialize import ShapeSpecializer, Specialization, analyze
 
 logger = logging.getLogger(__name__)
-
-_TRIM_ABOVE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -58,6 +56,15 @@ class SessionOptions:
     """"fp32" (default: ORT's results), or "bf16"/"fp16": Conv, MatMul and Gemm of a float32
     model compute in that type on the CPU's matrix units (AMX) through PyTorch; see
     ``InferenceSession.compare_precision`` for what it costs in accuracy on your inputs."""
+    enable_shape_specialization: bool = True
+    """Fold the model's shape arithmetic (``Shape -> Gather -> Concat -> Reshape``...) once the
+    input shapes are known: a shape seen a second time gets a plan of its own, with those values
+    as constants and same-shape Reshape/Expand bypassed, used from the third run on.  Costs a
+    walk over the plan per new shape (milliseconds for BERT), never a re-optimization; see
+    :mod:`hetrix.runtime.specialize` and :meth:`InferenceSession.get_shape_specializations`.
+    Off at ``graph_optimization_level`` 0."""
+    shape_specialization_cache_size: int = 8
+    """Specialized plans kept per session (least recently used out first)."""
     enable_profiling: bool = False
     """Time every node of every run; ``end_profiling()`` writes the trace (ORT's option)."""
     profile_file_prefix: str = "hetrix_profile"
@@ -121,6 +128,7 @@ class InferenceSession:
         provider_options: per-provider option dicts, in the order of ``providers`` (ORT style).
     """
 
+    @collects_load_garbage  # the IR and the tensors the passes replaced: freed at the end
     def __init__(
         self,
         path_or_bytes: ModelSource,
@@ -147,6 +155,7 @@ class InferenceSession:
         self._model = self._to_ir(self._loaded)
         self._optimization = self._optimize()
         self._plan = self._build_plan()
+        self._specializer = self._make_specializer()
         self._feeds = [
             self._feed_spec(v)
             for v in self._model.graph.inputs
@@ -165,22 +174,20 @@ class InferenceSession:
         self._timings: list[tuple[Any, float, int | None]] = []
         self._input_index = {name: i for i, name in enumerate(self._plan.input_names)}
         self._output_index = {name: i for i, name in enumerate(self._plan.output_names)}
+        self._all_outputs = range(len(self._plan.output_names))
+        self._feed_by_name = {f.name: f for f in self._feeds}
 
     # -- construction ------------------------------------------------------------------------
 
     def _release_model_copies(self) -> None:
         """Keep one copy of the weights (the plan's): drop the IR and the parsed protobuf, whose
-        arena holds the file's tensor bytes, keeping a structure-only proto for metadata; then
-        hand the freed memory back to the OS."""
+        arena holds the file's tensor bytes, keeping a structure-only proto for metadata (the
+        memory is handed back to the OS when ``__init__`` returns: ``collects_load_garbage``)."""
         del self._model
         _drop_weight_bytes(self._loaded.proto)
         structure = onnx.ModelProto()
         structure.CopyFrom(self._loaded.proto)
         self._loaded.proto = structure  # the last reference: the old arena is freed here
-        weights = sum(v.nbytes for v in self._plan.initial_slots if isinstance(v, np.ndarray))
-        if weights > _TRIM_ABOVE_BYTES:  # a full collection and a heap trim: for big models only
-            gc.collect()  # the IR's node/value cycles still hold the protobuf's tensors
-            release_free_memory()
 
     def _can_run(self, domain: str, op_type: str, opset: int) -> bool:
         return any(
@@ -190,10 +197,7 @@ class InferenceSession:
 
     @staticmethod
     def _to_ir(loaded: LoadedModel) -> ir.Model:
-        try:
-            return ir.serde.deserialize_model(loaded.proto)
-        except Exception as exc:
-            raise ModelLoadError(f"model {loaded.source} cannot be read as ONNX: {exc}") from exc
+        return to_ir(loaded)  # reads the weights that the loader left in their files
 
     def _optimize(self) -> OptimizationReport:
         """Run the graph passes up to the session's level (ORT's levels: 0, 1, 2, 99).
@@ -203,7 +207,7 @@ class InferenceSession:
         leaves the preferred device because of a fusion.
         """
         level = int(self._options.graph_optimization_level)
-        if self._backends[0].memory != HOST:
+        if self._backends[0].memory != HOST and not self._backends[0].runs_fused_ops:
             level = min(level, 1)
         try:
             report = optimize(self._model, level)
@@ -268,6 +272,20 @@ class InferenceSession:
         }
         return plan
 
+    def _make_specializer(self) -> ShapeSpecializer | None:
+        """The shape specializer of this session's plan, or None when it is off or would find
+        nothing to fold (a model with static shapes was folded by the graph passes already)."""
+        options = self._options
+        if not options.enable_shape_specialization or options.graph_optimization_level <= 0:
+            return None
+        tensors = {
+            v.name for v in self._model.graph.inputs if v.name and isinstance(v.type, ir.TensorType)
+        }
+        facts = analyze(self._plan, tensors)
+        if facts is None:
+            return None
+        return ShapeSpecializer(self._plan, facts, options.shape_specialization_cache_size)
+
     def _feed_spec(self, value: ir.Value) -> _FeedSpec:
         type_ = value.type
         is_tensor = type_ is None or isinstance(type_, ir.TensorType)
@@ -298,11 +316,15 @@ class InferenceSession:
         wanted = self._output_positions(output_names)
         feeds = self._feed_list(input_feed)
         timings = self._timings if self._options.enable_profiling else None
-        outputs = execute(self._plan, feeds, timings=timings)
+        if self._specializer is not None:
+            outputs = self._specializer.execute(feeds, timings)
+        else:
+            outputs = execute(self._plan, feeds, timings=timings)
         keep = isinstance(run_options, RunOptions) and run_options.keep_outputs_on_device
+        memories = self._plan.output_memory
         results = []
         for i in wanted:
-            value, memory = outputs[i], self._plan.output_memory[i]
+            value, memory = outputs[i], memories[i]
             if memory != HOST and not keep:
                 value = self._placer.owner(memory).to_host(value)
             results.append(_own_output(_as_output(value), feeds))
@@ -358,8 +380,17 @@ class InferenceSession:
         )
 
     def get_placement(self) -> list[Placement]:
-        """Where each top-level node runs, with the reason for every fallback."""
+        """Where each top-level node runs, with the reason for every fallback.
+
+        These are the nodes of the generic plan; at input shapes seen before, some of them may
+        not run at all (:meth:`get_shape_specializations` says how many).
+        """
         return list(self._plan.placements)
+
+    def get_shape_specializations(self) -> list[Specialization]:
+        """The plans specialized to input shapes this session holds now: per shape, the steps
+        before and after, and how many were folded, bypassed or dropped as dead."""
+        return self._specializer.specializations() if self._specializer is not None else []
 
     def end_profiling(self) -> str:
         """Write the node timings recorded so far as a Chrome trace (JSON); returns the path.
@@ -425,9 +456,9 @@ class InferenceSession:
 
     # -- feed checks ---------------------------------------------------------------------------
 
-    def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
+    def _output_positions(self, output_names: Sequence[str] | None) -> Sequence[int]:
         if output_names is None or len(output_names) == 0:
-            return list(range(len(self._plan.output_names)))
+            return self._all_outputs
         positions = []
         for name in output_names:
             if name not in self._output_index:
@@ -456,9 +487,13 @@ class InferenceSession:
                     f"{list(spec.shape) if spec.shape is not None else 'any'})"
                 )
         for name, value in input_feed.items():
-            spec = next((f for f in self._feeds if f.name == name), None)
-            value = _check_feed(spec, value) if spec else value
-            if _is_torch_tensor(value) and name not in self._device_ready_inputs:
+            declared = self._feed_by_name.get(name)
+            value = _check_feed(declared, value) if declared else value
+            if (
+                type(value) is not np.ndarray
+                and _is_torch_tensor(value)
+                and name not in self._device_ready_inputs
+            ):
                 value = _torch_to_numpy(value)
             feeds[self._input_index[name]] = value
         return feeds
@@ -468,6 +503,9 @@ def _check_feed(spec: _FeedSpec, value: Any) -> Any:
     """The feed as the plan expects it; raises InvalidInputError naming input and expectation."""
     if not spec.is_tensor:
         return value
+    if type(value) is np.ndarray:  # the common case first: no torch or scalar checks
+        _check_array(spec, value)
+        return value
     if isinstance(value, np.generic):
         value = np.asarray(value)
     if _is_torch_tensor(value):
@@ -476,13 +514,18 @@ def _check_feed(spec: _FeedSpec, value: Any) -> Any:
         raise InvalidInputError(
             f"input '{spec.name}' must be a numpy.ndarray ({spec.type}), got {type(value).__name__}"
         )
+    _check_array(spec, value)
+    return value
+
+
+def _check_array(spec: _FeedSpec, value: np.ndarray) -> None:
+    """Dtype and shape of a numpy feed against the input's declaration."""
     if spec.dtype is not None and value.dtype != spec.dtype:
         if not (spec.dtype == object and value.dtype.kind in "OU"):
             raise InvalidInputError(
                 f"input '{spec.name}' has dtype {value.dtype}, expected {spec.dtype} ({spec.type})"
             )
     _check_shape(spec, value.shape)
-    return value
 
 
 def _check_shape(spec: _FeedSpec, shape: tuple[int, ...]) -> None:
@@ -540,7 +583,8 @@ def _drop_weight_bytes(model: onnx.ModelProto) -> None:
     for graph in iter_graphs(model.graph):
         for tensor in graph.initializer:
             for field_name in ("raw_data", "float_data", "int32_data", "int64_data",
-                               "double_data", "uint64_data", "string_data"):
+                               "double_data", "uint64_data", "string_data",
+                               "external_data", "data_location"):  # the loader's file references
                 tensor.ClearField(field_name)
 
 
