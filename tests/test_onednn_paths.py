@@ -759,3 +759,22 @@ def test_second_add_after_a_fused_residual_stays_an_add(route: Route,
     compared, feeds = _fusion_case(rng, after, ["y"])
     compared.check(feeds)
     assert compared.count("Conv+Add") == 1
+
+
+def test_outputs_reach_the_caller_in_c_order() -> None:
+    """oneDNN writes channels-last; the caller still gets a plain C-ordered, writable array."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    (y,) = hetrix.InferenceSession(model).run(None, {"x": x})
+    assert y.flags.c_contiguous and y.flags.writeable
+    (expected,) = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)

@@ -591,11 +591,15 @@ def _drop_weight_bytes(model: onnx.ModelProto) -> None:
 def _own_output(value: Any, feeds: list[Any]) -> Any:
     """The output as a fresh array the caller may modify, like onnxruntime returns.
 
-    Outputs that are read-only (a weight, a constant) or views of a feed are copied; everything
-    else was computed for this run and is handed over as is.
+    Outputs that are read-only (a weight, a constant) or views of a feed are copied, and so are
+    outputs not in C order (a convolution's channels-last result, a strided slice): callers that
+    hand the buffer on (``tobytes`` aside: ctypes, DLPack, file writers) expect plain C arrays,
+    as ORT returns.  Everything else was computed for this run and is handed over as is.
     """
     if not isinstance(value, np.ndarray):
         return value
+    if not value.flags.c_contiguous:
+        return np.ascontiguousarray(value)
     if not value.flags.writeable or (
         not value.flags.owndata
         and any(isinstance(f, np.ndarray) and np.may_share_memory(value, f) for f in feeds)
