@@ -274,13 +274,27 @@ _GELU_TAIL = 1.4
 @_quiet
 def gelu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Gelu: 0.5 x (1 + erf(x / sqrt 2)), or its tanh approximation (``approximate="tanh"``)."""
-    approximate = ctx.attrs.get("approximate", "none")
-    functional = _library.torch_functional() if x.dtype == np.float32 else None
-    if functional is not None and approximate in ("none", "tanh"):
+    return _gelu(x, ctx.attrs.get("approximate", "none"), ctx.name)
+
+
+def gelu_in_place(y: np.ndarray, approximate: str = "none") -> np.ndarray:
+    """Gelu of ``y`` written over ``y``, a fresh writable array the caller owns (a fused kernel's
+    output), where PyTorch can: no new array and one pass fewer.  Elsewhere a new array."""
+    functional = _library.torch_functional() if y.dtype == np.float32 else None
+    if functional is not None and y.flags.writeable and approximate in ("none", "tanh"):
         import torch
 
-        with torch.no_grad():
-            return functional.gelu(torch.from_numpy(x), approximate=approximate).numpy()
+        torch.ops.aten.gelu_(_library.as_tensor(y), approximate=approximate)
+        return y
+    with np.errstate(all="ignore"):
+        return _gelu(y, approximate, "")
+
+
+def _gelu(x: np.ndarray, approximate: str, name: str) -> np.ndarray:
+    """Gelu of ``x`` in a new array (``name`` names the node in errors)."""
+    functional = _library.torch_functional() if x.dtype == np.float32 else None
+    if functional is not None and approximate in ("none", "tanh"):
+        return functional.gelu(_library.as_tensor(x), approximate=approximate).numpy()
     xc = _compute(x)
     if approximate == "tanh":
         # 0.5 (1 + tanh(z)) = sigmoid(2 z): the sigmoid form keeps relative accuracy for x << 0
@@ -293,7 +307,7 @@ def gelu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
         y *= xc
         return _back(y, x)
     if approximate != "none":
-        raise ValueError(f"Gelu '{ctx.name}': approximate must be 'none' or 'tanh'")
+        raise ValueError(f"Gelu '{name}': approximate must be 'none' or 'tanh'")
     if x.dtype == np.float64:
         # 1 + erf(x / sqrt 2) = erfc(-x / sqrt 2): no cancellation for negative x
         y = erfc64(x * -_SQRT_HALF)

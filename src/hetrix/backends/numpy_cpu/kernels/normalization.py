@@ -3,6 +3,8 @@
 BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization,
 RMSNormalization, LRN, MeanVarianceNormalization and LpNormalization.  Statistics of float16 and
 bfloat16 inputs are computed in float32 (the ``stash_type`` default) and cast back at the end.
+float32 LayerNormalization runs on PyTorch's fused kernel when it is installed (one pass over the
+rows, where NumPy makes five and allocates temporaries).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from onnx.helper import tensor_dtype_to_np_dtype
 
+from hetrix.backends.numpy_cpu.kernels import _library
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 
 
@@ -235,6 +238,42 @@ def _trailing_axis(op: str, axis: int, rank: int) -> int:
     return axis % rank
 
 
+def _layer_norm_params_fit(x: np.ndarray, axis: int, *params: np.ndarray | None) -> bool:
+    """Whether scale and bias are float32 and broadcast onto the normalized shape x.shape[axis:]
+    alone (what torch's layer_norm takes); other layouts stay on NumPy, which broadcasts onto X."""
+    normalized = x.shape[axis:]
+    for p in params:
+        if p is None:
+            continue
+        if p.dtype != np.float32 or p.ndim > len(normalized):
+            return False
+        try:
+            if np.broadcast_shapes(p.shape, normalized) != normalized:
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+def _torch_layer_norm(
+    x: np.ndarray, axis: int, eps: float, scale: np.ndarray, bias: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Y, mean, inv_std) by ``torch.native_layer_norm``; statistics shaped like NumPy's."""
+    import torch
+
+    normalized = x.shape[axis:]
+
+    def param(p: np.ndarray | None) -> torch.Tensor | None:
+        if p is None:
+            return None
+        return _library.as_tensor(np.broadcast_to(p, normalized) if p.shape != normalized else p)
+
+    y, mean, inv_std = torch.native_layer_norm(
+        _library.as_tensor(x), list(normalized), param(scale), param(bias), eps
+    )
+    return y.numpy(), mean.numpy(), inv_std.numpy()
+
+
 @kernel("LayerNormalization", since=17)
 def layer_norm(
     ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None
@@ -244,14 +283,16 @@ def layer_norm(
     axis = _trailing_axis(op, ctx.attrs.get("axis", -1), x.ndim)
     stash = tensor_dtype_to_np_dtype(ctx.attrs.get("stash_type", 1))
     wd = _work_dtype(x.dtype, stash)
-    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
-    x2 = _as_work(x, wd).reshape(rows, -1)
-    y, mean, inv_std = _standardize_rows(x2, ctx.attrs.get("epsilon", 1e-5))
-    y = y.reshape(x.shape)
-    _broadcast_into(op, y, scale, np.multiply)
-    if bias is not None:
-        _broadcast_into(op, y, bias, np.add)
-    y = y.astype(x.dtype, copy=False)
+    eps = ctx.attrs.get("epsilon", 1e-5)
+    if (
+        x.dtype == wd == np.float32
+        and x.size
+        and _library.torch_functional() is not None
+        and _layer_norm_params_fit(x, axis, scale, bias)
+    ):
+        y, mean, inv_std = _torch_layer_norm(x, axis, eps, scale, bias)
+    else:
+        y, mean, inv_std = _numpy_layer_norm(op, x, axis, eps, wd, scale, bias)
     if ctx.num_outputs == 1:
         return y
     stat_shape = x.shape[:axis] + (1,) * (x.ndim - axis)
@@ -261,6 +302,26 @@ def layer_norm(
             dt = (ctx.output_dtypes[i] if i < len(ctx.output_dtypes) else None) or stash
             outs.append(stat.reshape(stat_shape).astype(dt, copy=False))
     return tuple(outs)
+
+
+def _numpy_layer_norm(
+    op: str,
+    x: np.ndarray,
+    axis: int,
+    eps: float,
+    wd: np.dtype,
+    scale: np.ndarray,
+    bias: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Y, mean, inv_std) in NumPy, statistics in ``wd``; Y in X's dtype."""
+    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    x2 = _as_work(x, wd).reshape(rows, -1)
+    y, mean, inv_std = _standardize_rows(x2, eps)
+    y = y.reshape(x.shape)
+    _broadcast_into(op, y, scale, np.multiply)
+    if bias is not None:
+        _broadcast_into(op, y, bias, np.add)
+    return y.astype(x.dtype, copy=False), mean, inv_std
 
 
 @kernel("RMSNormalization", since=23)
