@@ -6,9 +6,10 @@
   output has no other reader) becomes ``hetrix.FusedConv(X, W, B, Z)``: the residual connection of
   ResNet-style blocks, which oneDNN adds while the output is still in cache.  The activation that
   usually follows fuses next, by the rule below.
-* ``Conv``/``FusedConv`` (without activation)/``Gemm``/``MatMul``/``FusedMatMul`` followed by Relu, LeakyRelu, Clip, Sigmoid,
-  HardSigmoid, Tanh or Gelu becomes ``hetrix.FusedConv``/``FusedGemm``/``FusedMatMul`` with the
-  producer's attributes plus ``activation`` (the op name, ``"GeluTanh"`` for the tanh Gelu) and
+* ``Conv``/``FusedConv`` (without activation)/``Gemm``/``MatMul``/``FusedMatMul`` followed by
+  Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, Tanh or Gelu becomes ``hetrix.FusedConv``/
+  ``FusedGemm``/``FusedMatMul`` with the producer's attributes plus ``activation`` (the op
+  name, ``"GeluTanh"`` for the tanh Gelu) and
   ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid alpha, beta).  The kernels in
   ``hetrix.backends.numpy_cpu.kernels.fused`` run the original kernel, then the activation in
   place on its fresh output.

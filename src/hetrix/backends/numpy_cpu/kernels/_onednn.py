@@ -13,8 +13,8 @@ fast, and this module does all three:
   The output of one conv stays NHWC (the NumPy view handed to the next node has NHWC strides, which
   NumPy's ufuncs keep), so a chain of convs and elementwise ops never converts back and forth;
 * **fused post-ops.**  The activation of a ``hetrix.FusedConv`` (Relu, Clip, LeakyRelu, Sigmoid,
-  Tanh, Gelu) and its residual input ``Z`` (``act(conv(X) + B + Z)``) are applied by oneDNN while the
-  output is still in cache, instead of one more pass over memory each.
+  Tanh, Gelu) and its residual input ``Z`` (``act(conv(X) + B + Z)``, then only Relu) are applied
+  by oneDNN while the output is still in cache, instead of one more pass over memory each.
 
 Only 2-D convolutions with symmetric padding take this path; everything else keeps the NumPy
 kernels.  ``torch.from_numpy`` and ``Tensor.numpy`` share memory, so no data is copied at the
@@ -137,7 +137,6 @@ def _as_like(array: np.ndarray, like: Any) -> Any:
     import torch
 
     return as_tensor(array).to(like.dtype).contiguous(memory_format=torch.channels_last)
-    return to_numpy(y)
 
 
 def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
@@ -187,7 +186,7 @@ def is_channels_last(array: np.ndarray) -> bool:
 
 
 def all_channels_last(arrays: tuple[np.ndarray, ...] | list[np.ndarray]) -> bool:
-    """Whether every array is a channels-last float tensor torch can take (see :func:`concat_channels`)."""
+    """Whether every array is a channels-last float tensor of one type (:func:`concat_channels`)."""
     return (
         available()
         and all(a.dtype.name in _SUPPORTED_DTYPES and is_channels_last(a) for a in arrays)

@@ -3,8 +3,9 @@
 Each runs the existing kernel of the op it replaces, then applies the activation in place on the
 fresh output, so a fused node computes exactly what the unfused pair did minus one temporary:
 
-* ``FusedConv(X, W, B?, Z?)``: ``activation(Conv(X, W, B) + Z)`` (Z, the residual of ResNet-style
-  blocks, has the output's shape); ``FusedGemm(A, B, C?)``: Conv / Gemm attributes, plus ``activation``
+* ``FusedConv(X, W, B?, Z?)``: ``activation(Conv(X, W, B) + Z)`` (Z, the residual of
+  ResNet-style blocks, has the output's shape); ``FusedGemm(A, B, C?)``: Conv / Gemm attributes,
+  plus ``activation``
   (``Relu``, ``LeakyRelu``, ``Clip``, ``Sigmoid``, ``HardSigmoid``, ``Tanh``, ``Gelu``,
   ``GeluTanh`` or empty) and ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid
   alpha, beta);
@@ -22,10 +23,10 @@ from collections.abc import Callable
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels import activations, normalization
+from hetrix.backends.numpy_cpu.kernels import attention as attention_kernels
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.kernels.conv import conv_fused
-from hetrix.backends.numpy_cpu.kernels.linalg import gemm, matmul
-from hetrix.backends.numpy_cpu.kernels.softmax import softmax
+from hetrix.backends.numpy_cpu.kernels.linalg import gemm, matmul, matmul_bias
 
 Activation = Callable[[NodeContext, np.ndarray], np.ndarray]
 
@@ -85,8 +86,8 @@ ACTIVATIONS: dict[str, Activation] = {
     "Tanh": _tanh,
     "HardSigmoid": _hard_sigmoid,
     "Sigmoid": _by_kernel(activations.sigmoid),
-    "Gelu": _by_kernel(activations.gelu, approximate="none"),
-    "GeluTanh": _by_kernel(activations.gelu, approximate="tanh"),
+    "Gelu": lambda ctx, y: activations.gelu_in_place(y, "none"),
+    "GeluTanh": lambda ctx, y: activations.gelu_in_place(y, "tanh"),
 }
 """Activation name -> function applying it to a fresh output (in place where it can)."""
 
@@ -142,14 +143,8 @@ def fused_gemm(
 def fused_matmul(
     ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None
 ) -> np.ndarray:
-    """MatMul, plus the bias along the last axis, then the activation, both in place."""
-    y = matmul(a, b)
-    if bias is not None:
-        if bias.ndim > 1 or bias.size not in (1, y.shape[-1]):
-            raise ValueError(
-                f"FusedMatMul '{ctx.name}': bias of shape {bias.shape} for output {y.shape}"
-            )
-        np.add(y, bias.astype(y.dtype, copy=False), out=y)
+    """MatMul plus the bias along the last axis (inside the GEMM), then the activation."""
+    y = matmul(a, b) if bias is None else matmul_bias(a, b, bias, f"FusedMatMul '{ctx.name}'")
     return activate(ctx, y)
 
 
@@ -171,26 +166,5 @@ def layer_norm(
 def attention(
     ctx: NodeContext, q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None
 ) -> np.ndarray:
-    """``softmax(q @ kt * scale + mask) @ v`` with one scores buffer, updated in place."""
-    scores = matmul(q, kt)
-    scale = ctx.attrs.get("scale", 1.0)
-    if scale != 1.0:
-        scores *= scores.dtype.type(scale)
-    if mask is not None:
-        if np.broadcast_shapes(scores.shape, mask.shape) == scores.shape:
-            scores += mask.astype(scores.dtype, copy=False)
-        else:
-            scores = scores + mask
-    inner = ctx.cache.get("softmax_ctx")
-    if inner is None:
-        inner = NodeContext(
-            op_type="Softmax",
-            domain="",
-            name=ctx.name,
-            opset=13,
-            attrs={"axis": -1},
-            num_inputs=1,
-            num_outputs=1,
-        )
-        ctx.cache["softmax_ctx"] = inner
-    return matmul(softmax(inner, scores), v)
+    """``softmax(q @ kt * scale + mask) @ v`` (see :func:`.attention.scaled_dot_product`)."""
+    return attention_kernels.scaled_dot_product(ctx, q, kt, v, mask)
