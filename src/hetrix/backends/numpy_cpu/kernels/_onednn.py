@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels import _library
@@ -42,7 +43,9 @@ _UNARY_POST_OPS: dict[str, str] = {
 }
 """Hetrix activation name -> oneDNN post-op name in ``torch.ops.mkldnn._convolution_pointwise``."""
 
-_SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+SUPPORTED_DTYPES = frozenset({np.dtype(np.float32), _BFLOAT16, np.dtype(np.float16)})
+"""Float types oneDNN takes here (a set of dtypes: ``dtype.name`` is slow Python per call)."""
 
 
 def available() -> bool:
@@ -56,7 +59,7 @@ def can_run(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads_begin: list
     return (
         x.ndim == 4
         and w.ndim == 4
-        and x.dtype.name in _SUPPORTED_DTYPES
+        and x.dtype in SUPPORTED_DTYPES
         and (w.dtype == x.dtype or w.dtype == np.float32)  # float32 weights convert when packed
         and (b is None or b.shape == (w.shape[0],))
         and pads_begin == pads_end
@@ -189,7 +192,7 @@ def all_channels_last(arrays: tuple[np.ndarray, ...] | list[np.ndarray]) -> bool
     """Whether every array is a channels-last float tensor of one type (:func:`concat_channels`)."""
     return (
         available()
-        and all(a.dtype.name in _SUPPORTED_DTYPES and is_channels_last(a) for a in arrays)
+        and all(a.dtype in SUPPORTED_DTYPES and is_channels_last(a) for a in arrays)
         and len({a.dtype for a in arrays}) == 1
     )
 
@@ -212,7 +215,7 @@ def as_tensor(array: np.ndarray) -> Any:
 
     if not array.flags.writeable or any(stride < 0 for stride in array.strides):
         array = array.copy()
-    if array.dtype.name == "bfloat16":
+    if array.dtype == _BFLOAT16:
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(array)
 
@@ -231,7 +234,5 @@ def to_numpy(tensor: Any) -> np.ndarray:
     import torch
 
     if tensor.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return tensor.view(torch.int16).numpy().view(_BFLOAT16)
     return tensor.numpy()

@@ -124,7 +124,7 @@ def _torch_pool_fits(x: np.ndarray, win: _Window, asymmetric_ok: bool = False) -
     where the caller pads explicitly first)."""
     return (
         x.ndim == 4
-        and x.dtype.name in ("float32", "bfloat16", "float16")
+        and x.dtype in _onednn.SUPPORTED_DTYPES
         and (asymmetric_ok or win.begin == win.end)
         and all(2 * p <= k for p, k in zip(win.begin, win.kernel, strict=True))
         and min(win.begin + win.end) >= 0
@@ -264,7 +264,7 @@ def _spatial_axes(ctx: NodeContext, x: np.ndarray) -> tuple[int, ...]:
 @kernel("GlobalAveragePool", since=1)
 def global_average_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Mean over all spatial axes, kept as size-1 axes."""
-    if x.ndim == 4 and x.dtype.name in ("float32", "bfloat16", "float16") and _onednn.available():
+    if x.ndim == 4 and x.dtype in _onednn.SUPPORTED_DTYPES and _onednn.available():
         import torch
 
         with torch.no_grad():  # channels-last input: oneDNN's pooling reads it in place
