@@ -144,3 +144,4 @@ def test_reshape_with_allowzero_and_a_literal_zero_stays() -> None:
     report = optimize(ir_model, 1)
     assert report.count("Reshape to own shape") == 0
     assert "Reshape" in {n.op_type for n in ir_model.graph}
+

@@ -10,6 +10,7 @@ Unsqueeze -> Concat -> Reshape``) once shape inference has run.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -38,12 +39,28 @@ DEFAULT_SIZE_LIMIT = 64 * 1024 * 1024
 """Folded outputs larger than this many bytes stay computed at run time."""
 
 
+_WEIGHT_READERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm",
+                             "FusedMatMul"})
+"""Ops whose inputs 1 and 2 are weights and bias."""
+
+
+def _only_weights(node: ir.Node) -> bool:
+    """Whether every output is read only as a weight or bias (e.g. a ``ConstantOfShape`` that
+    stands for a conv weight, as in onnx's light model zoo).  Such a value exists in full on every
+    run anyway; folding it, whatever its size, makes that once at load (ORT folds it too)."""
+    readers = [(reader, index) for value in node.outputs for reader, index in value.uses()]
+    return bool(readers) and all(
+        reader.op_type in _WEIGHT_READERS and index in (1, 2) for reader, index in readers
+    ) and not any(value.is_graph_output() for value in node.outputs)
+
+
 class ConstantFoldingPass(ir.passes.InPlacePass):
     """Replaces nodes whose inputs are all constants by initializers holding their outputs.
 
     Invariant: a folded value equals what the NumPy kernel computes for the node at run time;
-    random ops, control flow, ops without a NumPy kernel and outputs over ``size_limit`` bytes are
-    left alone (the reason is kept in ``stats.rejections``).
+    random ops, control flow, ops without a NumPy kernel and outputs over ``size_limit`` bytes
+    (unless only read as weights, see :func:`_only_weights`) are left alone (the reason is kept
+    in ``stats.rejections``).
     """
 
     def __init__(self, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
@@ -94,14 +111,15 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
         kernel = REGISTRY.lookup("numpy", domain, node.op_type, version or 1)
         if kernel is None:
             return self._reject(node, f"no NumPy kernel for {node.op_type} at opset {version}")
+        limit = math.inf if _only_weights(node) else self.size_limit
         expected = self._expected_bytes(node)
-        if expected is not None and expected > self.size_limit:
+        if expected is not None and expected > limit:
             return self._reject(node, f"output of {expected} bytes is over the folding limit")
         try:
             result = kernel(_context(node, domain, version), *inputs)
         except Exception as exc:  # a kernel error is the run-time error: leave it to run time
             return self._reject(node, f"kernel raised {type(exc).__name__}: {exc}")
-        return self._check_result(node, result)
+        return self._check_result(node, result, limit)
 
     def _precheck(self, node: ir.Node) -> tuple[str, list[Any]]:
         """('', inputs) when the node may fold; ('-', []) to skip silently; else the reason."""
@@ -131,7 +149,8 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
             total += int(np.prod(shape)) * int(value.dtype.itemsize)
         return total
 
-    def _check_result(self, node: ir.Node, result: Any) -> list[np.ndarray] | None:
+    def _check_result(self, node: ir.Node, result: Any,
+                      limit: float) -> list[np.ndarray] | None:
         results = list(result) if isinstance(result, tuple) else [result]
         if len(results) != len(node.outputs):
             return self._reject(node, "kernel returned a different number of outputs")
@@ -141,7 +160,7 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
                 item = np.asarray(item)
             if not isinstance(item, np.ndarray) or item.dtype == object:
                 return self._reject(node, "an output is not a numeric tensor")
-            if item.nbytes > self.size_limit:
+            if item.nbytes > limit:
                 return self._reject(node, f"output of {item.nbytes} bytes is over the limit")
             if value.dtype is not None and value.dtype.numpy() != item.dtype:
                 return self._reject(node, f"kernel gave {item.dtype}, model declares {value.dtype}")
