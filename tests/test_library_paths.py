@@ -78,3 +78,24 @@ def test_gelu_matches_float64(approximate: str, conv_library: str) -> None:
     # GELU is below 1e-6 in magnitude, PyTorch's kernel (like ORT's) is accurate in absolute,
     # not relative, terms.
     np.testing.assert_allclose(ours, expected, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [3, 4, 5])
+def test_lrn_after_a_conv_matches_onnxruntime(size: int, conv_library: str) -> None:
+    """LRN through PyTorch (odd sizes, channels-last input from the conv) and NumPy (even sizes,
+    or NumPy-only), against ONNX Runtime."""
+    rng = np.random.default_rng(size)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("LRN", ["c"], ["y"], size=size, alpha=1e-3, beta=0.75, bias=2.0)],
+        "lrn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    x = rng.standard_normal((2, 8, 7, 7)).astype(np.float32) * 5
+    (ours,) = hetrix.InferenceSession(model).run(None, {"x": x})
+    (theirs,) = ort.InferenceSession(model.SerializeToString(),
+                                     providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)

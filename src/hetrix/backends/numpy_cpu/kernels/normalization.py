@@ -352,6 +352,15 @@ def lrn(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     bias = ctx.attrs.get("bias", 1.0)
     if x.ndim < 2 or size < 1:
         raise ValueError(f"LRN: need X of rank >= 2 and size >= 1, got {x.shape} and {size}")
+    functional = _library.torch_functional() if x.dtype == np.float32 else None
+    if functional is not None and x.ndim == 4 and size % 2 == 1:
+        # PyTorch's window is ONNX's for an odd size (even sizes split the padding the other
+        # way); one vectorised pass that keeps a conv's channels-last layout
+        import torch
+
+        with torch.no_grad():
+            return functional.local_response_norm(
+                _library.as_tensor(x), size, alpha, beta, bias).numpy()
     wd = _work_dtype(x.dtype)
     xf = _as_work(x, wd)
     sq = xf * xf
