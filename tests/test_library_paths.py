@@ -80,10 +80,10 @@ def test_gelu_matches_float64(approximate: str, conv_library: str) -> None:
     np.testing.assert_allclose(ours, expected, rtol=2e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("size", [3, 4, 5])
+@pytest.mark.parametrize("size", [3, 5])  # ORT refuses even sizes
 def test_lrn_after_a_conv_matches_onnxruntime(size: int, conv_library: str) -> None:
-    """LRN through PyTorch (odd sizes, channels-last input from the conv) and NumPy (even sizes,
-    or NumPy-only), against ONNX Runtime."""
+    """LRN through PyTorch (channels-last input from the conv) and NumPy-only, against ONNX
+    Runtime (even sizes, which PyTorch pads differently, stay on NumPy; ORT refuses them)."""
     rng = np.random.default_rng(size)
     w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
     graph = helper.make_graph(
