@@ -15,6 +15,9 @@ pytest.importorskip("torch")
 def test_matrix_work_runs_reduced_and_the_difference_is_reported(precision: str) -> None:
     model = light_model_randomized("squeezenet", 0)[0]
     feeds, _ = light_model_case("squeezenet")
+    if not _cpu_runs(precision):
+        pytest.skip(f"{precision} convolutions are not available on this CPU "
+                    "(the refusal is tested below)")
     session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision=precision))
     placement = session.get_placement()
     convs = [p for p in placement if "Conv" in p.op_type]
@@ -30,6 +33,33 @@ def test_matrix_work_runs_reduced_and_the_difference_is_reported(precision: str)
         # bf16 keeps 8 bits of mantissa: about 1% of the output's scale at most here
         assert entry["max_rel_to_max"] < 0.03, entry
     assert report[0]["argmax_agrees"]
+
+
+def _cpu_runs(precision: str) -> bool:
+    """Whether PyTorch's oneDNN convolves in ``precision`` here, asked directly of torch."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    try:
+        x = torch.ones(1, 4, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.ops.mkldnn._reorder_convolution_weight(
+            torch.ones(4, 4, 1, 1, dtype=dtype), [0, 0], [1, 1], [1, 1], 1, [1, 4, 3, 3])
+        torch.ops.mkldnn._convolution_pointwise(x, w, None, [0, 0], [1, 1], [1, 1], 1, "none",
+                                                [], "")
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_precision_the_cpu_lacks_is_refused_with_the_reason(precision: str) -> None:
+    model = light_model_randomized("squeezenet", 0)[0]
+    if _cpu_runs(precision):
+        hetrix.InferenceSession(model, hetrix.SessionOptions(precision=precision))  # accepted
+        return
+    with pytest.raises(hetrix.InvalidArgumentError, match=f"precision='{precision}' is not "
+                       "available on this CPU.*oneDNN refuses"):
+        hetrix.InferenceSession(model, hetrix.SessionOptions(precision=precision))
 
 
 def test_float32_default_is_exact_against_itself_and_refuses_comparison() -> None:

@@ -52,6 +52,12 @@ class ReducedPrecisionBackend(Backend):
                 f"precision={precision!r} computes through PyTorch's CPU kernels: "
                 "pip install 'hetrix[torch]'"
             ) from exc
+        refusal = _unsupported_reason(precision)
+        if refusal:
+            raise InvalidArgumentError(
+                f"precision={precision!r} is not available on this CPU: {refusal}. "
+                "Use precision='bf16' or the float32 default."
+            )
         self.precision = precision
         self.name = f"{precision}:cpu"
         self.memory = f"{precision}:cpu"
@@ -94,6 +100,37 @@ class ReducedPrecisionBackend(Backend):
             return _onednn.to_numpy(_onednn.as_tensor(value).to(torch.float32)
                                     .contiguous(memory_format=torch.contiguous_format))
         return value
+
+
+_PROBED: dict[str, str] = {}
+"""precision -> why this CPU cannot run it ("" when it can), probed once per process."""
+
+
+def _unsupported_reason(precision: str) -> str:
+    """Why oneDNN cannot convolve in ``precision`` on this CPU, or "" when it can.
+
+    oneDNN's float16 convolutions need AVX512-FP16 or AVX-NE-CONVERT (many AMD and older Intel
+    CPUs have neither); bfloat16 is emulated where AVX512-BF16 and AMX are missing.  Rather than
+    restating oneDNN's rules, one tiny convolution asks the library itself, so the session refuses
+    the mode up front with a clear reason instead of failing on its first convolution.
+    """
+    if precision not in _PROBED:
+        torch = import_torch()
+        dtype = getattr(torch, PRECISIONS[precision])
+        try:
+            with torch.no_grad():
+                x = torch.zeros(1, 8, 4, 4, dtype=dtype).contiguous(
+                    memory_format=torch.channels_last)
+                w = torch.ops.mkldnn._reorder_convolution_weight(
+                    torch.zeros(8, 8, 1, 1, dtype=dtype), [0, 0], [1, 1], [1, 1], 1,
+                    list(x.shape))
+                torch.ops.mkldnn._convolution_pointwise(
+                    x, w, None, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
+            _PROBED[precision] = ""
+        except RuntimeError as exc:
+            _PROBED[precision] = f"PyTorch's oneDNN refuses a {PRECISIONS[precision]} " \
+                f"convolution ({str(exc).splitlines()[0]})"
+    return _PROBED[precision]
 
 
 _WEIGHTED_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
