@@ -1,11 +1,21 @@
-"""Importing PyTorch to run beside NumPy's BLAS in one process.
+"""Importing PyTorch with its OpenMP threads set up for a run of many short kernels.
 
-PyTorch's CPU build parallelises with OpenMP, whose worker threads by default spin for a while
-after each parallel region.  When the next node runs on NumPy (OpenBLAS has its own threads), the
-spinning threads take the cores it needs: measured on MobileNetV2 here, 182 ms a run instead of
-20 ms.  Asking OpenMP to sleep when idle removes that; it has to be said before OpenMP starts,
-i.e. before torch is first imported, so every place in Hetrix that imports torch does it through
-:func:`import_torch`.  A user who imported torch earlier keeps their own setting.
+PyTorch's CPU build parallelises with OpenMP (libgomp).  What an idle worker thread does between
+two parallel regions decides the per-node cost of a model run through it:
+
+* told to sleep at once (``OMP_WAIT_POLICY=PASSIVE``, what Hetrix used first), every kernel starts
+  by waking the worker through the kernel's scheduler: 50-150 us per node on the 2-vCPU VMs here,
+  more than a small convolution takes (SqueezeNet: 26 convolutions of 40-300 us each).  A model of
+  small layers then gains nothing from the second core;
+* told to spin for ever (``ACTIVE``), it takes a core from everything else in the process and on
+  the machine, even between runs;
+* spinning a bounded number of rounds (``GOMP_SPINCOUNT``), it stays awake across the short gaps
+  between the nodes of a run (tens of microseconds) and sleeps about 10 ms after the run ends.
+
+Hetrix asks for the third, 300,000 rounds (measured: about 10 ms of spinning after a run here).
+It has to be said before OpenMP starts, i.e. before torch is first imported, so every place in
+Hetrix that imports torch does it through :func:`import_torch`.  A user who set
+``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, or imported torch first, keeps their own setting.
 """
 
 from __future__ import annotations
@@ -15,10 +25,17 @@ import sys
 from typing import Any
 
 
+SPIN_ROUNDS = 300_000
+"""libgomp spin rounds of an idle worker before it sleeps (its own default when no policy is set;
+set explicitly so that the choice is visible and does not depend on the environment)."""
+
+
 def import_torch() -> Any:
-    """``import torch``, with OpenMP told not to spin if torch is not loaded yet."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """``import torch``, with OpenMP's idle threads set to spin briefly if torch is not loaded yet."""
+    if "torch" not in sys.modules and not (
+        {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys()
+    ):
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_ROUNDS)
     import torch
 
     return torch
