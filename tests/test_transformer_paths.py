@@ -72,6 +72,7 @@ MATMUL_CASES = {
     "batched_broadcast": ((2, 3, 32, 48), (3, 48, 40)),
     "vector_rhs": ((64, 512), (512,)),
     "tiny": ((2, 3), (3, 4)),
+    "one_row": ((1, 1, 96), (96, 80)),  # a classifier at batch 1: NumPy's GEMV, not oneDNN
 }
 
 
@@ -129,6 +130,7 @@ GEMM_CASES = {
     "scalar_bias": ({"beta": -1.5}, ()),
     "no_bias": ({"alpha": 3.0}, None),
     "zero_beta": ({"beta": 0.0}, (64,)),
+    "row_bias": ({"transB": 1}, (1, 64)),  # oneDNN's inner product, bias as one row
 }
 
 
