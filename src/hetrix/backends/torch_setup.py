@@ -16,13 +16,24 @@ Hetrix asks for the third, 300,000 rounds (measured: about 10 ms of spinning aft
 It has to be said before OpenMP starts, i.e. before torch is first imported, so every place in
 Hetrix that imports torch does it through :func:`import_torch`.  A user who set
 ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, or imported torch first, keeps their own setting.
+
+NumPy's OpenBLAS has worker threads of its own, which busy-wait long after each call.  Beside
+torch's OpenMP workers they fight for the same cores: on MobileNetV2 here one 1280x1000 GEMV of
+the classifier left an OpenBLAS worker spinning through the next run's convolutions, 30 ms a run
+instead of 10.  Once Hetrix computes through torch, every product big enough to gain from threads
+goes to torch's libraries, so OpenBLAS is capped to one thread (through ``threadpoolctl``, part of
+the ``torch`` extra), unless the user chose a count with ``OPENBLAS_NUM_THREADS`` or
+``OMP_NUM_THREADS``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 SPIN_ROUNDS = 300_000
@@ -38,4 +49,25 @@ def import_torch() -> Any:
         os.environ["GOMP_SPINCOUNT"] = str(SPIN_ROUNDS)
     import torch
 
+    _cap_openblas_once()
     return torch
+
+
+_openblas_capped = False
+
+
+def _cap_openblas_once() -> None:
+    """Limit NumPy's OpenBLAS to one thread (see the module's docstring), once per process."""
+    global _openblas_capped
+    if _openblas_capped:
+        return
+    _openblas_capped = True
+    if {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"} & os.environ.keys():
+        return  # the user's choice
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        logger.warning("threadpoolctl is not installed: NumPy's BLAS threads may compete with "
+                       "PyTorch's (pip install 'hetrix[torch]', or set OPENBLAS_NUM_THREADS=1)")
+        return
+    threadpool_limits(limits=1, user_api="blas")  # stays in force: not used as a context
