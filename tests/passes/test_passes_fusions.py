@@ -459,3 +459,53 @@ def test_attention_is_only_fused_at_the_all_level() -> None:
     ir_model = ir.serde.deserialize_model(_attention_model())
     optimize(ir_model, 2)
     assert "Attention" not in {n.op_type for n in ir_model.graph}
+
+
+# --------------------------------------------------------------------------- BatchNorm + activation
+
+
+def _bn_reference(x: np.ndarray, params: dict[str, np.ndarray], eps: float = 1e-3) -> np.ndarray:
+    """Inference BatchNormalization in float64 (independent of every Hetrix kernel)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    p = {k.split("_", 1)[1]: v.astype(np.float64).reshape(shape) for k, v in params.items()}
+    return (x - p["mean"]) / np.sqrt(p["var"] + eps) * p["scale"] + p["bias"]
+
+
+@pytest.mark.parametrize(("activation", "reference"), [
+    ("Relu", lambda y: np.maximum(y, 0)),
+    ("LeakyRelu", lambda y: np.where(y < 0, 0.01 * y, y)),
+    ("Sigmoid", lambda y: 1 / (1 + np.exp(-y))),
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_batchnorm_activation_becomes_fused_batchnorm(activation: str, reference: object,
+                                                      layout: str) -> None:
+    # DenseNet's pre-activation: BN over a concatenation, then the activation
+    params = _bn_params("bn", 8)
+    nodes = [helper.make_node("Concat", ["x", "x2"], ["c"], axis=1), _bn("c", "n"),
+             helper.make_node(activation, ["n"], ["y"])]
+    model = make_model(nodes, {"x": [2, 4, 5, 7], "x2": [2, 4, 5, 7]}, ["y"], params)
+    x, x2 = _f32(2, 4, 5, 7, low=-3, high=3), _f32(2, 4, 5, 7, low=-3, high=3)
+    if layout == "channels_last":  # as convolution outputs arrive on the oneDNN path
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    result = optimize_and_run(model, {"x": x, "x2": x2})
+    assert result.ops() == {"Concat": 1, "hetrix::FusedBatchNormalization": 1}
+    fused = [n for n in result.model.graph if n.op_type == "FusedBatchNormalization"][0]
+    assert fused.attributes["activation"].value == activation
+    expected = reference(_bn_reference(np.concatenate([x, x2], axis=1).astype(np.float64), params))
+    np.testing.assert_allclose(result.actual[0], expected, rtol=1e-5, atol=1e-5)
+    result.assert_close()
+
+
+def test_training_mode_batchnorm_is_not_fused() -> None:
+    node = helper.make_node("BatchNormalization", ["x", "bn_scale", "bn_bias", "bn_mean",
+                                                   "bn_var"], ["n"], training_mode=1)
+    nodes = [node, helper.make_node("Relu", ["n"], ["y"])]
+    model = make_model(nodes, {"x": [2, 4, 3, 3]}, ["y"], _bn_params("bn", 4), opset=15)
+    assert _optimized_ops(model) == {"BatchNormalization", "Relu"}
+
+
+def test_batchnorm_read_by_two_nodes_keeps_its_activation_apart() -> None:
+    nodes = [_bn("x", "n"), helper.make_node("Relu", ["n"], ["r"]),
+             helper.make_node("Add", ["n", "r"], ["y"])]
+    model = make_model(nodes, {"x": [1, 4, 3, 3]}, ["y"], _bn_params("bn", 4))
+    assert _optimized_ops(model) == {"BatchNormalization", "Relu", "Add"}

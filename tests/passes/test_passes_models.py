@@ -111,3 +111,11 @@ def test_bert_shape_arithmetic_folds_as_far_as_static_dims_allow(bert: Optimized
     assert bert.report.count("lift constants") > 0
     assert bert.report.nodes_after < bert.report.nodes_before / 2
     assert np.all(np.isfinite(bert.actual[0]))
+
+
+def test_densenet_fuses_each_preactivation_batchnorm_with_its_relu() -> None:
+    result = _light("densenet121")
+    result.assert_close()
+    ops = result.ops()
+    assert ops["hetrix::FusedBatchNormalization"] == 62  # every BN+Relu of the dense blocks
+    assert "Relu" not in ops and "BatchNormalization" not in ops

@@ -272,6 +272,7 @@ _KERNELS: dict[tuple[str, str], Kernel] = {
     ("", "Add"): _torch_elementwise("Add"),
     ("", "Sum"): _torch_elementwise("Sum"),
     ("", "BatchNormalization"): _batch_norm,
+    ("hetrix", "FusedBatchNormalization"): lambda ctx, *args: _activate(ctx, _batch_norm(ctx, *args)),
     # the NumPy kernels below take reduced arrays as they are (their oneDNN paths for 2-D inputs)
     ("", "MaxPool"): pool.max_pool,
     ("", "AveragePool"): pool.average_pool,

@@ -13,6 +13,10 @@
   ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid alpha, beta).  The kernels in
   ``hetrix.backends.numpy_cpu.kernels.fused`` run the original kernel, then the activation in
   place on its fresh output.
+* An inference ``BatchNormalization`` (opset 9+, one output) followed by one of those activations
+  becomes ``hetrix.FusedBatchNormalization``: the pre-activation BN + Relu of DenseNet-style blocks
+  (BN over a concatenation, so nothing to fold it into), where the activation then runs in place
+  instead of writing one more full tensor.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import onnx_ir as ir
 from hetrix.passes import _ir
 from hetrix.passes.rewrite import Reject, RewriteContext, RewritePass, Rule
 
-FUSED_OP = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul"}
+FUSED_OP = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul",
+            "BatchNormalization": "FusedBatchNormalization"}
 """The hetrix op a producer becomes when an activation is fused into it."""
 
 _FLOAT_MAX = float(np.finfo(np.float32).max)
@@ -173,8 +178,9 @@ class ActivationFusionRule(Rule):
 
     def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, ir.Node, str, list]:
         producer = _ir.producer(node.inputs[0])
-        if not (_ir.is_op(producer, "Conv", "Gemm", "MatMul") or _is_plain_fused(producer)):
-            raise Reject("input is not produced by Conv, Gemm or MatMul")
+        if not (_ir.is_op(producer, "Conv", "Gemm", "MatMul") or _is_plain_fused(producer)
+                or _is_inference_batch_norm(producer, ctx)):
+            raise Reject("input is not produced by Conv, Gemm, MatMul or BatchNormalization")
         assert producer is not None
         if _ir.sole_consumer(node.inputs[0]) is None:
             raise Reject(f"the {producer.op_type} output has other readers")
@@ -247,6 +253,15 @@ def _clip_bounds(node: ir.Node, version: int | None) -> list[float]:
             raise Reject("Clip bounds are not constants")
         bounds.append(bound)
     return bounds
+
+
+def _is_inference_batch_norm(node: ir.Node | None, ctx: RewriteContext) -> bool:
+    """A BatchNormalization of opset 9+ that normalizes with its given statistics (one output,
+    no training mode): per channel ``x * a + b``, which the activation can follow in place."""
+    if not _ir.is_op(node, "BatchNormalization") or (ctx.opset("") or 0) < 9:
+        return False
+    assert node is not None
+    return len(node.outputs) == 1 and not _ir.attribute(node, "training_mode", 0)
 
 
 def _is_plain_fused(node: ir.Node | None) -> bool:

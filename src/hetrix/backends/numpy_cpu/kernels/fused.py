@@ -131,6 +131,21 @@ def fused_conv(
     return y if applied else activate(ctx, y)
 
 
+@kernel("FusedBatchNormalization", since=1, domain="hetrix")
+def fused_batch_norm(
+    ctx: NodeContext,
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+) -> np.ndarray:
+    """Inference BatchNormalization with its given statistics, then the activation in place."""
+    y = normalization.batch_norm(ctx, x, scale, bias, mean, var)
+    assert isinstance(y, np.ndarray)  # one output: the fusion pass fuses no training-mode BN
+    return activate(ctx, y)
+
+
 @kernel("FusedGemm", since=1, domain="hetrix")
 def fused_gemm(
     ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None

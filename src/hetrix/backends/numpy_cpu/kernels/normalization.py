@@ -3,8 +3,9 @@
 BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization,
 RMSNormalization, LRN, MeanVarianceNormalization and LpNormalization.  Statistics of float16 and
 bfloat16 inputs are computed in float32 (the ``stash_type`` default) and cast back at the end.
-float32 LayerNormalization runs on PyTorch's fused kernel when it is installed (one pass over the
-rows, where NumPy makes five and allocates temporaries).
+float32 LayerNormalization and inference BatchNormalization run on PyTorch's fused kernels when it
+is installed (one pass over the data, where NumPy makes two to five and allocates temporaries;
+BatchNormalization keeps a convolution's channels-last layout: 2-4x faster on DenseNet's shapes).
 """
 
 from __future__ import annotations
@@ -80,6 +81,31 @@ def _bn_apply(
     return y.astype(x.dtype, copy=False)
 
 
+def batch_norm_inference(
+    x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+    eps: float,
+) -> np.ndarray | None:
+    """Inference BatchNormalization by ``torch.batch_norm`` (one pass, layout kept), or None
+    where it does not apply (no torch, not float32, parameters not one value per channel)."""
+    channels = x.shape[1] if x.ndim >= 2 else -1
+    if not (
+        x.dtype == np.float32
+        and x.ndim >= 3
+        and x.size
+        and all(p.dtype == np.float32 and p.shape == (channels,)
+                for p in (scale, bias, mean, var))
+        and _library.torch_functional() is not None
+    ):
+        return None
+    import torch
+
+    t = _library.as_tensor
+    with torch.no_grad():
+        y = torch.batch_norm(t(x), t(scale), t(bias), t(mean), t(var), False, 0.0, float(eps),
+                             False)
+    return y.numpy()
+
+
 def _bn_batch_stats(x: np.ndarray, spatial: bool) -> tuple[np.ndarray, np.ndarray]:
     """Mean and population variance over every axis but the channel (or over the batch only)."""
     axes = (0, *range(2, x.ndim)) if spatial else (0,)
@@ -144,7 +170,9 @@ def batch_norm(
         for n, p in (("scale", scale), ("B", bias), ("input_mean", mean), ("input_var", var))
     )
     if not ctx.attrs.get("training_mode", 0):
-        y = _bn_apply(x, s, b, m, v, eps)
+        y = batch_norm_inference(x, scale, bias, mean, var, eps)
+        if y is None:
+            y = _bn_apply(x, s, b, m, v, eps)
         return y if ctx.num_outputs == 1 else (y, mean.copy(), var.copy())[: ctx.num_outputs]
     bm, bv = _bn_batch_stats(x, True)
     y = _bn_apply(x, s, b, bm, bv, eps)
