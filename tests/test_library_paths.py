@@ -83,7 +83,7 @@ def test_gelu_matches_float64(approximate: str, conv_library: str) -> None:
 @pytest.mark.parametrize("size", [3, 5])  # ORT refuses even sizes
 def test_lrn_after_a_conv_matches_onnxruntime(size: int, conv_library: str) -> None:
     """LRN through PyTorch (channels-last input from the conv) and NumPy-only, against ONNX
-    Runtime (even sizes, which PyTorch pads differently, stay on NumPy; ORT refuses them)."""
+    Runtime (which refuses even sizes: those are checked against float64 below)."""
     rng = np.random.default_rng(size)
     w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
     graph = helper.make_graph(
@@ -99,3 +99,29 @@ def test_lrn_after_a_conv_matches_onnxruntime(size: int, conv_library: str) -> N
     (theirs,) = ort.InferenceSession(model.SerializeToString(),
                                      providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_lrn_matches_float64_for_every_window_size(size: int, layout: str,
+                                                   conv_library: str) -> None:
+    """ONNX's window (floor((size-1)/2) channels before, the rest after) for odd and even sizes,
+    against a float64 loop over the spec's formula."""
+    rng = np.random.default_rng(size)
+    x = (rng.standard_normal((2, 7, 4, 5)) * 3).astype(np.float32)
+    if layout == "channels_last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    alpha, beta, bias = 1e-2, 0.75, 1.5
+    graph = helper.make_graph(
+        [helper.make_node("LRN", ["x"], ["y"], size=size, alpha=alpha, beta=beta, bias=bias)],
+        "lrn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    (ours,) = hetrix.InferenceSession(model).run(None, {"x": x})
+    x64 = x.astype(np.float64)
+    expected = np.empty_like(x64)
+    low, high = (size - 1) // 2, size - 1 - (size - 1) // 2
+    for c in range(x.shape[1]):
+        window = x64[:, max(0, c - low):min(x.shape[1], c + high + 1)]
+        expected[:, c] = x64[:, c] / (bias + alpha / size * (window**2).sum(axis=1)) ** beta
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
