@@ -125,3 +125,31 @@ def test_lrn_matches_float64_for_every_window_size(size: int, layout: str,
         window = x64[:, max(0, c - low):min(x.shape[1], c + high + 1)]
         expected[:, c] = x64[:, c] / (bias + alpha / size * (window**2).sum(axis=1)) ** beta
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_channel_shuffle_between_convs_matches_onnxruntime(conv_library: str) -> None:
+    """ShuffleNet's Reshape -> Transpose -> Reshape on a channels-last conv output: the last
+    Reshape writes channels-last (see tensor._merge_channels_last); values as ORT's."""
+    rng = np.random.default_rng(7)
+    w1 = rng.standard_normal((12, 4, 1, 1)).astype(np.float32)
+    w2 = rng.standard_normal((12, 1, 3, 3)).astype(np.float32)
+    init = [helper.make_tensor("w1", TensorProto.FLOAT, w1.shape, w1.ravel()),
+            helper.make_tensor("w2", TensorProto.FLOAT, w2.shape, w2.ravel()),
+            helper.make_tensor("split", TensorProto.INT64, [5], [2, 3, 4, 6, 5]),
+            helper.make_tensor("merged", TensorProto.INT64, [4], [2, 12, 6, 5])]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c"]),
+         helper.make_node("Reshape", ["c", "split"], ["r"]),
+         helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3, 4]),
+         helper.make_node("Reshape", ["t", "merged"], ["s"]),
+         helper.make_node("Conv", ["s", "w2"], ["y"], group=12, pads=[1, 1, 1, 1])],
+        "shuffle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, None)], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    x = rng.standard_normal((2, 4, 6, 5)).astype(np.float32)
+    ours = hetrix.InferenceSession(model).run(None, {"x": x})
+    theirs = ort.InferenceSession(model.SerializeToString(),
+                                  providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

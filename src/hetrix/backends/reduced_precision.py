@@ -251,6 +251,10 @@ def _fused_matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
     return _activate(ctx, y)
 
 
+def _fused_batch_norm(ctx: NodeContext, x: np.ndarray, *params: np.ndarray) -> np.ndarray:
+    return _activate(ctx, _batch_norm(ctx, x, *params))
+
+
 def _activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
     """The node's activation: Relu by torch in the reduced type, others in float32."""
     activation = ctx.attrs.get("activation", "") or ""
@@ -272,7 +276,7 @@ _KERNELS: dict[tuple[str, str], Kernel] = {
     ("", "Add"): _torch_elementwise("Add"),
     ("", "Sum"): _torch_elementwise("Sum"),
     ("", "BatchNormalization"): _batch_norm,
-    ("hetrix", "FusedBatchNormalization"): lambda ctx, *args: _activate(ctx, _batch_norm(ctx, *args)),
+    ("hetrix", "FusedBatchNormalization"): _fused_batch_norm,
     # the NumPy kernels below take reduced arrays as they are (their oneDNN paths for 2-D inputs)
     ("", "MaxPool"): pool.max_pool,
     ("", "AveragePool"): pool.average_pool,

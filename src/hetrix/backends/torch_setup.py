@@ -42,7 +42,7 @@ set explicitly so that the choice is visible and does not depend on the environm
 
 
 def import_torch() -> Any:
-    """``import torch``, with OpenMP's idle threads set to spin briefly if torch is not loaded yet."""
+    """``import torch``; OpenMP's idle threads set to spin briefly if torch is not loaded yet."""
     if "torch" not in sys.modules and not (
         {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys()
     ):

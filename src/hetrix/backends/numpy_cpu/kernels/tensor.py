@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from hetrix.backends.numpy_cpu.kernels import _onednn
+from hetrix.backends.numpy_cpu.kernels import _library, _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 
 # --------------------------------------------------------------------------------------------------
@@ -168,7 +168,37 @@ def _reshape(x: np.ndarray, dims: list[int], allowzero: bool) -> np.ndarray:
         target[infer] = x.size // known
     elif math.prod(target) != x.size:
         raise ValueError(f"Reshape: cannot reshape {x.shape} into {dims}")
+    if _merges_innermost_channels(x, target):
+        return _merge_channels_last(x)
     return x.reshape(target)
+
+
+def _merges_innermost_channels(x: np.ndarray, target: list[int]) -> bool:
+    """Whether ``x`` (5-D, not contiguous) is reshaped to 4-D by merging axes 1 and 2, and those
+    are the innermost axes in memory: the end of a channel shuffle (ShuffleNet's Reshape,
+    Transpose, Reshape) on a channels-last activation."""
+    return (
+        x.ndim == 5
+        and len(target) == 4
+        and target == [x.shape[0], x.shape[1] * x.shape[2], x.shape[3], x.shape[4]]
+        and not x.flags.c_contiguous
+        and x.size > 0
+        and max(x.strides[1], x.strides[2]) < min(x.strides[3], x.strides[4])
+        and _library.torch_functional() is not None
+    )
+
+
+def _merge_channels_last(x: np.ndarray) -> np.ndarray:
+    """``x.reshape(N, C1*C2, H, W)`` written channels-last.
+
+    NumPy's reshape would copy into C order (NCHW), which the next convolution converts back to
+    NHWC: two full copies where one, written in the layout the source already has, serves.
+    PyTorch's strided copy does it (NumPy's, with the 4-8 element innermost loops of a channel
+    shuffle, is 2x slower than its own C-order reshape, so without torch that one is kept).
+    """
+    n, c1, c2, h, w = x.shape
+    nhwc = _library.as_tensor(x.transpose(0, 3, 4, 1, 2)).contiguous().numpy()
+    return nhwc.reshape(n, h, w, c1 * c2).transpose(0, 3, 1, 2)
 
 
 @kernel("Reshape", since=1)
