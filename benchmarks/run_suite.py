@@ -13,11 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-
-# torch (the exporters here, Hetrix's depthwise path) must not leave OpenMP threads spinning
-# between runs: set before anything imports it, as Hetrix itself does (hetrix.backends.torch_setup).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import functools
 import logging
 import math
@@ -32,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hetrix.backends.torch_setup import set_openmp_spin
 from hetrix.bench import BenchConfig, BenchResult, count_steps, run_benchmark
 from hetrix.bench.report import machine_info, package_versions
 from hetrix.bench.runtimes import HETRIX, ONNXRUNTIME, OPENVINO, RUNTIMES
@@ -40,6 +36,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import suite_models  # noqa: E402  (next to this script)
+
+# the exporters here may import torch before Hetrix does: give OpenMP the thread policy Hetrix
+# itself sets (hetrix.backends.torch_setup), so that the suite times what users get
+set_openmp_spin()
 
 logger = logging.getLogger("hetrix.benchmarks")
 

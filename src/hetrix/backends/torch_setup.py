@@ -43,14 +43,19 @@ set explicitly so that the choice is visible and does not depend on the environm
 
 def import_torch() -> Any:
     """``import torch``; OpenMP's idle threads set to spin briefly if torch is not loaded yet."""
-    if "torch" not in sys.modules and not (
-        {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys()
-    ):
-        os.environ["GOMP_SPINCOUNT"] = str(SPIN_ROUNDS)
+    if "torch" not in sys.modules:
+        set_openmp_spin()
     import torch
 
     _cap_openblas_once()
     return torch
+
+
+def set_openmp_spin() -> None:
+    """Ask libgomp for Hetrix's bounded spin (see the module's docstring) unless the user chose a
+    wait policy; takes effect only if OpenMP has not started yet (call before importing torch)."""
+    if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_ROUNDS)
 
 
 _openblas_capped = False
