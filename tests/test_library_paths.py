@@ -153,3 +153,30 @@ def test_channel_shuffle_between_convs_matches_onnxruntime(conv_library: str) ->
                                   providers=["CPUExecutionProvider"]).run(None, {"x": x})
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [9, 13, 15])
+def test_batchnorm_after_a_conv_matches_onnxruntime(opset: int, conv_library: str) -> None:
+    """Inference BatchNormalization of each kernel version (1-13 and 14+) on a channels-last conv
+    output, through torch's kernel and NumPy-only; the conv's output is read twice so that the BN
+    cannot be folded into it."""
+    rng = np.random.default_rng(opset)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    params = {"scale": rng.uniform(0.5, 1.5, 6), "bias": rng.standard_normal(6),
+              "mean": rng.standard_normal(6), "var": rng.uniform(0.5, 2, 6)}
+    init = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())] + [
+        helper.make_tensor(k, TensorProto.FLOAT, [6], v.astype(np.float32))
+        for k, v in params.items()]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["n"],
+                          epsilon=1e-3),
+         helper.make_node("Add", ["n", "c"], ["y"])],
+        "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 7, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    (ours,) = hetrix.InferenceSession(model).run(None, {"x": x})
+    (theirs,) = ort.InferenceSession(model.SerializeToString(),
+                                     providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -139,7 +139,9 @@ def batch_norm_v1(
         for n, p in (("scale", scale), ("B", bias), ("mean", mean), ("var", var))
     )
     if ctx.num_outputs == 1 or ctx.attrs.get("is_test", 0):
-        y = _bn_apply(x, s, b, m, v, eps)
+        y = batch_norm_inference(x, scale, bias, mean, var, eps) if spatial else None
+        if y is None:
+            y = _bn_apply(x, s, b, m, v, eps)
         return y if ctx.num_outputs == 1 else (y, mean.copy(), var.copy(), mean.copy(), var.copy())
     bm, bv = _bn_batch_stats(x, spatial)
     y = _bn_apply(x, s, b, bm, bv, eps)
