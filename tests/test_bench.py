@@ -113,11 +113,12 @@ def test_cli_bench_writes_json(tiny: Path, tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     outcome = CliRunner().invoke(app, ["bench", str(tiny), "--vs", "onnxruntime", "--batch", "2",
                                        "--warmup", "1", "--repeat", "2", "--no-memory",
-                                       "--json", str(target)])
+                                       "--gap", "0", "--json", str(target)])
     assert outcome.exit_code == 0, outcome.output
     assert "Hetrix / onnxruntime" in outcome.output and "agree" in outcome.output
     loaded = json.loads(target.read_text())
     assert loaded["batch"] == 2 and loaded["config"]["competitors"] == ["onnxruntime"]
+    assert loaded["config"]["gap_s"] == 0.0  # back to back, as asked
 
 
 def test_cli_bench_user_errors(tiny: Path, tmp_path: Path) -> None:
@@ -133,6 +134,8 @@ def test_cli_bench_user_errors(tiny: Path, tmp_path: Path) -> None:
     assert missing.exit_code == 2
     unknown = runner.invoke(app, ["bench", str(tiny), "--vs", "tensorflow"])
     assert unknown.exit_code == 2
+    negative_gap = runner.invoke(app, ["bench", str(tiny), "--gap", "-1"])
+    assert negative_gap.exit_code == 2 and "gap" in negative_gap.output
 
 
 def test_plot_writes_a_png(tiny: Path, tmp_path: Path) -> None:

@@ -59,6 +59,10 @@ def bench(
     precision: Annotated[str, typer.Option(
         help="fp32, or bf16/fp16: Hetrix's reduced-precision mode and OpenVINO's matching hint "
         "(ONNX Runtime stays float32); the output difference is reported.")] = "fp32",
+    gap: Annotated[float, typer.Option(
+        min=0.0, help="Seconds of pause before each run, so that the other runtime's "
+        "spinning threads go idle first (0: alternate without pause, each runtime then running "
+        "beside the other's spinning threads).")] = 0.1,
 ) -> None:
     """Time Hetrix and a competitor on the same random inputs, alternating runs.
 
@@ -72,7 +76,7 @@ def bench(
     with _user_errors():
         config = BenchConfig(str(model), _split(vs), batch, threads, warmup, repeat,
                              parse_dims(dims or []), _split([providers or ""]) or None, seed,
-                             memory, precision=precision)
+                             memory, precision=precision, gap_s=gap)
         if plot is not None:
             _check_matplotlib()
         with Progress(TextColumn("{task.description}", style="cyan"), BarColumn(),
