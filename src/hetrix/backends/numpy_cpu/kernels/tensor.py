@@ -379,13 +379,15 @@ def slice_(
     steps: np.ndarray | None = None,
 ) -> np.ndarray:
     """Slice by the ``starts``/``ends``/``axes``/``steps`` inputs; a view."""
-    operands = (starts, ends, axes, steps)
     cached = ctx.cache.get("slice")
-    # constant operands (read-only, the same arrays every run): the index is built once per rank
-    if cached is not None and cached[0] == x.ndim and all(
-        a is b for a, b in zip(cached[1], operands, strict=True)
-    ):
-        return x[cached[2]]
+    # constant operands (read-only, the same arrays every run): the index is built once per rank;
+    # compared one by one, not with all() over a generator, which costs more than the slicing
+    if cached is not None:
+        ndim, (c_starts, c_ends, c_axes, c_steps), index = cached
+        if (ndim == x.ndim and c_starts is starts and c_ends is ends and c_axes is axes
+                and c_steps is steps):
+            return x[index]
+    operands = (starts, ends, axes, steps)
     starts_l = starts.tolist()
     steps_l = steps.tolist() if steps is not None else [1] * len(starts_l)
     y = _slice(x, starts_l, ends.tolist(), axes.tolist() if axes is not None else None, steps_l)
