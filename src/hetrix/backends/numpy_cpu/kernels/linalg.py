@@ -173,12 +173,12 @@ def _torch_gemm(
     pass); ``a`` and ``b`` may be transposed views, which MKL reads as they are."""
     import torch
 
-    ta, tb = _library.as_tensor(a), _library.as_tensor(b)
     shape = (a.shape[0], b.shape[1])
     if alpha == 1.0 and (c is None or beta == 0.0 or (beta == 1.0 and c.shape in (
             (shape[1],), (1, shape[1])) and c.dtype == np.float32)):
         bias = None if c is None or beta == 0.0 else c.reshape(shape[1])
         return _linear(a, b, bias)  # a layer: oneDNN's inner product, bias in the same pass
+    ta, tb = _library.as_tensor(a), _library.as_tensor(b)
     if c is None or beta == 0.0:
         y = torch.mm(ta, tb)
         if alpha != 1.0:

@@ -81,6 +81,13 @@ def _bn_apply(
     return y.astype(x.dtype, copy=False)
 
 
+def _bn_params(
+    op: str, x: np.ndarray, spatial: bool, named: tuple[tuple[str, np.ndarray], ...]
+) -> list[np.ndarray]:
+    """Scale, bias, mean and var shaped to broadcast against ``x`` (see :func:`_bn_param`)."""
+    return [_bn_param(op, name, p, x, spatial) for name, p in named]
+
+
 def batch_norm_inference(
     x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
     eps: float,
@@ -134,15 +141,15 @@ def batch_norm_v1(
     _bn_check(x)
     op, eps = "BatchNormalization", ctx.attrs.get("epsilon", 1e-5)
     spatial = bool(ctx.attrs.get("spatial", 1))
-    s, b, m, v = (
-        _bn_param(op, n, p, x, spatial)
-        for n, p in (("scale", scale), ("B", bias), ("mean", mean), ("var", var))
-    )
+    named = (("scale", scale), ("B", bias), ("mean", mean), ("var", var))
     if ctx.num_outputs == 1 or ctx.attrs.get("is_test", 0):
+        # torch's one-pass kernel checks the parameters itself; NumPy's broadcast ones (and the
+        # errors for bad ones) are built only where it does not run
         y = batch_norm_inference(x, scale, bias, mean, var, eps) if spatial else None
         if y is None:
-            y = _bn_apply(x, s, b, m, v, eps)
+            y = _bn_apply(x, *_bn_params(op, x, spatial, named), eps)
         return y if ctx.num_outputs == 1 else (y, mean.copy(), var.copy(), mean.copy(), var.copy())
+    s, b, m, v = _bn_params(op, x, spatial, named)
     bm, bv = _bn_batch_stats(x, spatial)
     y = _bn_apply(x, s, b, bm, bv, eps)
     momentum = ctx.attrs.get("momentum", 0.9)
@@ -167,15 +174,13 @@ def batch_norm(
     """Opset 14+: inference with the given statistics, or training_mode with running updates."""
     _bn_check(x)
     op, eps = "BatchNormalization", ctx.attrs.get("epsilon", 1e-5)
-    s, b, m, v = (
-        _bn_param(op, n, p, x, True)
-        for n, p in (("scale", scale), ("B", bias), ("input_mean", mean), ("input_var", var))
-    )
+    named = (("scale", scale), ("B", bias), ("input_mean", mean), ("input_var", var))
     if not ctx.attrs.get("training_mode", 0):
-        y = batch_norm_inference(x, scale, bias, mean, var, eps)
+        y = batch_norm_inference(x, scale, bias, mean, var, eps)  # as in batch_norm_v1
         if y is None:
-            y = _bn_apply(x, s, b, m, v, eps)
+            y = _bn_apply(x, *_bn_params(op, x, True, named), eps)
         return y if ctx.num_outputs == 1 else (y, mean.copy(), var.copy())[: ctx.num_outputs]
+    s, b, m, v = _bn_params(op, x, True, named)
     bm, bv = _bn_batch_stats(x, True)
     y = _bn_apply(x, s, b, bm, bv, eps)
     momentum = ctx.attrs.get("momentum", 0.9)
