@@ -129,7 +129,7 @@ def measure_in_child(
     start = _rss()
     importlib.import_module(module)
     imported = _rss() - start
-    from hetrix.bench.runtimes import RUNTIMES, blas_thread_limit  # imports hetrix for any runtime
+    from hetrix.bench.runtimes import RUNTIMES  # imports hetrix for any runtime
 
     runtime = RUNTIMES[runtime_name]
     before_libraries = _rss()
@@ -138,7 +138,7 @@ def measure_in_child(
     gc.collect()
     baseline = _rss()
     hwm_ok = _reset_high_water_mark()
-    with blas_thread_limit(threads, warn=False), _Sampler() as sampler:
+    with _Sampler() as sampler:
         run = runtime.load(path, feeds, threads, providers, precision)
         after_load = _rss()
         for _ in range(max(1, runs)):

@@ -144,10 +144,6 @@ def summary_lines(result: BenchResult) -> list[str]:
         lines.append(f"outputs vs {a.competitor}: {status} (max abs {a.max_abs:.3g}, "
                      f"max rel {a.max_rel:.3g}; rtol {a.rtol:g}, atol {a.atol:g} x max|ref|)")
         lines += [f"  output {d.name}: {d.problem}" for d in a.outputs if d.problem]
-    hetrix = result.runtime(HETRIX)
-    if hetrix is not None and result.config.threads and "not capped" in hetrix.threads:
-        lines.append("[yellow]hetrix: BLAS threads not capped in the timing phase "
-                     "(pip install threadpoolctl)[/yellow]")
     for r in result.runtimes:
         if r.error:
             lines.append(f"[red]{r.name} failed: {r.error}[/red]")

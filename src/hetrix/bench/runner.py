@@ -23,7 +23,7 @@ import numpy as np
 
 from hetrix.bench import inputs as inputs_mod
 from hetrix.bench.memory import MemoryStats, measure_memory
-from hetrix.bench.runtimes import HETRIX, RunFn, Runtime, blas_thread_limit, get_runtime
+from hetrix.bench.runtimes import HETRIX, RunFn, Runtime, get_runtime
 from hetrix.bench.runtimes import RUNTIMES as _RUNTIMES
 from hetrix.errors import InvalidArgumentError
 
@@ -168,8 +168,7 @@ def run_benchmark(config: BenchConfig, on_step: StepFn | None = None) -> BenchRe
     if batch != config.batch and not inputs_mod.has_symbolic_batch(specs):
         logger.warning("the model's batch is fixed at %d: --batch %d ignored", batch, config.batch)
     results = [RuntimeResult(r.name, version=_version(r)) for r in runtimes]
-    with blas_thread_limit(config.threads, warn=False) as how, _quiet():
-        results[0].threads = how
+    with _quiet():
         outputs = _time_all(runtimes, results, path, feeds, config, batch, step)
     agreement = _agreements(results, outputs)
     if config.memory:
@@ -245,8 +244,7 @@ def _timed_load(
     start = time.perf_counter()
     fn = runtime.load(path, feeds, config.threads, config.providers, config.precision)
     result.load_s = time.perf_counter() - start
-    if runtime.name != HETRIX:
-        result.threads = f"{config.threads} threads" if config.threads else "default"
+    result.threads = f"{config.threads} threads" if config.threads else "default"
     return fn
 
 

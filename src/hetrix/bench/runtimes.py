@@ -2,10 +2,9 @@
 
 Each :class:`Runtime` loads a model into a ``run(feeds) -> list[np.ndarray]`` callable.  Thread
 settings: ONNX Runtime's ``intra_op_num_threads`` (with ``inter_op_num_threads=1``), OpenVINO's
-``INFERENCE_NUM_THREADS``, and for Hetrix ``SessionOptions.intra_op_num_threads`` plus a limit on
-NumPy's BLAS threads through ``threadpoolctl`` when it is installed (:func:`blas_thread_limit`);
-without it the BLAS uses its own default (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` when set
-before the process starts, which the memory phase's child processes do).
+``INFERENCE_NUM_THREADS``, and for Hetrix ``SessionOptions.intra_op_num_threads``, which the
+session applies to PyTorch's threads, or NumPy's BLAS when PyTorch is not used, during its runs
+(:mod:`hetrix.runtime.threads`).
 
 OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX512-BF16 it would
 otherwise compute in bfloat16, faster but neither comparable nor agreeing with float32 outputs.
@@ -13,10 +12,9 @@ otherwise compute in bfloat16, faster but neither comparable nor agreeing with f
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,21 +164,3 @@ def threadpoolctl_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-@contextlib.contextmanager
-def blas_thread_limit(threads: int, warn: bool = True) -> Iterator[str]:
-    """Cap the BLAS threads of this process while inside; yields how (for the report)."""
-    if not threads:
-        yield "default"
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        if warn:
-            logger.warning("threadpoolctl is not installed: Hetrix's BLAS threads are not capped "
-                           "(pip install threadpoolctl, or set OPENBLAS_NUM_THREADS=%d)", threads)
-        yield "not capped (threadpoolctl missing)"
-        return
-    with threadpool_limits(limits=threads, user_api="blas"):
-        yield f"threadpoolctl blas={threads}"

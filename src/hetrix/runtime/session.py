@@ -33,6 +33,7 @@ from hetrix.runtime.memory import collects_load_garbage, retain_freed_memory
 from hetrix.runtime.plan import HOST, Placement, Plan, build_plan
 from hetrix.runtime.providers import ProviderSpec, make_backends
 from hetrix.runtime.specialize import ShapeSpecializer, Specialization, analyze
+from hetrix.runtime.threads import ComputeThreads
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class SessionOptions:
 
     graph_optimization_level: int = 99
     intra_op_num_threads: int = 0
+    """Threads of the compute libraries (PyTorch, else NumPy's BLAS) during this session's runs;
+    0 keeps their default, one per core.  They count per process, so the session sets them when
+    a run starts and restores them when it ends (see :mod:`hetrix.runtime.threads`)."""
     log_severity_level: int = 2
     enable_cpu_mem_arena: bool = True
     """Reuse freed host buffers across runs (configures glibc's allocator process-wide; see
@@ -145,6 +149,7 @@ class InferenceSession:
             ]
         if self._options.enable_cpu_mem_arena:
             retain_freed_memory()
+        self._threads = ComputeThreads(self._options.intra_op_num_threads)
         self._backends = make_backends(providers)
         if self._options.precision != "fp32":
             from hetrix.backends.reduced_precision import ReducedPrecisionBackend
@@ -316,10 +321,11 @@ class InferenceSession:
         wanted = self._output_positions(output_names)
         feeds = self._feed_list(input_feed)
         timings = self._timings if self._options.enable_profiling else None
-        if self._specializer is not None:
-            outputs = self._specializer.execute(feeds, timings)
-        else:
-            outputs = execute(self._plan, feeds, timings=timings)
+        with self._threads.applied():
+            if self._specializer is not None:
+                outputs = self._specializer.execute(feeds, timings)
+            else:
+                outputs = execute(self._plan, feeds, timings=timings)
         keep = isinstance(run_options, RunOptions) and run_options.keep_outputs_on_device
         memories = self._plan.output_memory
         results = []
@@ -338,7 +344,8 @@ class InferenceSession:
         value of the model as written.
         """
         record: dict[str, Any] = {}
-        outputs = execute(self._plan, self._feed_list(input_feed), record=record)
+        with self._threads.applied():
+            outputs = execute(self._plan, self._feed_list(input_feed), record=record)
         record.update(zip(self._plan.output_names, outputs))
         return {name: _as_output(value) for name, value in record.items()}
 

@@ -1,0 +1,98 @@
+"""SessionOptions.intra_op_num_threads: the compute libraries use that many threads during a run,
+and get their own setting back after it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import hetrix
+from hetrix.backends.numpy_cpu.kernels import _library
+from hetrix.errors import InvalidArgumentError
+from hetrix.runtime import executor
+
+
+def _model() -> bytes:
+    """y = relu(x @ w): one product for the BLAS or PyTorch, one elementwise op."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [64, 64], np.linspace(-1, 1, 64 * 64).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Relu", ["xw"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, 64])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    return model.SerializeToString()
+
+
+def _threads_seen_in_run(monkeypatch: pytest.MonkeyPatch, count_threads) -> list[int]:
+    """Make every plan walk record ``count_threads()`` as it starts."""
+    seen: list[int] = []
+    walk = executor._walk_lean
+
+    def recording_walk(plan, slots):
+        seen.append(count_threads())
+        return walk(plan, slots)
+
+    monkeypatch.setattr(executor, "_walk_lean", recording_walk)
+    return seen
+
+
+def _reference(x: np.ndarray) -> np.ndarray:
+    w = np.linspace(-1, 1, 64 * 64).reshape(64, 64)
+    return np.maximum(x.astype(np.float64) @ w, 0)
+
+
+def test_torch_threads_follow_the_session_and_are_restored(monkeypatch) -> None:
+    if _library.torch_functional() is None:
+        pytest.skip("PyTorch is not installed, or HETRIX_NUMPY_ONLY=1")
+    import torch
+
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    session = hetrix.InferenceSession(_model(), hetrix.SessionOptions(intra_op_num_threads=want))
+    seen = _threads_seen_in_run(monkeypatch, torch.get_num_threads)
+    x = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+    for _ in range(3):  # the third run takes the shape-specialized plan
+        y = session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(y, _reference(x), rtol=1e-5, atol=1e-4)
+    assert seen == [want] * 3
+    assert torch.get_num_threads() == before
+
+
+def test_default_leaves_torch_threads_alone(monkeypatch) -> None:
+    if _library.torch_functional() is None:
+        pytest.skip("PyTorch is not installed, or HETRIX_NUMPY_ONLY=1")
+    import torch
+
+    before = torch.get_num_threads()
+    session = hetrix.InferenceSession(_model())
+    seen = _threads_seen_in_run(monkeypatch, torch.get_num_threads)
+    session.run(None, {"x": np.ones((32, 64), np.float32)})
+    assert seen == [before]
+
+
+def test_numpy_only_sessions_set_the_blas_threads(monkeypatch) -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(_library, "_FUNCTIONAL", False)  # the NumPy-only kernels
+
+    def blas_threads() -> int:
+        infos = threadpoolctl.threadpool_info()
+        return min(i["num_threads"] for i in infos if i["user_api"] == "blas")
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        session = hetrix.InferenceSession(_model(), hetrix.SessionOptions(intra_op_num_threads=1))
+        seen = _threads_seen_in_run(monkeypatch, blas_threads)
+        x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+        y = session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(y, _reference(x), rtol=1e-5, atol=1e-4)
+        assert seen == [1]
+        assert blas_threads() == 2
+
+
+@pytest.mark.parametrize("count", [-1, 1.5, "2"])
+def test_bad_thread_count_is_refused_by_name(count) -> None:
+    with pytest.raises(InvalidArgumentError, match="intra_op_num_threads"):
+        hetrix.InferenceSession(_model(), hetrix.SessionOptions(intra_op_num_threads=count))
