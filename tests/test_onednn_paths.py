@@ -426,6 +426,45 @@ def test_dynamic_shapes_reuse_packed_weights(name: str, route: Route,
     route.check_convs()
 
 
+def _channels_last(array: np.ndarray) -> np.ndarray:
+    """The same values laid out NHWC (as a conv output here is, and as a caller may feed)."""
+    return np.ascontiguousarray(array.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array = array.copy()
+    array.flags.writeable = False
+    return array
+
+
+def test_prepared_conv_calls_follow_layout_shape_and_writability(route: Route,
+                                                                 rng: np.random.Generator) -> None:
+    """After its first run a node repeats its oneDNN call without the full path (see
+    ``_onednn.PreparedConv``) only while the input's shape, layout, type and writability are what
+    it prepared for: each change below must take the full path again and stay exact."""
+    nodes = [
+        conv("a", "x", "a", **PAD1), helper.make_node("Relu", ["a"], ["r"]),
+        conv("b", "r", "b", **PAD1), helper.make_node("Add", ["b", "r"], ["s"]),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    weights = {**conv_weights(rng, "a", W_SHAPE), **conv_weights(rng, "b", W_SHAPE)}
+    compared = Compared(make_model(nodes, {"x": ["N", 8, 10, 10]}, ["y"], weights))
+    assert compared.count("Conv+Add") == 1
+    x2, x3 = f32(rng, 2, 8, 10, 10), f32(rng, 3, 8, 10, 10)
+    feeds = [x2, x2, x2, _channels_last(x2), _channels_last(x2), x2, x3, x3, x3,
+             _read_only(_channels_last(x3)), _channels_last(x3), x2]
+    full_path_calls = []
+    for x in feeds:
+        before = route.convs
+        compared.check({"x": x})
+        full_path_calls.append(route.convs - before)
+    if route.library:
+        # conv "a" reads the feed: prepared only while the feed is channels-last; conv "b" (with
+        # its residual) reads conv outputs: prepared from its second run of a shape on
+        assert full_path_calls == [2, 1, 1, 1, 0, 1, 2, 1, 1, 1, 1, 2]
+    route.check_convs()
+
+
 # --------------------------------------------------------------------------- 2. NHWC outputs
 
 

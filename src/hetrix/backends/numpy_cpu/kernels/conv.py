@@ -300,6 +300,11 @@ def conv_fused(
     Returns ``(y, applied)``: whether ``activation`` (a Hetrix activation name, "" for none) was
     applied as a oneDNN post-op; when not, the caller applies it.
     """
+    prepared = ctx.cache.get("onednn_prepared")
+    if prepared is not None:  # this node's oneDNN call, decided on an earlier run
+        y = prepared(x, w, b, residual)
+        if y is not None:
+            return y, ctx.cache["onednn_applied"]
     key = (x.shape, w.shape)
     geometry = ctx.cache.get("geometry")
     if geometry is None or geometry[0] != key:  # attributes parsed once per input shape
@@ -320,6 +325,7 @@ def conv_fused(
         )
         if not fuse_residual:
             y = y + residual
+        ctx.cache["onednn_applied"] = post_op == activation
         return y, post_op == activation
     dtype = _compute_dtype(x.dtype)
     y = conv_nd(
