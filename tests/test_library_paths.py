@@ -155,6 +155,39 @@ def test_channel_shuffle_between_convs_matches_onnxruntime(conv_library: str) ->
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("groups", [2, 3, 4, 8])
+@pytest.mark.parametrize("layout", ["pixel_blocks", "batch_slice", "strided_width",
+                                    "height_slice"])
+def test_channel_shuffle_merge_gives_numpy_values(groups: int, layout: str,
+                                                  conv_library: str) -> None:
+    """The last Reshape of a channel shuffle, on each layout a channels-last activation may have
+    (whole pixel blocks one after another, or views of them: a batch slice, a strided width, a
+    height slice).  Values as NumPy's reshape of the same array; laid out channels-last where
+    PyTorch wrote it."""
+    from hetrix.backends.numpy_cpu.kernels import tensor
+
+    rng = np.random.default_rng(groups)
+    n, c, h, w = (1 if groups == 8 else 3), 6 * groups, 5, 4
+    nhwc = rng.standard_normal((n, h + 1, w * 2, c)).astype(np.float32)
+    nhwc = {"pixel_blocks": nhwc[:, 1:, :w].copy(), "batch_slice": nhwc[:, 1:, :w].copy()[n // 2:],
+            "strided_width": nhwc[:, 1:, ::2], "height_slice": nhwc[:, 1:, :w].copy()[:, 1:]
+            }[layout]
+    activation = nhwc.transpose(0, 3, 1, 2)  # NCHW shape, channels-last memory
+    split = activation.reshape(activation.shape[0], groups, c // groups, *activation.shape[2:])
+    shuffled = split.transpose(0, 2, 1, 3, 4)
+    target = [activation.shape[0], c, activation.shape[2], w]
+    ours = tensor._reshape(shuffled, target, False)
+    np.testing.assert_array_equal(ours, np.ascontiguousarray(shuffled).reshape(target))
+    if conv_library != "numpy-only" and _library_on():
+        assert ours.strides[1] == ours.itemsize  # channels-last
+
+
+def _library_on() -> bool:
+    from hetrix.backends.numpy_cpu.kernels import _library
+
+    return _library.torch_functional() is not None
+
+
 @pytest.mark.parametrize("opset", [9, 13, 15])
 def test_batchnorm_after_a_conv_matches_onnxruntime(opset: int, conv_library: str) -> None:
     """Inference BatchNormalization of each kernel version (1-13 and 14+) on a channels-last conv
