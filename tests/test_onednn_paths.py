@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -463,6 +464,73 @@ def test_prepared_conv_calls_follow_layout_shape_and_writability(route: Route,
         # its residual) reads conv outputs: prepared from its second run of a shape on
         assert full_path_calls == [2, 1, 1, 1, 0, 1, 2, 1, 1, 1, 1, 2]
     route.check_convs()
+
+
+def _released_weights(session: hetrix.InferenceSession) -> list[np.ndarray]:
+    """The weights whose memory the session's conv nodes released after packing them."""
+    return [step.ctx.cache["onednn_released"] for step in session._plan.steps
+            if "onednn_released" in step.ctx.cache]
+
+
+def test_packed_weights_release_their_originals_and_stay_exact(
+        route: Route, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A float32 weight only one conv reads is held once, in oneDNN's layout, after the first
+    run (its NumPy pages are handed back); one that two convs read and a graph input with an
+    initializer keep their memory, and a graph output computed from a weight keeps its values.
+    Outputs stay ORT's on every run, also when a later run takes the NumPy path and the weight
+    is rebuilt from the packed copy.  The model is read from a file, as users load theirs: its
+    weights are then arrays of their own (from bytes they are views of the serialized message,
+    which are never released)."""
+    big = (64, 64, 3, 3)  # 144 KiB: above the size worth releasing
+    weights = {**conv_weights(rng, "a", big), **conv_weights(rng, "s", big),
+               **conv_weights(rng, "o", big), **conv_weights(rng, "i", big)}
+    nodes = [
+        conv("a", "x", "a", **PAD1),
+        conv("s", "a", "s1", **PAD1), conv("s", "s1", "s2", **PAD1),  # "s_w" read twice
+        conv("o", "s2", "o", **PAD1),
+        conv("i", "o", "i", **PAD1),
+        helper.make_node("Identity", ["o_w"], ["o_w_out"]),
+    ]
+    model = make_model(nodes, {"x": [1, 64, 8, 8]}, ["i", "o_w_out"], weights)
+    model.graph.input.append(helper.make_tensor_value_info("i_w", FLOAT, list(big)))
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    compared = Compared(model)
+    compared.ours = hetrix.InferenceSession(str(path))
+    owned = {step.ctx.input_names[1] for step in compared.ours._plan.steps
+             if 1 in step.ctx.owned_inputs}
+    assert "a_w" in owned and not {"s_w", "i_w"} & owned
+    x = f32(rng, 1, 64, 8, 8)
+    for _ in range(3):
+        compared.check({"x": x})
+    released = _released_weights(compared.ours)
+    if route.library:
+        assert len(released) == len(owned) and all(w.shape == big for w in released)
+        assert any(not np.array_equal(w, weights["a_w"]) for w in released)  # pages read 0
+        monkeypatch.setattr(_library, "_FUNCTIONAL", False)  # the next run takes NumPy's conv
+        compared.check({"x": x})
+    else:
+        assert released == []
+    route.check_convs()
+
+
+def test_release_pages_keeps_the_edges_and_needs_owned_memory() -> None:
+    from hetrix.runtime.memory import release_pages
+
+    array = np.arange(300_000, dtype=np.float32)
+    page_floats = 4096 // 4
+    released = release_pages(array)
+    if released:  # Linux
+        assert released % 4096 == 0 and released > array.nbytes - 2 * 4096
+        head = (-array.ctypes.data % 4096) // 4  # floats before the first whole page
+        np.testing.assert_array_equal(array[:head], np.arange(head, dtype=np.float32))
+        assert not array[head:head + page_floats].any()
+        tail = (array.ctypes.data + array.nbytes) % 4096 // 4
+        if tail:
+            np.testing.assert_array_equal(array[-tail:],
+                                          np.arange(300_000 - tail, 300_000, dtype=np.float32))
+    assert release_pages(np.arange(300_000, dtype=np.float32)[::2]) == 0  # a view: not its own
 
 
 # --------------------------------------------------------------------------- 2. NHWC outputs

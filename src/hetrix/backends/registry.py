@@ -50,6 +50,11 @@ class NodeContext:
     """numpy dtype of each output where the model declares it (else None)."""
     cache: dict[str, Any] = field(default_factory=dict)
     """Free for the kernel to keep per-node state computed on the first call (packed weights...)."""
+    owned_inputs: frozenset[int] = frozenset()
+    """Positions of the inputs that are constants of the plan read by this node alone (not fed,
+    not graph outputs, not read by another node).  A kernel that keeps its own exact copy of such
+    a weight (packed for a library) may release the original's memory (see
+    :func:`hetrix.runtime.memory.release_pages`); it must then never read the original again."""
 
     def attr(self, name: str, default: Any = None) -> Any:
         """The attribute ``name``, or ``default`` when the node does not set it."""

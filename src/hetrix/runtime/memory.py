@@ -20,9 +20,12 @@ import ctypes.util
 import functools
 import gc
 import logging
+import mmap
 import platform
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,38 @@ def retain_freed_memory() -> bool:
     _applied = bool(ok)
     logger.debug("glibc keeps freed memory for reuse: %s", _applied)
     return _applied
+
+
+_MADV_DONTNEED = 4
+
+
+def release_pages(array: np.ndarray) -> int:
+    """Hand the memory pages that lie wholly inside ``array``'s data back to the OS; returns the
+    bytes released (0 where that is not possible: not Linux, or an array that does not own
+    contiguous memory).
+
+    The array stays a valid object, but its values are gone: the released pages read as zeros
+    (or as the file's bytes for a file mapping).  For a weight the plan gives to one node alone
+    (``NodeContext.owned_inputs``) once that node holds an exact copy in another layout.  The
+    partial pages at both ends are kept: the allocator's bookkeeping may share them, and the
+    allocator never relies on the contents of the pages in between, so freeing the array later
+    is safe.
+    """
+    if platform.system() != "Linux" or not (array.flags.owndata and array.flags.c_contiguous):
+        return 0
+    page = mmap.PAGESIZE
+    start = array.ctypes.data
+    first = -(-start // page) * page
+    last = (start + array.nbytes) // page * page
+    if last <= first:
+        return 0
+    try:
+        failed = _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
+                                 _MADV_DONTNEED)
+    except (OSError, AttributeError) as exc:
+        logger.debug("madvise unavailable: %s", exc)
+        return 0
+    return 0 if failed else last - first
 
 
 def release_free_memory() -> None:

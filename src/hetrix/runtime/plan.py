@@ -175,6 +175,7 @@ def build_plan(
     captured_slots = [scope.slots[name] for name in scope.captured]
     keep = {NONE_SLOT, *output_slots, *initial}
     assign_frees(steps, keep)
+    _mark_owned_constants(steps, initial, {*input_slots, *output_slots})
     slots: list[Any] = [None] * len(scope.names)
     for slot, value in initial.items():
         if isinstance(value, np.ndarray):
@@ -195,6 +196,44 @@ def build_plan(
         placements=placements,
         lean_steps=[lean_step(s) for s in steps],
     )
+
+
+def _mark_owned_constants(steps: list[Step], initial: dict[int, Any], exposed: set[int]) -> None:
+    """Set ``ctx.owned_inputs`` of each step: its inputs that are numpy constants no other step
+    reads and the caller can neither feed nor receive (see :class:`NodeContext`)."""
+    readers: dict[int, list[tuple[Step, int]]] = {}
+    for step in steps:
+        for position, slot in enumerate(step.inputs):
+            readers.setdefault(slot, []).append((step, position))
+    # an array another constant shares memory with (the same object in two slots, as constant
+    # folding leaves for Identity, or a view of it) is not one node's to release
+    holders: dict[int, int] = {}
+    for value in initial.values():
+        if isinstance(value, np.ndarray):
+            root = _memory_root(value)
+            holders[id(root)] = holders.get(id(root), 0) + 1
+    owned: dict[int, set[int]] = {}
+    for slot, value in initial.items():
+        read = readers.get(slot, [])
+        if (
+            isinstance(value, np.ndarray)
+            and slot not in exposed
+            and len(read) == 1
+            and _memory_root(value) is value
+            and holders[id(value)] == 1
+        ):
+            step, position = read[0]
+            owned.setdefault(id(step), set()).add(position)
+    for step in steps:
+        if id(step) in owned:
+            step.ctx.owned_inputs = frozenset(owned[id(step)])
+
+
+def _memory_root(array: np.ndarray) -> Any:
+    """The object that owns ``array``'s memory (the end of its ``base`` chain)."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array
 
 
 def lean_step(step: Step) -> tuple[Any, ...]:

@@ -89,17 +89,20 @@ def conv2d(
     activation: str = "",
     activation_params: list[float] | None = None,
     residual: np.ndarray | None = None,
+    owns_weight: bool = False,
 ) -> np.ndarray:
     """``act(conv(x, w) + b + residual)`` through oneDNN; the result is an NHWC-strided array.
 
     ``cache`` is the node's own dict: the packed weight and bias live there between runs.
     ``residual`` must have the output's shape (the fusion pass only fuses when shapes agree).
+    ``owns_weight``: ``w`` is a constant only this node reads (``NodeContext.owned_inputs``), so
+    once packed its own memory is released (see :func:`_packed`).
     """
     import torch
 
     given = as_tensor(x)
     xt = given.contiguous(memory_format=torch.channels_last)
-    weight, bias = _packed(cache, w, b, xt, strides, dilations, pads, group)
+    weight, bias = _packed(cache, w, b, xt, strides, dilations, pads, group, owns_weight)
     unary, scalars, algorithm = _post_op(activation, activation_params or [])
     if residual is None:
         args = (weight, bias, pads, strides, dilations, group, unary, scalars, algorithm)
@@ -202,8 +205,15 @@ def _as_like(array: np.ndarray, like: Any) -> Any:
 
 
 def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
-            strides: list[int], dilations: list[int], pads: list[int], group: int) -> tuple:
-    """The node's weight in oneDNN's blocked layout and its bias, packed on first use."""
+            strides: list[int], dilations: list[int], pads: list[int], group: int,
+            owns_weight: bool = False) -> tuple:
+    """The node's weight in oneDNN's blocked layout and its bias, packed on first use.
+
+    With ``owns_weight``, a float32 weight packed as float32 (an exact copy, checked) has its
+    original's memory released: the plan's weights would otherwise be held twice, in NumPy's
+    layout and in oneDNN's.  From then on this node reads the weight only through
+    :func:`dense_weight`, which rebuilds it from the packed copy if some path needs it again.
+    """
     import torch
 
     if (
@@ -212,8 +222,10 @@ def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
         and cache.get("onednn_dtype") == xt.dtype
     ):
         return cache["onednn_weight"], cache["onednn_bias"]
+    dense = dense_weight(cache, w)
     weight = torch.ops.mkldnn._reorder_convolution_weight(
-        as_tensor(w).to(xt.dtype).contiguous(), pads, strides, dilations, group, list(xt.shape)
+        as_tensor(dense).to(xt.dtype).contiguous(), pads, strides, dilations, group,
+        list(xt.shape)
     )
     bias = None if b is None else as_tensor(b).to(xt.dtype).contiguous()
     if not w.flags.writeable and (b is None or not b.flags.writeable):
@@ -221,7 +233,35 @@ def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
         # or computed at run time is writable, may change in place, and is packed on every call
         cache.update(onednn_source=w, onednn_bias_source=b, onednn_dtype=xt.dtype,
                      onednn_weight=weight, onednn_bias=bias)
+        if (
+            owns_weight
+            and dense is w
+            and w.dtype == _FLOAT32
+            and xt.dtype == torch.float32
+            and w.nbytes >= _RELEASE_MIN_BYTES
+            and torch.equal(weight.to_dense(), _library.as_tensor(w))
+        ):
+            from hetrix.runtime.memory import release_pages
+
+            if release_pages(w):
+                cache.update(onednn_released=w, onednn_weight_f32=weight)
     return weight, bias
+
+
+_RELEASE_MIN_BYTES = 1 << 16
+"""Weights below this keep their memory (a few pages at most; not worth a system call)."""
+
+
+def dense_weight(cache: dict[str, Any], w: np.ndarray) -> np.ndarray:
+    """``w``'s values: ``w`` itself, or, when its memory was released after packing (see
+    :func:`_packed`), a copy rebuilt from the packed float32 weight (once, then kept)."""
+    if cache.get("onednn_released") is not w:
+        return w
+    dense = cache.get("onednn_dense")
+    if dense is None:
+        dense = cache["onednn_dense"] = cache["onednn_weight_f32"].to_dense().numpy()
+        dense.setflags(write=False)
+    return dense
 
 
 def _post_op(activation: str, params: list[float]) -> tuple[str, list[float], str]:

@@ -322,12 +322,14 @@ def conv_fused(
             activation=post_op,
             activation_params=list(ctx.attrs.get("activation_params") or []),
             residual=residual if fuse_residual else None,
+            owns_weight=1 in ctx.owned_inputs,
         )
         if not fuse_residual:
             y = y + residual
         ctx.cache["onednn_applied"] = post_op == activation
         return y, post_op == activation
     dtype = _compute_dtype(x.dtype)
+    w = _onednn.dense_weight(ctx.cache, w)  # its memory may have been released after packing
     y = conv_nd(
         x.astype(dtype, copy=False),
         w.astype(dtype, copy=False),
