@@ -213,3 +213,41 @@ def test_batchnorm_after_a_conv_matches_onnxruntime(opset: int, conv_library: st
     (theirs,) = ort.InferenceSession(model.SerializeToString(),
                                      providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("params_fed", [False, True])
+def test_batchnorm_relu_over_runs_matches_onnxruntime(params_fed: bool, conv_library: str) -> None:
+    """BatchNormalization + Relu (one FusedBatchNormalization at level 99) on a channels-last
+    conv output, three runs.  Constant statistics are folded once into a multiplier and offset
+    per channel and kept; statistics fed as inputs are folded anew each run, so new values
+    take effect (the second run feeds different ones)."""
+    rng = np.random.default_rng(11)
+    c = 6
+    w = rng.standard_normal((c, 3, 3, 3)).astype(np.float32)
+    stats = {"scale": rng.uniform(0.5, 1.5, c), "bias": rng.standard_normal(c),
+             "mean": rng.standard_normal(c), "var": rng.uniform(0.5, 2, c)}
+    stats = {k: v.astype(np.float32) for k, v in stats.items()}
+    init = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 7, 6])]
+    if params_fed:
+        inputs += [helper.make_tensor_value_info(k, TensorProto.FLOAT, [c]) for k in stats]
+    else:
+        init += [helper.make_tensor(k, TensorProto.FLOAT, [c], v) for k, v in stats.items()]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["cv"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["cv", *stats], ["n"], epsilon=1e-3),
+         helper.make_node("Relu", ["n"], ["y"])],
+        "bn_relu", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                            helper.make_tensor_value_info("cv", TensorProto.FLOAT, None)], init)
+    # the conv's output is a graph output too, so that the BN cannot be folded into the conv
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+    ours = hetrix.InferenceSession(model)
+    assert "FusedBatchNormalization" in {p.op_type for p in ours.get_placement()}
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    for run in range(3):
+        feeds = {"x": x}
+        if params_fed:
+            feeds.update({k: v * np.float32(1 + run % 2) for k, v in stats.items()})
+        for a, b in zip(ours.run(None, feeds), theirs.run(None, feeds), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

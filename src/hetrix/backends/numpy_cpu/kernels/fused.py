@@ -141,6 +141,11 @@ def fused_batch_norm(
     var: np.ndarray,
 ) -> np.ndarray:
     """Inference BatchNormalization with its given statistics, then the activation in place."""
+    if ctx.attrs.get("activation") in ("Relu", b"Relu"):  # both in one torch pass when it can
+        eps = ctx.attrs.get("epsilon", 1e-5)
+        y = normalization.batch_norm_inference(x, scale, bias, mean, var, eps, ctx.cache, True)
+        if y is not None:
+            return y
     y = normalization.batch_norm(ctx, x, scale, bias, mean, var)
     assert isinstance(y, np.ndarray)  # one output: the fusion pass fuses no training-mode BN
     return activate(ctx, y)
