@@ -141,6 +141,15 @@ def _torch_pool(pool: str, x: np.ndarray, win: _Window, **options: object) -> np
     padding = win.begin
     with torch.no_grad():
         if pool == "max":
+            if win.begin != win.end and not options.get("ceil_mode"):
+                # more padding at the end (Inception's "pads 0 0 1 1"): the same windows as
+                # PyTorch's ceil mode, which clips them at the edge, when the output sizes agree
+                # (1.2-2x faster than padding a copy, and the layout stays channels-last)
+                if all(b <= e for b, e in zip(win.begin, win.end, strict=True)):
+                    y = functional.max_pool2d(xt, win.kernel, win.strides, win.begin,
+                                              win.dilations, ceil_mode=True)
+                    if list(y.shape[2:]) == win.out:
+                        return _onednn.to_numpy(y)
             if win.begin != win.end:  # pad the uneven side with -inf ourselves
                 low = [min(b, e) for b, e in zip(win.begin, win.end, strict=True)]
                 before = [b - m for b, m in zip(win.begin, low, strict=True)]
