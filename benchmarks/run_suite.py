@@ -179,7 +179,7 @@ def _run_one(entry: Entry, batch: int, args: argparse.Namespace, progress: Progr
         return row
     config = BenchConfig(str(path), _competitors(not args.no_openvino), batch, args.threads,
                          args.warmup, args.repeat, dict(entry.dims), seed=0, memory=args.memory,
-                         precision=args.precision)
+                         precision=args.precision, block=args.block)
     task = progress.add_task("", total=count_steps(config))
     try:
         row.result = run_benchmark(config, lambda text: progress.update(
@@ -302,9 +302,11 @@ def write_markdown(path: Path, rows: Sequence[Row], args: argparse.Namespace,
         f"({machine.get('usable_cores', '?')} usable), {machine.get('platform')}, "
         f"Python {machine.get('python')}, BLAS {machine.get('blas', '?')}",
         "- versions: " + ", ".join(f"{k} {v.split('-')[0]}" for k, v in versions.items()),
-        f"- settings: {args.warmup} warm-up + {args.repeat} timed runs per runtime, alternating, "
-        "with a 0.1 s pause before each run so that the previous runtime's spinning worker "
-        "threads are idle; "
+        f"- settings: {args.warmup} warm-up + {args.repeat} timed runs per runtime, "
+        + ("alternating, with a 0.1 s pause before each run so that the previous runtime's "
+           "spinning worker threads are idle; " if args.block == 1 else
+           f"in alternating turns of one untimed run then {args.block} timed runs back to back "
+           "(a busy server), with a 0.1 s pause before each turn; ") +
         f"threads {args.threads or 'default'}; precision {args.precision} (Hetrix's "
         "SessionOptions.precision and OpenVINO's inference precision hint; ORT is float32); "
         f"transformer sequence length {args.sequence}; "
@@ -333,6 +335,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--repeat", type=int)
     parser.add_argument("--sequence", type=int, help="transformer sequence length")
+    parser.add_argument("--block", type=int, default=1,
+                        help="timed runs per turn: 1 alternates run by run after a pause (an "
+                        "idle server); N > 1 times N back-to-back runs per turn (a busy server)")
     parser.add_argument("--memory", action="store_true",
                         help="also measure peak RSS growth (a fresh process per runtime, slow)")
     parser.add_argument("--no-openvino", action="store_true", help="skip OpenVINO")

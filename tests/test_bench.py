@@ -121,6 +121,36 @@ def test_cli_bench_writes_json(tiny: Path, tmp_path: Path) -> None:
     assert loaded["config"]["gap_s"] == 0.0  # back to back, as asked
 
 
+def test_block_turns_time_back_to_back_runs(tiny: Path, monkeypatch) -> None:
+    """--block N: per runtime, turns of one untimed settle run then N timed runs in a row, the
+    turns alternating between runtimes; a pause only before each turn."""
+    from hetrix.bench import runner
+
+    calls: list[str] = []
+    sleeps: list[float] = []
+    original = runner._timed_run
+    monkeypatch.setattr(runner.time, "sleep", sleeps.append)
+
+    def counting(fn, feeds):
+        calls.append("run")
+        return original(fn, feeds)
+
+    monkeypatch.setattr(runner, "_timed_run", counting)
+    steps: list[str] = []
+    config = _config(tiny, warmup=1, repeat=5, block=2, gap_s=0.05)
+    result = run_benchmark(config, steps.append)
+    for runtime in result.runtimes:
+        assert runtime.latency is not None and runtime.latency.n == 5
+    # per runtime: 1 warm-up, then turns (settle + 2), (settle + 2), (settle + 1)
+    assert len(calls) == 2 * (1 + 3 + 3 + 2)
+    assert sleeps == [0.05] * (2 * 4)  # one pause per turn and runtime
+    assert len(steps) == runner.count_steps(config)
+    labels = [s for s in steps if "hetrix:" in s][1:]
+    assert labels == ["hetrix: warm-up 1", "hetrix: settle run", "hetrix: run 1",
+                      "hetrix: run 2", "hetrix: settle run", "hetrix: run 3", "hetrix: run 4",
+                      "hetrix: settle run", "hetrix: run 5"]
+
+
 def test_cli_bench_user_errors(tiny: Path, tmp_path: Path) -> None:
     app = typer.Typer()
 

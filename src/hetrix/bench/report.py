@@ -111,7 +111,8 @@ def results_table(result: BenchResult) -> Table:
     """One row per runtime: load time, latency median and p10-p90, throughput, memory growth."""
     cfg = result.config
     title = (f"{Path(cfg.model).name}: batch {result.batch}, "
-             f"threads {cfg.threads or 'default'}, {cfg.warmup} warm-up + {cfg.repeat} timed runs")
+             f"threads {cfg.threads or 'default'}, {cfg.warmup} warm-up + {cfg.repeat} timed runs"
+             + (f" in back-to-back turns of {cfg.block}" if cfg.block > 1 else ""))
     table = Table(title=title, title_justify="left")
     table.add_column("runtime")
     for column in ("load s", "median ms", "p10-p90 ms", "items/s", "load/peak MiB",

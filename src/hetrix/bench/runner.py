@@ -59,6 +59,11 @@ class BenchConfig:
     pool, OpenVINO's TBB, OpenBLAS); on a small machine those steal the cores the next runtime's
     run needs, inflating both sides' times (measured here: squeezenet 20.6 -> 13.4 ms for Hetrix,
     9.1 -> 4.3 ms for ORT with a 0.1 s pause).  The pause lets them go idle first."""
+    block: int = 1
+    """Timed runs per turn.  1: the runtimes alternate run by run, each run after the pause (a
+    request arriving at an idle server).  N > 1: each turn is one untimed run, which absorbs
+    the pause and the switch from the other runtime, then N timed runs back to back (a busy
+    server); turns still alternate, so that drift of the machine reaches both runtimes."""
 
 
 @dataclass
@@ -152,7 +157,8 @@ class BenchResult:
 def count_steps(config: BenchConfig) -> int:
     """How many times :func:`run_benchmark` calls its progress hook."""
     n = 1 + len(config.competitors)
-    return n * (1 + config.warmup + config.repeat) + (n if config.memory else 0)
+    runs = sum(len(turn) for turn in _turns(config))
+    return n * (1 + runs) + (n if config.memory else 0)
 
 
 def run_benchmark(config: BenchConfig, on_step: StepFn | None = None) -> BenchResult:
@@ -216,25 +222,38 @@ def _time_all(
     outputs: dict[str, list[Any]] = {}
     times: dict[str, list[float]] = {name: [] for name in runs}
     by_name = {r.name: r for r in results}
-    for index in range(config.warmup + config.repeat):
-        warm = index < config.warmup
+    for turn in _turns(config):
         for name in list(runs):
-            step(f"{name}: {'warm-up' if warm else 'run'} {index + 1}")
             if config.gap_s > 0:
                 time.sleep(config.gap_s)
-            timed = _guard(by_name[name], functools.partial(_timed_run, runs[name], feeds))
-            if timed is None:
-                del runs[name]
-                continue
-            outputs[name], seconds = timed
-            if not warm:
-                times[name].append(seconds)
+            for label, timed_run in turn:
+                step(f"{name}: {label}")
+                timed = _guard(by_name[name], functools.partial(_timed_run, runs[name], feeds))
+                if timed is None:
+                    del runs[name]
+                    break
+                outputs[name], seconds = timed
+                if timed_run:
+                    times[name].append(seconds)
     for name, seconds in times.items():
         if seconds and not by_name[name].error:
             stats = LatencyStats.from_seconds(seconds)
             by_name[name].latency = stats
             by_name[name].throughput = batch / (stats.median_ms / 1e3)
     return outputs
+
+
+def _turns(config: BenchConfig) -> list[list[tuple[str, bool]]]:
+    """The runs of each turn, as (progress label, timed): the warm-up runs one per turn, then
+    the timed runs in turns of ``config.block`` (see :class:`BenchConfig`)."""
+    turns = [[(f"warm-up {i + 1}", False)] for i in range(config.warmup)]
+    done = 0
+    while done < config.repeat:
+        size = min(config.block, config.repeat - done)
+        settle = [("settle run", False)] if config.block > 1 else []
+        turns.append(settle + [(f"run {done + i + 1}", True) for i in range(size)])
+        done += size
+    return turns
 
 
 def _timed_load(

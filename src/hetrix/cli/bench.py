@@ -63,6 +63,10 @@ def bench(
         min=0.0, help="Seconds of pause before each run, so that the other runtime's "
         "spinning threads go idle first (0: alternate without pause, each runtime then running "
         "beside the other's spinning threads).")] = 0.1,
+    block: Annotated[int, typer.Option(
+        min=1, help="Timed runs per turn: 1 alternates run by run, each after the pause (an "
+        "idle server); N > 1 gives each runtime turns of one untimed run then N back-to-back "
+        "timed runs (a busy server).")] = 1,
 ) -> None:
     """Time Hetrix and a competitor on the same random inputs, alternating runs.
 
@@ -76,7 +80,7 @@ def bench(
     with _user_errors():
         config = BenchConfig(str(model), _split(vs), batch, threads, warmup, repeat,
                              parse_dims(dims or []), _split([providers or ""]) or None, seed,
-                             memory, precision=precision, gap_s=gap)
+                             memory, precision=precision, gap_s=gap, block=block)
         if plot is not None:
             _check_matplotlib()
         with Progress(TextColumn("{task.description}", style="cyan"), BarColumn(),
