@@ -105,9 +105,9 @@ def conv2d(
     weight, bias = _packed(cache, w, b, xt, strides, dilations, pads, group, owns_weight)
     unary, scalars, algorithm = _post_op(activation, activation_params or [])
     if residual is None:
-        args = (weight, bias, pads, strides, dilations, group, unary, scalars, algorithm)
-        y = torch.ops.mkldnn._convolution_pointwise.default(xt, *args)
         op = torch.ops.mkldnn._convolution_pointwise.default
+        args = (weight, bias, pads, strides, dilations, group, unary, scalars, algorithm)
+        y = op(xt, *args)
     else:
         z = _as_like(residual, xt)
         y = _conv_add(cache, xt, z, weight, bias, pads, strides, dilations, group, unary)
