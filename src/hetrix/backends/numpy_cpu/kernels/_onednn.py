@@ -137,13 +137,16 @@ class PreparedConv:
     the smaller convolutions themselves.
     """
 
-    __slots__ = ("shape", "strides", "w", "b", "residual", "op", "args")
+    __slots__ = ("shape", "strides", "w", "b", "residual", "op", "args", "from_numpy")
 
     def __init__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                  residual: np.ndarray | None, op: Any, args: tuple) -> None:
+        import torch
+
         self.shape, self.strides, self.w, self.b = x.shape, x.strides, w, b
         self.residual = None if residual is None else (residual.shape, residual.strides)
         self.op, self.args = op, args
+        self.from_numpy = torch.from_numpy  # looked up once, not per call
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                  residual: np.ndarray | None) -> np.ndarray | None:
@@ -157,19 +160,17 @@ class PreparedConv:
             or not x.flags.writeable  # torch may not view read-only memory
         ):
             return None
-        import torch
-
         if residual is None:
             if self.residual is not None:
                 return None
-            return self.op(torch.from_numpy(x), *self.args).numpy()
+            return self.op(self.from_numpy(x), *self.args).numpy()
         if (
             self.residual != (residual.shape, residual.strides)
             or residual.dtype != _FLOAT32
             or not residual.flags.writeable
         ):
             return None
-        return self.op(torch.from_numpy(x), torch.from_numpy(residual), *self.args).numpy()
+        return self.op(self.from_numpy(x), self.from_numpy(residual), *self.args).numpy()
 
 
 def _conv_add(cache: dict[str, Any], xt: Any, z: Any, weight: Any, bias: Any, pads: list[int],

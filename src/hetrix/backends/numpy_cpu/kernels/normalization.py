@@ -116,17 +116,21 @@ def batch_norm_inference(
     import torch
 
     folded = cache.get("bn_folded") if cache is not None else None
-    if folded is None or folded[0] != (*map(id, params), eps, x.ndim):
+    if not (
+        folded is not None
+        and folded[0] is scale and folded[1] is bias and folded[2] is mean and folded[3] is var
+        and folded[4] == (eps, x.ndim)
+    ):
         multiplier = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
         offset = bias.astype(np.float64) - mean.astype(np.float64) * multiplier
         shape = (1, channels) + (1,) * (x.ndim - 2)
-        folded = ((*map(id, params), eps, x.ndim),
+        folded = (*params, (eps, x.ndim),
                   torch.from_numpy(multiplier.astype(np.float32).reshape(shape)),
                   torch.from_numpy(offset.astype(np.float32).reshape(shape)))
         if cache is not None and not any(p.flags.writeable for p in params):
             # constants: the same arrays every run (a parameter fed at run time may change)
-            cache["bn_folded"] = (*folded, params)  # the arrays too, so their ids stay theirs
-    y = torch.addcmul(folded[2], _library.as_tensor(x), folded[1])
+            cache["bn_folded"] = folded
+    y = torch.addcmul(folded[6], _library.as_tensor(x), folded[5])
     if relu:
         y.relu_()
     return y.numpy()
@@ -162,8 +166,8 @@ def batch_norm_v1(
     spatial = bool(ctx.attrs.get("spatial", 1))
     named = (("scale", scale), ("B", bias), ("mean", mean), ("var", var))
     if ctx.num_outputs == 1 or ctx.attrs.get("is_test", 0):
-        # torch's one-pass kernel checks the parameters itself; NumPy's broadcast ones (and the
-        # errors for bad ones) are built only where it does not run
+        # the one-pass torch path checks the parameters' shapes itself; NumPy's broadcast ones
+        # (and the errors for bad ones) are built only where it does not run
         y = batch_norm_inference(x, scale, bias, mean, var, eps, ctx.cache) if spatial else None
         if y is None:
             y = _bn_apply(x, *_bn_params(op, x, spatial, named), eps)
