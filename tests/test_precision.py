@@ -111,3 +111,76 @@ def test_bf16_cnn_chain_stays_close_to_float32(name: str) -> None:
     assert sum(p.backend == "bf16:cpu" for p in session.get_placement()) > 10
     for entry in session.compare_precision(feeds):
         assert 0 < entry["max_rel_to_max"] < 0.05, entry
+
+
+def _bf16_rounded(array: np.ndarray) -> np.ndarray:
+    """``array`` rounded to bfloat16 and back, in float64: what a bf16 kernel multiplies."""
+    import ml_dtypes
+
+    return array.astype(ml_dtypes.bfloat16).astype(np.float64)
+
+
+@pytest.mark.parametrize(
+    ("case", "packed"),
+    [
+        ("gemm_transB_bias_N", True),
+        ("gemm_bias_1xN", True),
+        ("gemm_relu_fused", True),
+        ("gemm_bias_MxN", False),  # a bias that varies by row: the general path
+        ("gemm_alpha", False),  # alpha != 1: the general path
+        ("matmul_3d", True),
+        ("matmul_add_fused", True),
+    ],
+)
+def test_bf16_products_on_packed_weights_match_float64(case: str, packed: bool) -> None:
+    """Gemm/MatMul with constant weights run oneDNN's inner product on a weight packed once
+    (the cache entry says so); the others keep the general path.  Both within bf16 rounding of
+    a float64 product of the same bf16-rounded inputs."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(1)
+    m, k, n = 5, 24, 12
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = {"gemm_bias_1xN": rng.standard_normal((1, n)),
+            "gemm_bias_MxN": rng.standard_normal((m, n))}.get(case, rng.standard_normal(n))
+    bias = bias.astype(np.float32)
+    x_shape = [2, m, k] if case.startswith("matmul") else [m, k]
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    xr, wr, br = _bf16_rounded(x), _bf16_rounded(w), _bf16_rounded(bias)
+    weight, attrs, nodes = w, {}, []
+    if case == "gemm_transB_bias_N":
+        weight, attrs = w.T.copy(), {"transB": 1}
+    if case == "gemm_alpha":
+        attrs = {"alpha": 0.5}
+    if case.startswith("gemm"):
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], **attrs)]
+        expected = (0.5 if case == "gemm_alpha" else 1.0) * (xr @ wr) + br
+    elif case == "matmul_3d":
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["g"])]
+        expected = xr @ wr
+    else:  # MatMul + Add: the graph passes fuse them into FusedMatMul
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+                 helper.make_node("Add", ["m", "b"], ["g"])]
+        expected = xr @ wr + br
+    if case == "gemm_relu_fused":
+        nodes.append(helper.make_node("Relu", ["g"], ["y"]))
+        expected = np.maximum(expected, 0)
+    else:
+        nodes.append(helper.make_node("Identity", ["g"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, weight.shape, weight.ravel()),
+         helper.make_tensor("b", TensorProto.FLOAT, bias.shape, bias.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision="bf16"))
+    for _ in range(2):  # the second run reuses the packed weight
+        (y,) = session.run(None, {"x": x})
+        # float32 accumulation of bf16 products, then one rounding of the result to bf16
+        np.testing.assert_allclose(y, expected, rtol=1e-2, atol=1e-2 * np.abs(expected).max())
+    products = [s for s in session._plan.steps if s.ctx.op_type in ("Gemm", "MatMul",
+                                                                     "FusedGemm", "FusedMatMul")]
+    assert len(products) == 1 and products[0].backend == "bf16:cpu"
+    fused = {"gemm_relu_fused": "FusedGemm", "matmul_add_fused": "FusedMatMul"}
+    assert products[0].ctx.op_type == fused.get(case, nodes[0].op_type)
+    assert ("linear" in products[0].ctx.cache) == packed
