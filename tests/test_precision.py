@@ -184,3 +184,51 @@ def test_bf16_products_on_packed_weights_match_float64(case: str, packed: bool) 
     fused = {"gemm_relu_fused": "FusedGemm", "matmul_add_fused": "FusedMatMul"}
     assert products[0].ctx.op_type == fused.get(case, nodes[0].op_type)
     assert ("linear" in products[0].ctx.cache) == packed
+
+
+def test_bf16_layout_ops_and_lrn_follow_their_producer() -> None:
+    """Reshape/Transpose/LRN stay in bfloat16 after a bf16 node (no conversions inside
+    ShuffleNet's channel shuffles or around AlexNet's LRN) and stay float32 on a float32 value."""
+    placement = hetrix.InferenceSession(
+        light_model_randomized("shufflenet", 0)[0], hetrix.SessionOptions(precision="bf16")
+    ).get_placement()
+    by_op: dict[str, set[str]] = {}
+    for p in placement:
+        by_op.setdefault(p.op_type, set()).add(p.backend)
+    assert by_op["Reshape"] == by_op["Transpose"] == {"bf16:cpu"}
+    alexnet = hetrix.InferenceSession(
+        light_model_randomized("bvlc_alexnet", 0)[0], hetrix.SessionOptions(precision="bf16"))
+    assert {p.backend for p in alexnet.get_placement() if p.op_type == "LRN"} == {"bf16:cpu"}
+    for entry in alexnet.compare_precision(light_model_case("bvlc_alexnet")[0]):
+        assert 0 < entry["max_rel_to_max"] < 0.05, entry
+
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("LRN", ["x"], ["l"], size=3),
+         helper.make_node("Reshape", ["l", "shape"], ["r"]),
+         helper.make_node("Transpose", ["r"], ["y"], perm=[1, 0])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 4])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [4, 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision="bf16"))
+    assert {p.backend for p in session.get_placement()} == {"numpy:cpu"}
+    x = np.random.default_rng(0).standard_normal((1, 4, 2, 3)).astype(np.float32)
+    reference = hetrix.InferenceSession(model).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], reference)  # not rounded
+
+
+def test_channel_shuffle_merge_keeps_bfloat16_values() -> None:
+    """The channels-last merge at the end of a channel shuffle moves bfloat16 as its bits."""
+    import ml_dtypes
+
+    from hetrix.backends.numpy_cpu.kernels.tensor import _reshape
+
+    rng = np.random.default_rng(0)
+    nhwc = rng.standard_normal((2, 5, 6, 3, 4)).astype(ml_dtypes.bfloat16)  # N H W C2 C1
+    x = nhwc.transpose(0, 4, 3, 1, 2)  # (N, C1, C2, H, W) with the channels innermost
+    y = _reshape(x, [2, 12, 5, 6], False)
+    assert y.dtype == x.dtype and y.strides[1] == y.itemsize  # written channels-last
+    np.testing.assert_array_equal(y.view(np.int16), np.ascontiguousarray(x).reshape(
+        2, 12, 5, 6).view(np.int16))

@@ -197,8 +197,11 @@ def _merge_channels_last(x: np.ndarray) -> np.ndarray:
     shuffle, is 2x slower than its own C-order reshape, so without torch that one is kept).
     """
     n, c1, c2, h, w = x.shape
-    nhwc = _library.as_tensor(x.transpose(0, 3, 4, 1, 2)).contiguous().numpy()
-    return nhwc.reshape(n, h, w, c1 * c2).transpose(0, 3, 1, 2)
+    # bfloat16 (the reduced-precision mode's values) moves as its 16 bits: NumPy's bfloat16 is
+    # ml_dtypes', which torch.from_numpy does not know
+    bits = x.view(np.int16) if x.dtype.name == "bfloat16" else x
+    nhwc = _library.as_tensor(bits.transpose(0, 3, 4, 1, 2)).contiguous().numpy()
+    return nhwc.view(x.dtype).reshape(n, h, w, c1 * c2).transpose(0, 3, 1, 2)
 
 
 @kernel("Reshape", since=1)
