@@ -188,7 +188,6 @@ def _reduced_result(fn: Any, ctx: NodeContext, *arrays: np.ndarray) -> np.ndarra
     The casts go through PyTorch, which keeps each array's layout and is 4-9x faster than
     NumPy's casts to and from ml_dtypes' bfloat16.
     """
-    torch = _torch()
     dtype = _onednn.torch_dtype(arrays[0].dtype)
     result = fn(ctx, *(_onednn.to_numpy(_onednn.as_tensor(a).float()) for a in arrays))
     return _onednn.to_numpy(_onednn.as_tensor(np.asarray(result)).to(dtype)) \
