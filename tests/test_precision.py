@@ -232,3 +232,45 @@ def test_channel_shuffle_merge_keeps_bfloat16_values() -> None:
     assert y.dtype == x.dtype and y.strides[1] == y.itemsize  # written channels-last
     np.testing.assert_array_equal(y.view(np.int16), np.ascontiguousarray(x).reshape(
         2, 12, 5, 6).view(np.int16))
+
+
+@pytest.mark.parametrize("fed", [False, True])
+def test_bf16_batch_norm_folds_constants_and_follows_fed_statistics(fed: bool) -> None:
+    """Inference BatchNormalization (+Relu) in bfloat16 against float64, two runs; statistics
+    fed at run time change between them and must not be served from the folded cache."""
+    from onnx import TensorProto, helper
+
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(2)
+    c = 6
+    stats = {"scale": rng.uniform(0.5, 2, c), "bias": rng.standard_normal(c),
+             "mean": rng.standard_normal(c), "var": rng.uniform(0.5, 2, c)}
+    w = rng.standard_normal((c, 3, 3, 3)).astype(np.float32)
+    names = list(stats)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())]
+    for name, value in stats.items():
+        if fed:
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [c]))
+        else:
+            inits.append(helper.make_tensor(name, TensorProto.FLOAT, [c], value))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["v"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["v", *names], ["b"], epsilon=1e-3),
+         helper.make_node("Relu", ["b"], ["y"])], "g", inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(
+        precision="bf16", graph_optimization_level=0))
+    assert {p.op_type: p.backend for p in session.get_placement()}[
+        "BatchNormalization"] == "bf16:cpu"
+    reference = ort.InferenceSession(model.SerializeToString(),
+                                     providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    for run in range(2):
+        if fed and run:
+            stats = {k: v * rng.uniform(0.5, 1.5, c) for k, v in stats.items()}
+        feeds = {"x": x, **({k: v.astype(np.float32) for k, v in stats.items()} if fed else {})}
+        (y,) = session.run(None, feeds)
+        ref = reference.run(None, feeds)[0]
+        np.testing.assert_allclose(y, ref, rtol=0.03, atol=0.03 * np.abs(ref).max())
