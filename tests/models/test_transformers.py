@@ -156,3 +156,40 @@ def test_gpt2_runs_on_hetrix_kernels(
     gpt2_session: hetrix.InferenceSession, assert_native: Callable[..., None]
 ) -> None:
     assert_native(gpt2_session)
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_bf16_mode_keeps_transformer_layers_reduced_and_close(
+    name: str, bert: ExportedModel, gpt2: ExportedModel,
+    ort_run: Callable[..., list[np.ndarray]],
+) -> None:
+    """precision="bf16": the layers' products, LayerNormalization, the fused attention and
+    GELU run in bfloat16 (no float32 round trip between them), and every output stays within
+    bfloat16's rounding of ONNX Runtime's float32 (random weights: errors are not hidden)."""
+    model, vocab = (bert, BERT_VOCAB) if name == "bert" else (gpt2, GPT2_VOCAB)
+    session = hetrix.InferenceSession(model.path, hetrix.SessionOptions(precision="bf16"))
+    reduced = {(p.op_type, p.backend) for p in session.get_placement()}
+    expected = {"Attention", "LayerNormalization"} | ({"Gelu"} if name == "gpt2" else set())
+    assert {(op, "bf16:cpu") for op in expected | {"Add"}} <= reduced
+    # (an Add also builds the attention mask on the host, from the int64 attention_mask)
+    assert not {op for op, backend in reduced if backend == "numpy:cpu"} & expected
+    feeds = token_feeds(model.input_names, 3, 16, vocab, seed=5)
+    outputs = session.run(None, feeds)
+    for ours, theirs in zip(outputs, ort_run(model.path, feeds), strict=True):
+        scale = float(np.abs(theirs).max())
+        difference = float(np.abs(ours - theirs).max())
+        assert 0 < difference < 0.05 * scale, (difference, scale)
+
+
+def test_bf16_bert_still_ignores_padded_tokens(bert: ExportedModel) -> None:
+    """The attention mask stays float32 into the bfloat16 attention: padded tokens still have
+    no effect on the real ones, to the bit."""
+    session = hetrix.InferenceSession(bert.path, hetrix.SessionOptions(precision="bf16"))
+    feeds = token_feeds(("input_ids", "attention_mask"), 2, 12, BERT_VOCAB, seed=4)
+    real = feeds["attention_mask"][0] == 1
+    changed = {k: v.copy() for k, v in feeds.items()}
+    changed["input_ids"][0, ~real] = (changed["input_ids"][0, ~real] + 7) % BERT_VOCAB
+    before = session.run(["last_hidden_state"], feeds)[0]
+    after = session.run(["last_hidden_state"], changed)[0]
+    np.testing.assert_array_equal(after[0, real], before[0, real])
+    np.testing.assert_array_equal(after[1], before[1])

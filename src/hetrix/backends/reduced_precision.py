@@ -72,6 +72,10 @@ class ReducedPrecisionBackend(Backend):
             return None  # only float32 models trade precision here
         if node.op_type in _FOLLOWERS and not self._produced_here(node, opset):
             return None
+        if node.op_type == "LayerNormalization" and (
+            len(node.outputs) > 1 or _attribute(node, "stash_type", 1) != 1
+        ):
+            return None  # its statistics outputs, or statistics in double: float32 kernel
         if node.op_type == "BatchNormalization" and (
             len(node.outputs) > 1 or _attribute(node, "training_mode", 0)
         ):
@@ -94,6 +98,11 @@ class ReducedPrecisionBackend(Backend):
         """Shape arguments, and constant weights: those stay the plan's read-only float32 arrays,
         converted (and, for convolutions, packed) once by the kernel that reads them."""
         indices = set(super().host_input_indices(node))
+        if node.op_type == "LayerNormalization":
+            indices.update(i for i, v in enumerate(node.inputs[1:3], start=1)
+                           if v is not None and (v.const_value is not None or v.is_initializer()))
+        if node.op_type == "Attention" and len(node.inputs) > 3:
+            indices.add(3)  # the additive mask: float32, so that -1e9 or -inf stay what they are
         if node.op_type in _WEIGHTED_OPS:
             indices.update(
                 i for i, v in enumerate(node.inputs[1:3], start=1)
@@ -366,9 +375,10 @@ def _activation_name(ctx: NodeContext) -> str:
     return activation.decode() if isinstance(activation, bytes) else activation
 
 
-def _fused_batch_norm(ctx: NodeContext, x: np.ndarray, *params: np.ndarray) -> np.ndarray:
+def _fused_batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray,
+                      mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     activation = _activation_name(ctx)
-    y = _batch_norm(ctx, x, *params, relu=activation == "Relu")
+    y = _batch_norm(ctx, x, scale, bias, mean, var, relu=activation == "Relu")
     return y if activation in ("", "Relu") else _activate(ctx, y)
 
 
@@ -379,7 +389,74 @@ def _activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
         return y
     if activation == "Relu":
         return _onednn.to_numpy(_torch().relu(_onednn.as_tensor(y)))
+    if activation in _GELUS:
+        return _gelu_tensor(y, _GELUS[activation])
     return _reduced_result(fused.activate, ctx, y)
+
+
+_GELUS = {"Gelu": "none", "GeluTanh": "tanh"}
+
+
+def _gelu_tensor(x: np.ndarray, approximate: str) -> np.ndarray:
+    """Gelu by PyTorch on the reduced type (it computes each value in float32 inside)."""
+    torch = _torch()
+    with torch.no_grad():
+        return _onednn.to_numpy(torch.nn.functional.gelu(_onednn.as_tensor(x),
+                                                         approximate=approximate))
+
+
+def _gelu(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    approximate = ctx.attrs.get("approximate", "none") or "none"
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    return _gelu_tensor(x, approximate)
+
+
+def _layer_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray,
+                bias: np.ndarray | None = None) -> np.ndarray:
+    """LayerNormalization by PyTorch on the reduced activation, statistics in float32 inside,
+    with the float32 scale and bias as they are (PyTorch takes that mix on the CPU)."""
+    axis = int(ctx.attrs.get("axis", -1))
+    axis = axis + x.ndim if axis < 0 else axis
+    normalized = tuple(x.shape[axis:])
+    torch = _torch()
+    params = ctx.cache.get("layer_norm")
+    if params is None or params[0] is not scale or params[1] is not bias \
+            or params[2] != normalized:
+        params = (scale, bias, normalized,
+                  *(None if p is None else _onednn.as_tensor(
+                      np.ascontiguousarray(np.broadcast_to(p, normalized), np.float32))
+                    for p in (scale, bias)))
+        if not (scale.flags.writeable or (bias is not None and bias.flags.writeable)):
+            ctx.cache["layer_norm"] = params
+    with torch.no_grad():
+        y = torch.nn.functional.layer_norm(_onednn.as_tensor(x), list(normalized), params[3],
+                                           params[4], float(ctx.attrs.get("epsilon", 1e-5)))
+    return _onednn.to_numpy(y)
+
+
+def _attention(ctx: NodeContext, q: np.ndarray, kt: np.ndarray, v: np.ndarray,
+               mask: np.ndarray | None = None) -> np.ndarray:
+    """Hetrix's fused attention, ``softmax(q @ kt * scale + mask) @ v``, by PyTorch's fused
+    CPU kernel on the reduced type (scores and softmax in float32 inside; the mask stays
+    float32), where its semantics match (see ``attention.sdpa_fits``); else in float32."""
+    from hetrix.backends.numpy_cpu.kernels import attention
+
+    if attention.sdpa_fits(q, kt, v, mask, dtype=q.dtype):
+        torch = _torch()
+        with torch.no_grad():
+            y = torch.nn.functional.scaled_dot_product_attention(
+                _onednn.as_tensor(q), _onednn.as_tensor(kt).transpose(-1, -2),
+                _onednn.as_tensor(v),
+                attn_mask=None if mask is None else _onednn.as_tensor(mask),
+                scale=float(ctx.attrs.get("scale", 1.0)))
+        return _onednn.to_numpy(y)
+    if mask is not None and mask.dtype == np.float32:
+        dtype = _onednn.torch_dtype(q.dtype)
+        qf, ktf, vf = (_onednn.to_numpy(_onednn.as_tensor(a).float()) for a in (q, kt, v))
+        y = attention.scaled_dot_product(ctx, qf, ktf, vf, mask)
+        return _onednn.to_numpy(_onednn.as_tensor(y).to(dtype))
+    return _reduced_result(attention.scaled_dot_product, ctx, q, kt, v, *(
+        () if mask is None else (mask,)))
 
 
 def _matmul_kernel(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -400,7 +477,20 @@ def _by_arity(from_attribute: Kernel, from_input: Kernel) -> Kernel:
     return run
 
 
-_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
+def _by_opset(*forms: tuple[int | None, Kernel]) -> Kernel:
+    """The NumPy kernel of the node's opset among ``(below_opset, kernel)`` forms (the last
+    one's bound None), for ops whose attributes became inputs over the opsets."""
+    def run(ctx: NodeContext, *inputs: Any) -> Any:
+        for below, form in forms:
+            if below is None or ctx.opset < below:
+                return form(ctx, *inputs)
+        raise AssertionError("the last form has no bound")
+
+    return run
+
+
+_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Split",
+                         "Slice"})
 """Ops that move values without computing; their other inputs are shapes and axes."""
 _FOLLOWERS = _LAYOUT_OPS | {"LRN"}
 """Ops taken only after a node of this backend: see ``ReducedPrecisionBackend._produced_here``."""
@@ -424,12 +514,20 @@ _KERNELS: dict[tuple[str, str], Kernel] = {
     ("", "Concat"): tensor.concat,
     ("", "Flatten"): tensor.flatten,
     ("", "LRN"): _in_float32(normalization.lrn),
+    # the transformer ops between the matrix products
+    ("", "LayerNormalization"): _layer_norm,
+    ("hetrix", "LayerNormalization"): _layer_norm,
+    ("hetrix", "Attention"): _attention,
+    ("", "Gelu"): _gelu,
+    ("hetrix", "Gelu"): _gelu,
     # layout ops, taken only after a node of this backend (see _produced_here); NumPy's views
     ("", "Reshape"): _by_arity(tensor.reshape_v1, tensor.reshape),
     ("", "Transpose"): tensor.transpose,
     ("", "Squeeze"): _by_arity(tensor.squeeze_v1, tensor.squeeze),
     ("", "Unsqueeze"): _by_arity(tensor.unsqueeze_v1, tensor.unsqueeze),
     ("", "Identity"): tensor.identity,
+    ("", "Split"): _by_opset((2, tensor.split_v1), (13, tensor.split_v2), (None, tensor.split)),
+    ("", "Slice"): _by_opset((10, tensor.slice_v1), (None, tensor.slice_)),
 }
 """The ops this backend takes; everything else stays in float32 on the NumPy backend."""
 

@@ -395,18 +395,21 @@ def scaled_dot_product(
     matmul and softmax (themselves on PyTorch's GEMM when installed) elsewhere.
     """
     scale = float(ctx.attrs.get("scale", 1.0))
-    if _sdpa_fits(q, kt, v, mask):
+    if sdpa_fits(q, kt, v, mask):
         return _sdpa(q, kt, v, mask, scale)
     return _scores_softmax_values(ctx, q, kt, v, mask, scale)
 
 
-def _sdpa_fits(q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> bool:
-    """Whether torch's SDPA computes exactly this op: float32, 4-D, equal batch and head dims (no
-    broadcasting between Q, K, V), an additive float mask that broadcasts onto the scores, and no
-    query whose every key is masked with -inf (softmax makes that row NaN; SDPA makes it 0)."""
+def sdpa_fits(q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
+              dtype: Any = np.float32) -> bool:
+    """Whether torch's SDPA computes exactly this op: Q, K, V of ``dtype`` (float32 here, the
+    reduced type for :mod:`hetrix.backends.reduced_precision`), 4-D, equal batch and head dims
+    (no broadcasting between Q, K, V), an additive float32 mask that broadcasts onto the
+    scores, and no query whose every key is masked with -inf (softmax makes that row NaN;
+    SDPA makes it 0)."""
     if _library.torch_functional() is None:
         return False
-    if not (q.dtype == kt.dtype == v.dtype == np.float32 and q.ndim == kt.ndim == v.ndim == 4):
+    if not (q.dtype == kt.dtype == v.dtype == dtype and q.ndim == kt.ndim == v.ndim == 4):
         return False
     if not (q.shape[:2] == kt.shape[:2] == v.shape[:2]):
         return False
