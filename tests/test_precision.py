@@ -168,16 +168,20 @@ def test_bf16_products_on_packed_weights_match_float64(case: str, packed: bool) 
     else:
         nodes.append(helper.make_node("Identity", ["g"], ["y"]))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *x_shape[1:]])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [helper.make_tensor("w", TensorProto.FLOAT, weight.shape, weight.ravel()),
          helper.make_tensor("b", TensorProto.FLOAT, bias.shape, bias.ravel())])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision="bf16"))
-    for _ in range(2):  # the second run reuses the packed weight
-        (y,) = session.run(None, {"x": x})
+    for rows in (x.shape[0], x.shape[0], 1):  # the weight packed on the first run serves all
+        feed = x[:rows]
+        if case == "gemm_bias_MxN" and rows != x.shape[0]:
+            continue  # its bias fixes the row count
+        (y,) = session.run(None, {"x": feed})
         # float32 accumulation of bf16 products, then one rounding of the result to bf16
-        np.testing.assert_allclose(y, expected, rtol=1e-2, atol=1e-2 * np.abs(expected).max())
+        np.testing.assert_allclose(y, expected[:rows], rtol=1e-2,
+                                   atol=1e-2 * np.abs(expected).max())
     products = [s for s in session._plan.steps if s.ctx.op_type in ("Gemm", "MatMul",
                                                                      "FusedGemm", "FusedMatMul")]
     assert len(products) == 1 and products[0].backend == "bf16:cpu"
@@ -274,3 +278,36 @@ def test_bf16_batch_norm_folds_constants_and_follows_fed_statistics(fed: bool) -
         (y,) = session.run(None, feeds)
         ref = reference.run(None, feeds)[0]
         np.testing.assert_allclose(y, ref, rtol=0.03, atol=0.03 * np.abs(ref).max())
+
+
+def test_bf16_add_joins_only_reduced_values() -> None:
+    """An Add of two bfloat16 convolutions stays bfloat16; an Add that mixes one with a float32
+    value (a graph input here, a transformer's residual stream in practice) is computed in
+    float32, so the float32 side is not rounded."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["a"]),
+         helper.make_node("Conv", ["x", "w"], ["b"]),
+         helper.make_node("Add", ["a", "b"], ["both_reduced"]),
+         helper.make_node("Add", ["a", "x"], ["mixed"]),
+         helper.make_node("Identity", ["both_reduced"], ["y1"]),
+         helper.make_node("Identity", ["mixed"], ["y2"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y1", "y2")],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(
+        precision="bf16", graph_optimization_level=0))
+    adds = [p.backend for p in session.get_placement() if p.op_type == "Add"]
+    assert adds == ["bf16:cpu", "numpy:cpu"]
+    x = rng.standard_normal((1, 4, 3, 3)).astype(np.float32)
+    y1, y2 = session.run(None, {"x": x})
+    conv = np.einsum("nchw,kc->nkhw", _bf16_rounded(x), _bf16_rounded(w[:, :, 0, 0]))
+    np.testing.assert_allclose(y1, 2 * conv, rtol=2e-2, atol=2e-2 * np.abs(conv).max())
+    # the float32 input is added unrounded: y2 - x gives back the bfloat16 convolution output
+    # (to float32's rounding of the sum), which a bfloat16 Add of a rounded x would not
+    np.testing.assert_allclose(y2 - x, conv, rtol=2e-2, atol=2e-2 * np.abs(conv).max())
+    np.testing.assert_allclose(y2 - x, _bf16_rounded(y2 - x), rtol=1e-5, atol=1e-6)
