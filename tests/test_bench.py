@@ -221,3 +221,27 @@ def test_suite_models_small_ops_and_batch_blocker(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         [numpy_helper.from_array(np.asarray([1, 4], dtype=np.int64), "shape")])
     assert "Reshape" in (suite_models.batch_blocker(helper.make_model(pinned)) or "")
+
+
+def test_compare_outputs_measures_the_difference_against_the_output_scale() -> None:
+    ref = np.array([[4.0, -2.0, 1.0]], dtype=np.float32)
+    ours = ref + np.array([[0.02, 0.0, -0.01]], dtype=np.float32)
+    diff = compare_outputs("x", [ours, ref], [ref, 10 * ref])
+    assert diff.outputs[0].scale == 4.0 and diff.outputs[1].scale == 40.0
+    # the worst output: 0.02 of 4 (the second differs by 36 of 40)
+    assert diff.max_abs_of_scale == pytest.approx(0.9, rel=1e-6)
+    assert compare_outputs("x", [ours], [ref]).max_abs_of_scale == pytest.approx(0.005, rel=1e-4)
+
+
+def test_reduced_precision_run_reports_the_difference_not_a_verdict(tiny: Path) -> None:
+    pytest.importorskip("torch")
+    from hetrix.backends.reduced_precision import _unsupported_reason
+
+    if _unsupported_reason("bf16"):
+        pytest.skip("this CPU runs no bfloat16 convolution")
+    result = run_benchmark(_config(tiny, precision="bf16"))
+    text = " ".join(report.summary_lines(result))
+    assert "of the output's largest value" in text and "bf16" in text
+    assert "DIFFER" not in text and "agree" not in text
+    fp32 = " ".join(report.summary_lines(run_benchmark(_config(tiny))))
+    assert "agree" in fp32

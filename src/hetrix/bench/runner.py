@@ -114,6 +114,9 @@ class OutputDiff:
     max_rel: float
     agree: bool
     problem: str = ""
+    scale: float = 0.0
+    """The reference's largest finite magnitude (max |ref|), what ``max_abs`` is measured against
+    when precisions differ."""
 
 
 @dataclass
@@ -127,6 +130,13 @@ class Agreement:
     rtol: float = RTOL
     atol: float = ATOL
     outputs: list[OutputDiff] = field(default_factory=list)
+
+    @property
+    def max_abs_of_scale(self) -> float:
+        """The largest difference as a fraction of its output's largest value (worst output):
+        the measure for a reduced-precision run, whose rounding float32 tolerances do not allow
+        for."""
+        return max((d.max_abs / d.scale for d in self.outputs if d.scale > 0), default=0.0)
 
 
 @dataclass
@@ -325,7 +335,7 @@ def _diff(name: str, ours: np.ndarray, ref: np.ndarray) -> OutputDiff:
     max_abs = float(np.nanmax(diff)) if not np.isnan(diff).all() else 0.0
     max_rel = float(np.nanmax(diff / np.maximum(np.abs(b), atol))) if max_abs else 0.0
     agree = bool(np.allclose(a, b, rtol=RTOL, atol=atol, equal_nan=True))
-    return OutputDiff(name, max_abs, max_rel, agree)
+    return OutputDiff(name, max_abs, max_rel, agree, scale=scale if finite.any() else 0.0)
 
 
 def _measure_all(results: Sequence[RuntimeResult], path: str, feeds: Mapping[str, np.ndarray],
