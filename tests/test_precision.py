@@ -311,3 +311,26 @@ def test_bf16_add_joins_only_reduced_values() -> None:
     # (to float32's rounding of the sum), which a bfloat16 Add of a rounded x would not
     np.testing.assert_allclose(y2 - x, conv, rtol=2e-2, atol=2e-2 * np.abs(conv).max())
     np.testing.assert_allclose(y2 - x, _bf16_rounded(y2 - x), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_placement_of_a_long_chain_of_joins() -> None:
+    """Each Add asks whether its producer is reduced; on a chain of 700 the answers are kept,
+    not recomputed down the chain (which overflowed Python's stack)."""
+    from onnx import TensorProto, helper
+
+    n = 700
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y0"])]
+    nodes += [helper.make_node("Add", [f"y{i - 1}", "c"], [f"y{i}"]) for i in range(1, n + 1)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info(f"y{n}", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4, 4, 1, 1], np.eye(4).ravel()),
+         helper.make_tensor("c", TensorProto.FLOAT, [1], [0.25])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(
+        precision="bf16", graph_optimization_level=0))
+    assert {p.backend for p in session.get_placement()} == {"bf16:cpu"}
+    x = np.zeros((1, 4, 3, 3), np.float32)
+    (y,) = session.run(None, {"x": x})
+    # 0.25 added 700 times in bfloat16 stalls where 0.25 is below half an ulp: at 64
+    assert y.min() == y.max() == 64.0

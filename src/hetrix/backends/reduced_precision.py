@@ -63,11 +63,23 @@ class ReducedPrecisionBackend(Backend):
                 "Use precision='bf16' or the float32 default."
             )
         self.precision = precision
+        self._decided: dict[int, tuple[ir.Node, Kernel | None]] = {}
         self.name = f"{precision}:cpu"
         self.memory = f"{precision}:cpu"
         self._torch_dtype = getattr(torch, PRECISIONS[precision])
 
     def kernel_for(self, node: ir.Node, opset: int) -> Kernel | None:
+        """This backend's kernel for ``node``, decided once per node: followers and joins ask
+        about their producers, and the placer asks in graph order, so with the answers kept
+        each question is one step deep however long the chain of producers."""
+        decided = self._decided.get(id(node))
+        if decided is not None and decided[0] is node:
+            return decided[1]
+        kernel = self._decide(node, opset)
+        self._decided[id(node)] = (node, kernel)  # the node is kept, so its id stays its own
+        return kernel
+
+    def _decide(self, node: ir.Node, opset: int) -> Kernel | None:
         make = _KERNELS.get((node.domain, node.op_type))
         if make is None:
             return None
