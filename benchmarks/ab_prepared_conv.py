@@ -5,6 +5,7 @@ session, alternating run by run: arm A with each node's prepared call, arm B wit
 (every conv then takes the full path).  Prints the median of each arm and their ratio.
 
     python benchmarks/ab_prepared_conv.py MODEL.onnx [--threads N] [--batch N] [--runs 60]
+        [--precision bf16]
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=60)
+    parser.add_argument("--precision", default="fp32")
     args = parser.parse_args()
 
     session = hetrix.InferenceSession(
-        args.model, hetrix.SessionOptions(intra_op_num_threads=args.threads))
+        args.model, hetrix.SessionOptions(intra_op_num_threads=args.threads,
+                                          precision=args.precision))
     spec = session.get_inputs()[0]
     shape = [args.batch if not isinstance(d, int) else d for d in spec.shape]
     feeds = {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}

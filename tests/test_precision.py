@@ -334,3 +334,46 @@ def test_bf16_placement_of_a_long_chain_of_joins() -> None:
     (y,) = session.run(None, {"x": x})
     # 0.25 added 700 times in bfloat16 stalls where 0.25 is below half an ulp: at 64
     assert y.min() == y.max() == 64.0
+
+
+def test_bf16_convolutions_repeat_their_prepared_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its first run a bf16 conv node repeats its oneDNN call directly (as float32 ones
+    do, ``_onednn.PreparedConv``): the same outputs, within bf16 rounding of float32."""
+    from onnx import TensorProto, helper
+
+    from hetrix.backends.numpy_cpu.kernels import _onednn
+
+    hits: list[bool] = []
+    prepared_call = _onednn.PreparedConv.__call__
+
+    def counted(self: _onednn.PreparedConv, *args: object) -> object:
+        result = prepared_call(self, *args)
+        hits.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_onednn.PreparedConv, "__call__", counted)
+    rng = np.random.default_rng(4)
+    wa, wb = (rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2 for _ in range(2))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["a"], ["r"]),
+         helper.make_node("Conv", ["r", "wb"], ["b"], pads=[1, 1, 1, 1]),
+         helper.make_node("Add", ["b", "r"], ["s"]),
+         helper.make_node("Relu", ["s"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor(n, TensorProto.FLOAT, w.shape, w.ravel())
+         for n, w in (("wa", wa), ("wb", wb))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision="bf16"))
+    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    outputs = []
+    for run in range(3):
+        hits.clear()
+        outputs.append(session.run(None, {"x": x})[0])
+        assert hits == ([] if run == 0 else [True, True])  # both convs, from the second run
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+    np.testing.assert_array_equal(outputs[2], outputs[0])
+    reference = hetrix.InferenceSession(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(outputs[0], reference, rtol=0.03,
+                               atol=0.03 * np.abs(reference).max())

@@ -117,36 +117,43 @@ def conv2d(
                 None if unary == "none" else unary, [], None)
     if (
         xt is given  # the input was channels-last already: nothing to convert next time either
-        and x.dtype == _FLOAT32
+        and x.dtype in _PREPARED_DTYPES
         and cache.get("onednn_source") is w  # the packed weight is kept
         and op is not None
         and (residual is None
-             or (residual.dtype == _FLOAT32 and z.data_ptr() == residual.ctypes.data))
+             or (residual.dtype == x.dtype and z.data_ptr() == residual.ctypes.data))
     ):
         cache["onednn_prepared"] = PreparedConv(x, w, b, residual, op, args)
     return to_numpy(y)
 
 
+_PREPARED_DTYPES = frozenset({_FLOAT32, _BFLOAT16})
+
+
 class PreparedConv:
     """One node's oneDNN call with everything but the data decided, for the runs that follow.
 
-    Made by :func:`conv2d` after a float32 call whose input (and residual) needed no conversion
-    and whose packed weight is kept.  :meth:`__call__` checks that a new call is the same in all
-    that the decisions depended on (shapes, strides, type, the weight and bias objects) and then
-    makes only the library call: on MobileNet-sized layers the Python around it cost as much as
-    the smaller convolutions themselves.
+    Made by :func:`conv2d` after a float32 or bfloat16 call whose input (and residual) needed no
+    conversion and whose packed weight is kept.  :meth:`__call__` checks that a new call is the
+    same in all that the decisions depended on (shapes, strides, type, the weight and bias
+    objects) and then makes only the library call: on MobileNet-sized layers the Python around
+    it cost as much as the smaller convolutions themselves.
     """
 
-    __slots__ = ("shape", "strides", "w", "b", "residual", "op", "args", "from_numpy")
+    __slots__ = ("shape", "strides", "dtype", "w", "b", "residual", "op", "args", "from_numpy",
+                 "to_numpy")
 
     def __init__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                  residual: np.ndarray | None, op: Any, args: tuple) -> None:
         import torch
 
-        self.shape, self.strides, self.w, self.b = x.shape, x.strides, w, b
+        self.shape, self.strides, self.dtype, self.w, self.b = x.shape, x.strides, x.dtype, w, b
         self.residual = None if residual is None else (residual.shape, residual.strides)
         self.op, self.args = op, args
-        self.from_numpy = torch.from_numpy  # looked up once, not per call
+        if x.dtype == _FLOAT32:  # looked up once, not per call
+            self.from_numpy, self.to_numpy = torch.from_numpy, _float32_numpy
+        else:  # bfloat16 travels as its bits: NumPy's is ml_dtypes', unknown to torch
+            self.from_numpy, self.to_numpy = _bfloat16_tensor, to_numpy
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                  residual: np.ndarray | None) -> np.ndarray | None:
@@ -156,21 +163,31 @@ class PreparedConv:
             or b is not self.b
             or x.shape != self.shape
             or x.strides != self.strides
-            or x.dtype != _FLOAT32
+            or x.dtype != self.dtype
             or not x.flags.writeable  # torch may not view read-only memory
         ):
             return None
         if residual is None:
             if self.residual is not None:
                 return None
-            return self.op(self.from_numpy(x), *self.args).numpy()
+            return self.to_numpy(self.op(self.from_numpy(x), *self.args))
         if (
             self.residual != (residual.shape, residual.strides)
-            or residual.dtype != _FLOAT32
+            or residual.dtype != self.dtype
             or not residual.flags.writeable
         ):
             return None
-        return self.op(self.from_numpy(x), self.from_numpy(residual), *self.args).numpy()
+        return self.to_numpy(self.op(self.from_numpy(x), self.from_numpy(residual), *self.args))
+
+
+def _float32_numpy(tensor: Any) -> np.ndarray:
+    return tensor.numpy()
+
+
+def _bfloat16_tensor(array: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
 
 
 def _conv_add(cache: dict[str, Any], xt: Any, z: Any, weight: Any, bias: Any, pads: list[int],
