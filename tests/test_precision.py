@@ -377,3 +377,35 @@ def test_bf16_convolutions_repeat_their_prepared_call(monkeypatch: pytest.Monkey
     reference = hetrix.InferenceSession(model).run(None, {"x": x})[0]
     np.testing.assert_allclose(outputs[0], reference, rtol=0.03,
                                atol=0.03 * np.abs(reference).max())
+
+
+def test_bf16_product_falls_back_when_onednn_refuses_the_inner_product(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where oneDNN has no inner product for the reduced type (the session's probe tries a
+    convolution only), the node computes with torch.matmul instead, from then on."""
+    import hetrix.backends.reduced_precision as reduced
+
+    calls: list[int] = []
+
+    def refuse(*args: object) -> None:
+        calls.append(1)
+        raise RuntimeError("could not create a primitive descriptor")
+
+    monkeypatch.setattr(reduced, "_inner_product", refuse)
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision="bf16"))
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    expected = _bf16_rounded(x) @ _bf16_rounded(w)
+    for _ in range(2):
+        (y,) = session.run(None, {"x": x})
+        np.testing.assert_allclose(y, expected, rtol=1e-2, atol=1e-2 * np.abs(expected).max())
+    assert calls == [1]  # refused once, not asked again
