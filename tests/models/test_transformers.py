@@ -103,14 +103,23 @@ def test_gpt2_is_causal(gpt2_session: hetrix.InferenceSession) -> None:
     assert not np.allclose(after[:, -1], before[:, -1], rtol=1e-3, atol=1e-4)
 
 
-def test_bert_ignores_padded_tokens(bert_session: hetrix.InferenceSession) -> None:
-    """Tokens under ``attention_mask == 0`` do not affect the outputs at real tokens."""
+def _with_padding_changed(
+    session: hetrix.InferenceSession,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BERT's last hidden state (before, after, real-token mask of row 0) when the tokens under
+    ``attention_mask == 0`` in the first row change; the second row is unpadded."""
     feeds = token_feeds(("input_ids", "attention_mask"), 2, 12, BERT_VOCAB, seed=4)
     real = feeds["attention_mask"][0] == 1
     changed = {k: v.copy() for k, v in feeds.items()}
     changed["input_ids"][0, ~real] = (changed["input_ids"][0, ~real] + 7) % BERT_VOCAB
-    before = bert_session.run(["last_hidden_state"], feeds)[0]
-    after = bert_session.run(["last_hidden_state"], changed)[0]
+    before = session.run(["last_hidden_state"], feeds)[0]
+    after = session.run(["last_hidden_state"], changed)[0]
+    return before, after, real
+
+
+def test_bert_ignores_padded_tokens(bert_session: hetrix.InferenceSession) -> None:
+    """Tokens under ``attention_mask == 0`` do not affect the outputs at real tokens."""
+    before, after, real = _with_padding_changed(bert_session)
     np.testing.assert_allclose(after[0, real], before[0, real], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(after[1], before[1], rtol=1e-5, atol=1e-5)
 
@@ -188,11 +197,6 @@ def test_bf16_bert_still_ignores_padded_tokens(bert: ExportedModel) -> None:
     """The attention mask stays float32 into the bfloat16 attention: padded tokens still have
     no effect on the real ones, to the bit."""
     session = hetrix.InferenceSession(bert.path, hetrix.SessionOptions(precision="bf16"))
-    feeds = token_feeds(("input_ids", "attention_mask"), 2, 12, BERT_VOCAB, seed=4)
-    real = feeds["attention_mask"][0] == 1
-    changed = {k: v.copy() for k, v in feeds.items()}
-    changed["input_ids"][0, ~real] = (changed["input_ids"][0, ~real] + 7) % BERT_VOCAB
-    before = session.run(["last_hidden_state"], feeds)[0]
-    after = session.run(["last_hidden_state"], changed)[0]
+    before, after, real = _with_padding_changed(session)
     np.testing.assert_array_equal(after[0, real], before[0, real])
     np.testing.assert_array_equal(after[1], before[1])

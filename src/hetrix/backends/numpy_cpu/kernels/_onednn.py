@@ -24,6 +24,7 @@ precision mode uses to reach the AMX units.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import ml_dtypes
@@ -104,6 +105,8 @@ def conv2d(
     xt = given.contiguous(memory_format=torch.channels_last)
     weight, bias = _packed(cache, w, b, xt, strides, dilations, pads, group, owns_weight)
     unary, scalars, algorithm = _post_op(activation, activation_params or [])
+    op: Any  # the oneDNN call a prepared node repeats (None: it cannot), and its arguments
+    args: tuple[Any, ...]
     if residual is None:
         op = torch.ops.mkldnn._convolution_pointwise.default
         args = (weight, bias, pads, strides, dilations, group, unary, scalars, algorithm)
@@ -150,8 +153,10 @@ class PreparedConv:
         self.shape, self.strides, self.dtype, self.w, self.b = x.shape, x.strides, x.dtype, w, b
         self.residual = None if residual is None else (residual.shape, residual.strides)
         self.op, self.args = op, args
+        self.from_numpy: Callable[[np.ndarray], Any]
+        self.to_numpy: Callable[[Any], np.ndarray]
         if x.dtype == _FLOAT32:  # looked up once, not per call
-            self.from_numpy, self.to_numpy = torch.from_numpy, _float32_numpy
+            self.from_numpy, self.to_numpy = torch.from_numpy, torch.Tensor.numpy
         else:  # bfloat16 travels as its bits: NumPy's is ml_dtypes', unknown to torch
             self.from_numpy, self.to_numpy = _bfloat16_tensor, to_numpy
 
@@ -178,10 +183,6 @@ class PreparedConv:
         ):
             return None
         return self.to_numpy(self.op(self.from_numpy(x), self.from_numpy(residual), *self.args))
-
-
-def _float32_numpy(tensor: Any) -> np.ndarray:
-    return tensor.numpy()
 
 
 def _bfloat16_tensor(array: np.ndarray) -> Any:

@@ -85,9 +85,10 @@ def _bn_apply(
 
 def _bn_params(
     op: str, x: np.ndarray, spatial: bool, named: tuple[tuple[str, np.ndarray], ...]
-) -> list[np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Scale, bias, mean and var shaped to broadcast against ``x`` (see :func:`_bn_param`)."""
-    return [_bn_param(op, name, p, x, spatial) for name, p in named]
+    s, b, m, v = (_bn_param(op, name, p, x, spatial) for name, p in named)
+    return s, b, m, v
 
 
 def batch_norm_inference(
@@ -104,36 +105,49 @@ def batch_norm_inference(
     channels-last activations, which recomputes ``1/sqrt(var + eps)`` on every call.
     """
     channels = x.shape[1] if x.ndim >= 2 else -1
-    params = (scale, bias, mean, var)
     if not (
         x.dtype == np.float32
         and x.ndim >= 3
         and x.size
-        and all(p.dtype == np.float32 and p.shape == (channels,) for p in params)
+        and all(p.dtype == np.float32 and p.shape == (channels,) for p in (scale, bias, mean, var))
         and _library.torch_functional() is not None
     ):
         return None
     import torch
 
-    folded = cache.get("bn_folded") if cache is not None else None
-    if not (
-        folded is not None
-        and folded[0] is scale and folded[1] is bias and folded[2] is mean and folded[3] is var
-        and folded[4] == (eps, x.ndim)
-    ):
-        multiplier = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
-        offset = bias.astype(np.float64) - mean.astype(np.float64) * multiplier
-        shape = (1, channels) + (1,) * (x.ndim - 2)
-        folded = (*params, (eps, x.ndim),
-                  torch.from_numpy(multiplier.astype(np.float32).reshape(shape)),
-                  torch.from_numpy(offset.astype(np.float32).reshape(shape)))
-        if cache is not None and not any(p.flags.writeable for p in params):
-            # constants: the same arrays every run (a parameter fed at run time may change)
-            cache["bn_folded"] = folded
-    y = torch.addcmul(folded[6], _library.as_tensor(x), folded[5])
+    multiplier, offset = folded_batch_norm(cache, scale, bias, mean, var, eps, x.ndim,
+                                           torch.float32)
+    y = torch.addcmul(offset, _library.as_tensor(x), multiplier)
     if relu:
         y.relu_()
     return y.numpy()
+
+
+def folded_batch_norm(
+    cache: dict[str, Any] | None, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray,
+    var: np.ndarray, eps: float, ndim: int, dtype: Any,
+) -> tuple[Any, Any]:
+    """Inference BatchNormalization's statistics as ``(multiplier, offset)``: torch tensors of
+    ``dtype`` shaped ``(1, C, 1, ...)`` for an ``ndim``-D input, so that ``x * multiplier +
+    offset`` is the op.  Computed in float64, then rounded once to ``dtype``; kept in ``cache``
+    (the node's) while the parameters are the same constant arrays (a parameter fed at run time
+    is writable and may change, so it is folded again on each call)."""
+    import torch
+
+    params = (scale, bias, mean, var)
+    key = (eps, ndim, dtype)
+    folded = cache.get("bn_folded") if cache is not None else None
+    if folded is not None and folded[1] == key and all(
+            a is b for a, b in zip(folded[0], params, strict=True)):
+        return folded[2], folded[3]
+    multiplier = np.asarray(scale, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    offset = np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * multiplier
+    shape = (1, -1) + (1,) * (ndim - 2)
+    tensors = (torch.from_numpy(multiplier.reshape(shape)).to(dtype),
+               torch.from_numpy(offset.reshape(shape)).to(dtype))
+    if cache is not None and not any(p.flags.writeable for p in params):
+        cache["bn_folded"] = (params, key, *tensors)
+    return tensors
 
 
 def _bn_batch_stats(x: np.ndarray, spatial: bool) -> tuple[np.ndarray, np.ndarray]:
