@@ -289,3 +289,24 @@ def test_identity_of_outer_value_in_subgraph_is_kept() -> None:
     assert session.get_optimization_report().level == 99
     x = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], np.maximum(x, 0))
+
+
+def test_shape_inference_copies_do_not_outlive_their_pass() -> None:
+    """onnx-ir's shape inference builds a second IR of the whole model, which dies in reference
+    cycles; the pipeline collects it at once, so the load's peak memory holds one copy, not one
+    per fixpoint iteration."""
+    import gc
+
+    nodes = [helper.make_node("Relu", [f"v{i}"], [f"v{i + 1}"]) for i in range(20)]
+    ir_model = ir.serde.deserialize_model(make_model(nodes, {"v0": [2, 3]}, ["v20"]))
+    gc.collect()
+    existing = {id(o) for o in gc.get_objects() if isinstance(o, ir.Graph)}
+    enabled = gc.isenabled()
+    gc.disable()  # only the pipeline's own collection may free the copies
+    try:
+        optimize(ir_model, 1)
+        graphs = [o for o in gc.get_objects() if isinstance(o, ir.Graph)]
+    finally:
+        if enabled:
+            gc.enable()
+    assert [g for g in graphs if id(g) not in existing and g is not ir_model.graph] == []

@@ -19,6 +19,7 @@ generic ones are onnx-ir's own.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -97,6 +98,9 @@ class Stage:
     make: Callable[[], ir.passes.PassBase]
     analysis: bool = False
     """Only adds information (shapes): never counts as a change for the fixpoint."""
+    leaves_garbage: bool = False
+    """Builds a whole copy of the model that dies in reference cycles: collected right after
+    the pass, or each fixpoint iteration would add one more copy to the load's peak memory."""
 
 
 PIPELINE: tuple[Stage, ...] = (
@@ -110,6 +114,9 @@ PIPELINE: tuple[Stage, ...] = (
         "shape inference",
         lambda: common.ShapeInferencePass(strict_mode=False),
         analysis=True,
+        # onnx-ir round-trips the model through onnx's C++ inference and a second IR: on the
+        # 1,200-node small_ops model, 10.5 -> 8.2 MiB peak load growth with the collection
+        leaves_garbage=True,
     ),
     Stage(BASIC, "constant folding", ConstantFoldingPass),
     # Shape arithmetic on symbolic dims: Reshape/Expand to the input's own shape, known ints.
@@ -182,6 +189,8 @@ class _Recorded(ir.passes.InPlacePass):
         started = time.perf_counter()
         inner = self.stage.make()
         result = inner(model)
+        if self.stage.leaves_garbage:
+            gc.collect()
         after = count_nodes(model)
         self.report.runs.append(
             PassRun(
