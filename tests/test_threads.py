@@ -96,3 +96,52 @@ def test_numpy_only_sessions_set_the_blas_threads(monkeypatch) -> None:
 def test_bad_thread_count_is_refused_by_name(count) -> None:
     with pytest.raises(InvalidArgumentError, match="intra_op_num_threads"):
         hetrix.InferenceSession(_model(), hetrix.SessionOptions(intra_op_num_threads=count))
+
+
+_BINDING_PROBE = """
+import json, os, threading
+from hetrix.backends.torch_setup import import_torch
+before = sorted(os.sched_getaffinity(0))
+torch = import_torch()
+x = torch.randn(512, 512)
+for _ in range(3):
+    x @ x  # a parallel region: OpenMP starts its workers
+tasks = {int(t): sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
+print(json.dumps({"before": before, "main": tasks.pop(threading.get_native_id()),
+                  "others": list(tasks.values()), "threads": torch.get_num_threads(),
+                  "env": sorted(k for k in os.environ if k in ("OMP_PROC_BIND", "OMP_PLACES"))}))
+"""
+
+
+def _binding_in_fresh_process(extra_env: dict[str, str]) -> dict:
+    """Run the probe in a new interpreter (OpenMP binds only when it starts) and read its report."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("binding needs Linux and at least two usable CPUs")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY",
+                        "OMP_NUM_THREADS")}
+    env.update(extra_env)
+    done = subprocess.run([sys.executable, "-c", _BINDING_PROBE], env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_openmp_workers_are_bound_and_the_main_thread_is_not() -> None:
+    report = _binding_in_fresh_process({})
+    assert report["main"] == report["before"]  # the user's thread keeps its own affinity
+    assert report["env"] == []  # child processes of the user's inherit nothing
+    if report["threads"] > 1:
+        bound = [mask for mask in report["others"] if len(mask) == 1]
+        assert len(bound) >= report["threads"] - 1  # one core per worker
+
+
+def test_openmp_binding_chosen_by_the_user_is_kept() -> None:
+    report = _binding_in_fresh_process({"OMP_PROC_BIND": "false"})
+    assert report["main"] == report["before"]
+    assert all(mask == report["before"] for mask in report["others"])
