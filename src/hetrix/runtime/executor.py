@@ -123,6 +123,9 @@ def _walk(
             slots[step.outputs[0]] = result
         if watch is not None:
             _keep_watched(step, slots, watch)
+        # the frees below must release the values: these names would keep the step's inputs
+        # alive through the next step (as the lean loop, which holds none, does not)
+        del args, result
         if record is not None:
             for slot in step.outputs:
                 if slot:

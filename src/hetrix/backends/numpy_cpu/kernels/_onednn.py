@@ -242,9 +242,11 @@ def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
     ):
         return cache["onednn_weight"], cache["onednn_bias"]
     dense = dense_weight(cache, w)
+    # read in place, not copied (a constant weight is read-only, which as_tensor would copy): the
+    # reorder only reads it, and a copy would stay in the process's peak memory
+    source = as_tensor(dense) if dense.dtype == _BFLOAT16 else _library.as_tensor(dense)
     weight = torch.ops.mkldnn._reorder_convolution_weight(
-        as_tensor(dense).to(xt.dtype).contiguous(), pads, strides, dilations, group,
-        list(xt.shape)
+        source.to(xt.dtype).contiguous(), pads, strides, dilations, group, list(xt.shape)
     )
     bias = None if b is None else as_tensor(b).to(xt.dtype).contiguous()
     if not w.flags.writeable and (b is None or not b.flags.writeable):
