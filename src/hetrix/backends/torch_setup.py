@@ -23,6 +23,9 @@ until it moved one, while each kernel waited on both.  Measured here, SqueezeNet
 with the 90th percentile 21-23 ms vs 13.  libgomp binds at start-up from ``OMP_PROC_BIND`` and
 ``OMP_PLACES``, the main thread included, so Hetrix sets them for the import only and then gives
 the main thread back its own affinity (Linux only, where it can; elsewhere nothing is bound).
+The cores are those of the process's CPU mask at start-up: several Hetrix processes on one
+machine should each get their own (``taskset``, a cgroup cpuset), or set ``OMP_PROC_BIND=false``,
+or their workers would all be bound to the same first cores.
 
 Both have to be said before OpenMP starts, i.e. before torch is first imported, so every place in
 Hetrix that imports torch does it through :func:`import_torch`.  A user who set
