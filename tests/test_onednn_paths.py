@@ -146,7 +146,8 @@ class Compared:
 
     def __init__(self, model: onnx.ModelProto, level: int = 99,
                  reference: onnx.ModelProto | None = None) -> None:
-        options = hetrix.SessionOptions(graph_optimization_level=level)
+        # no run at load: the route checks count the kernel calls of the runs they make
+        options = hetrix.SessionOptions(graph_optimization_level=level, warm_up=False)
         self.ours = hetrix.InferenceSession(model, options)
         ort_options = ort.SessionOptions()
         ort_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -894,3 +895,35 @@ def test_outputs_reach_the_caller_in_c_order() -> None:
     (expected,) = ort.InferenceSession(model.SerializeToString(),
                                        providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_first_run_after_load_takes_the_prepared_conv_call(monkeypatch) -> None:
+    """The run at load (``SessionOptions.warm_up``) packs the weights and prepares each conv's
+    oneDNN call, so the user's first run is already the fast one; outputs match ORT."""
+    from hetrix.backends.numpy_cpu.kernels import _onednn
+
+    if not _onednn.available():
+        pytest.skip("PyTorch is not installed")
+    hits: list[bool] = []
+    prepared_call = _onednn.PreparedConv.__call__
+
+    def counted(self, *args):
+        result = prepared_call(self, *args)
+        hits.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_onednn.PreparedConv, "__call__", counted)
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                        helper.make_node("Relu", ["c"], ["r"]),
+                        helper.make_node("Conv", ["r", "w"], ["y"], pads=[1, 1, 1, 1])],
+                       {"x": [1, 8, 12, 12]}, ["y"], {"w": w})
+    session = hetrix.InferenceSession(model)
+    hits.clear()
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    (got,) = session.run(None, {"x": x})
+    assert hits == [True]  # the second conv (its input is channels-last) from the first run on
+    (want,) = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -237,3 +237,66 @@ def test_cpu_arena_option_configures_the_allocator_once() -> None:
         pytest.skip("the retaining allocator is configured on glibc only")
     assert retain_freed_memory() is True
     assert retain_freed_memory() is True  # idempotent
+
+
+# -- the warm-up run at load ---------------------------------------------------------------------
+
+
+def _counted_walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record one entry per walk of a plan (a run of the model), with its step count."""
+    from hetrix.runtime import executor
+
+    walks: list[int] = []
+    walk = executor._walk_lean
+
+    def counted(plan, slots):
+        walks.append(len(plan.steps))
+        return walk(plan, slots)
+
+    monkeypatch.setattr(executor, "_walk_lean", counted)
+    return walks
+
+
+def _relu_model(shape: list) -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_model_of_fixed_shapes_runs_once_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    walks = _counted_walks(monkeypatch)
+    session = hetrix.InferenceSession(_relu_model([2, 3]))
+    assert walks == [1]  # set-up done in the constructor
+    x = np.array([[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0]], np.float32)
+    (y,) = session.run(None, {"x": x})
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert walks == [1, 1]
+
+
+@pytest.mark.parametrize("options", [hetrix.SessionOptions(warm_up=False), None],
+                         ids=["turned off", "symbolic dims"])
+def test_no_run_at_load_when_off_or_shapes_are_symbolic(monkeypatch: pytest.MonkeyPatch,
+                                                        options) -> None:
+    walks = _counted_walks(monkeypatch)
+    shape = [2, 3] if options is not None else ["batch", 3]
+    hetrix.InferenceSession(_relu_model(shape), options)
+    assert walks == []
+
+
+def test_a_model_that_fails_on_zeros_still_loads_and_runs(caplog: pytest.LogCaptureFixture) -> None:
+    """Reshape with allowzero=1 to a shape fed at run time: zeros ask for an empty tensor, which
+    the data cannot become; the load goes on and the real run uses the real shape."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with caplog.at_level("INFO", logger="hetrix.runtime.session"):
+        session = hetrix.InferenceSession(model.SerializeToString())
+    assert "warm-up run on zeros failed" in caplog.text
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (y,) = session.run(None, {"x": x, "shape": np.array([3, 2], np.int64)})
+    np.testing.assert_array_equal(y, x.reshape(3, 2))
