@@ -384,7 +384,7 @@ def test_bf16_product_falls_back_when_onednn_refuses_the_inner_product(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Where oneDNN has no inner product for the reduced type (the session's probe tries a
     convolution only), the node computes with torch.matmul instead, from then on."""
-    import hetrix.backends.reduced_precision as reduced
+    from hetrix.backends.numpy_cpu.kernels import _onednn
 
     calls: list[int] = []
 
@@ -392,7 +392,7 @@ def test_bf16_product_falls_back_when_onednn_refuses_the_inner_product(
         calls.append(1)
         raise RuntimeError("could not create a primitive descriptor")
 
-    monkeypatch.setattr(reduced, "_inner_product", refuse)
+    monkeypatch.setattr(_onednn, "_inner_product", refuse)
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(6)

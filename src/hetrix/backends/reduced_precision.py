@@ -285,56 +285,14 @@ def _matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
 
 def _linear(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
             transposed: bool, relu: bool = False) -> np.ndarray | None:
-    """``a @ b + bias`` (then Relu when ``relu``) by oneDNN's inner product on a weight packed
-    once; None when the product is not of that form: ``b`` not a constant 2-D weight, or
-    ``bias`` not N constants.  ``transposed``: ``b`` is (N, K), as Gemm's ``transB=1`` has it.
+    """``a @ b + bias`` (then Relu) by oneDNN's inner product on a weight packed once in the
+    reduced type (:func:`_onednn.packed_linear`); None when the product is not of that form.
 
     A product with few rows is bound by reading the weight; packed in the reduced type it is
     read at memory speed (AlexNet's 9216x4096 layer at batch 1: 3.3 ms, against 4.6 ms through
     ``torch.matmul`` on the same bfloat16 weight; ``benchmarks/RESULTS.md``).
     """
-    if b.ndim != 2 or a.ndim < 2 or b.flags.writeable or ctx.cache.get("linear_refused"):
-        return None
-    n, k = b.shape if transposed else b.shape[::-1]
-    if a.shape[-1] != k:
-        return None  # the general path reports the shape error
-    if bias is not None and (
-        bias.flags.writeable or bias.shape[-1:] != (n,) or bias.size != n
-    ):
-        return None  # a bias that broadcasts over rows too, or one computed at run time
-    torch = _torch()
-    try:
-        cached = ctx.cache.get("linear")
-        if cached is None or cached[0] is not b or cached[1] is not bias or cached[2] != a.dtype:
-            dtype = _onednn.torch_dtype(a.dtype)
-            weight = _onednn.as_tensor(np.ascontiguousarray(b if transposed else b.T)).to(dtype)
-            rows = int(np.prod(a.shape[:-1]))
-            with torch.no_grad():
-                packed = _pack_linear_weight(weight, rows)
-            tail = None if bias is None else _onednn.as_tensor(bias.reshape(n)).to(dtype)
-            cached = (b, bias, a.dtype, packed, tail)
-            ctx.cache["linear"] = cached
-        x = _onednn.as_tensor(a)
-        with torch.no_grad():
-            y = _inner_product(x.reshape(-1, k), cached[3], cached[4], relu)
-    except RuntimeError:
-        # oneDNN without an inner product for this type on this CPU (the session's probe
-        # checks convolutions only): this node keeps torch.matmul from now on
-        ctx.cache["linear_refused"] = True
-        ctx.cache.pop("linear", None)
-        return None
-    return _onednn.to_numpy(y.reshape(*a.shape[:-1], n))
-
-
-def _pack_linear_weight(weight: Any, rows: int) -> Any:
-    """``weight`` (N, K) in oneDNN's layout for an inner product of about ``rows`` rows."""
-    return _torch().ops.mkldnn._reorder_linear_weight(weight, rows)
-
-
-def _inner_product(x: Any, packed: Any, bias: Any, relu: bool) -> Any:
-    """``x @ packed.T + bias`` (then Relu) by oneDNN's inner product on a packed weight."""
-    return _torch().ops.mkldnn._linear_pointwise(x, packed, bias, "relu" if relu else "none",
-                                                 [], "")
+    return _onednn.packed_linear(ctx.cache, a, b, bias, transposed=transposed, relu=relu)
 
 
 def _gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,

@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hetrix.backends.numpy_cpu.kernels import activations, normalization
+from hetrix.backends.numpy_cpu.kernels import _onednn, activations, normalization
 from hetrix.backends.numpy_cpu.kernels import attention as attention_kernels
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.kernels.conv import conv_fused
-from hetrix.backends.numpy_cpu.kernels.linalg import gemm, matmul, matmul_bias
+from hetrix.backends.numpy_cpu.kernels.linalg import gemm, matmul, matmul_bias, on_packed_weight
 
 Activation = Callable[[NodeContext, np.ndarray], np.ndarray]
 
@@ -164,6 +164,11 @@ def fused_matmul(
     ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None
 ) -> np.ndarray:
     """MatMul plus the bias along the last axis (inside the GEMM), then the activation."""
+    relu = ctx.attrs.get("activation") in ("Relu", b"Relu")
+    y = on_packed_weight(ctx, a, b, bias, relu=relu)
+    if y is not None:
+        return y if relu else activate(ctx, y)
+    b = _onednn.linear_weight(ctx.cache, b)
     y = matmul(a, b) if bias is None else matmul_bias(a, b, bias, f"FusedMatMul '{ctx.name}'")
     return activate(ctx, y)
 

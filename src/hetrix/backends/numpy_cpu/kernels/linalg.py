@@ -4,12 +4,17 @@ float32 matrix products of some size run in PyTorch's CPU libraries when PyTorch
 :mod:`._library`), each shape on the library measured fastest for it (``benchmarks/`` has the
 numbers; the operands are shared with torch, not copied, and so is the result):
 
-* ``(..., M, K) @ (K, N)`` with a 2-D right operand (a layer's weight) and M > 1: oneDNN's inner
-  product (``mkldnn._linear_pointwise``), which reads the weight as the transposed view it is and
-  adds the bias in the same pass.  On BERT's and GPT-2's shapes it beat both MKL's GEMM (by up to
-  1.9x on GPT-2's 50257-wide head, on an AMD EPYC) and NumPy's OpenBLAS (by 1.1-2x);
-* a single row (M = 1, a classifier at batch 1): NumPy's OpenBLAS GEMV, 1.5-3x faster than either
-  torch path on AlexNet's and ResNet's fully connected layers;
+* ``(..., M, K) @ (K, N) (+ bias)`` on a constant 2-D weight (a layer's, in MatMul, Gemm or their
+  fused forms) of at least 2^20 multiply-adds: oneDNN's inner product on the weight packed once
+  per node (:func:`._onednn.packed_linear`, whose original is then released), the bias in the
+  same pass.  Unpacked, oneDNN reorders the weight on every call: packing took BERT's 768x3072
+  layer from 4.46 to 2.95 ms, and AlexNet's 9216x4096 one at batch 1 from 7.2 ms (OpenBLAS's
+  GEMV, one thread beside torch) to 4.3;
+* the same on a weight computed at run time, M > 1: oneDNN's inner product on the plain weight
+  (``mkldnn._linear_pointwise``, which reads it as the transposed view it is).  On BERT's and
+  GPT-2's shapes it beat both MKL's GEMM (by up to 1.9x on GPT-2's 50257-wide head, on an AMD
+  EPYC) and NumPy's OpenBLAS (by 1.1-2x);
+* a single row on a small or computed weight: NumPy's OpenBLAS GEMV;
 * batched products of two activations (attention): ``torch.matmul``.
 
 Other dtypes, tiny products and the NumPy-only mode use ``np.matmul``.
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hetrix.backends.numpy_cpu.kernels import _library
+from hetrix.backends.numpy_cpu.kernels import _library, _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 
 # Types NumPy has no BLAS (or no linalg) path for: computed in float32 and cast back.
@@ -130,15 +135,49 @@ def matmul_bias(a: np.ndarray, b: np.ndarray, bias: np.ndarray, op: str = "MatMu
     return y
 
 
+_PACK_MAX_BYTES = 64 << 20
+"""Weights above this keep the unpacked paths: packing holds the original and the packed copy
+at once until the original is released, and VGG-19's 392 MiB layer would lift the peak by
+that much (its GEMV at batch 1 is memory-bound either way)."""
+
+
+def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
+                     transposed: bool = False, relu: bool = False) -> np.ndarray | None:
+    """``a @ b + bias`` (then Relu) on the node's packed float32 weight, or None (see the module
+    docstring).  Once a node has packed its weight every call comes here: the original's memory
+    may be gone (callers that go on without it read ``_onednn.linear_weight``)."""
+    if "linear" not in ctx.cache and not (
+        a.dtype == np.float32
+        and b.dtype == np.float32
+        and a.ndim >= 2
+        and b.ndim == 2
+        and not b.flags.writeable  # a constant of the plan
+        and 1 in ctx.owned_inputs  # its original is released: the weight stays held once
+        and b.nbytes <= _PACK_MAX_BYTES
+        and a.size // max(a.shape[-1], 1) * b.size >= _TORCH_MIN_MACS
+        and _library.torch_functional() is not None
+    ):
+        return None
+    return _onednn.packed_linear(ctx.cache, a, b, bias, transposed=transposed, relu=relu,
+                                 owns_weight=1 in ctx.owned_inputs)
+
+
 @kernel("MatMul", since=1)
 def matmul_kernel(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Matrix product with NumPy ``matmul`` broadcasting semantics."""
-    return matmul(a, b)
+    y = on_packed_weight(ctx, a, b, None)
+    return y if y is not None else matmul(a, _onednn.linear_weight(ctx.cache, b))
 
 
 @kernel("Gemm", since=1)
 def gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
     """Y = alpha * A' @ B' + beta * C, optional transposes, C broadcast unidirectionally."""
+    if ctx.attrs.get("alpha", 1.0) == 1.0 and not ctx.attrs.get("transA", 0) and (
+            c is None or ctx.attrs.get("beta", 1.0) == 1.0):
+        y = on_packed_weight(ctx, a, b, c, transposed=bool(ctx.attrs.get("transB", 0)))
+        if y is not None:
+            return y
+    b = _onednn.linear_weight(ctx.cache, b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"Gemm: A and B must be 2-D, got shapes {a.shape} and {b.shape}")
     if ctx.attrs.get("transA", 0):

@@ -1,0 +1,108 @@
+"""float32 matrix products on a weight packed once for oneDNN (``_onednn.packed_linear``).
+
+What must hold: the packed path computes what the plain product does (against float64 NumPy);
+it is taken for a layer's constant weight that the node alone reads, whose original memory is
+then released; and nothing ever reads the released original: other row counts, and a library
+that refuses the product later, are served from the packed copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import hetrix
+from hetrix.backends.numpy_cpu.kernels import _onednn
+
+pytestmark = pytest.mark.skipif(not _onednn.available(), reason="PyTorch is not installed")
+
+K, N = 512, 384  # 196,608 weights, 768 KiB: packed from 6 rows on (2^20 multiply-adds)
+
+
+def _session(path: Path, nodes, weights: dict[str, np.ndarray], shape: list | None = None,
+             **options: object) -> hetrix.InferenceSession:
+    """The model saved to ``path`` and loaded from there, as users load theirs: its weights are
+    then arrays of their own (read from bytes they would be views, which are never released)."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape or ["rows", K])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in nodes[-1].output],
+        [numpy_helper.from_array(w, name) for name, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path / "model.onnx")
+    return hetrix.InferenceSession(str(path / "model.onnx"), hetrix.SessionOptions(**options))
+
+
+def _caches(session: hetrix.InferenceSession, op_type: str) -> list[dict]:
+    return [s.ctx.cache for s in session._plan.steps if s.ctx.op_type == op_type]
+
+
+def _weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((K, N)).astype(np.float32) / K**0.5
+    return w, rng.standard_normal(N).astype(np.float32), rng.standard_normal((64, K)).astype(
+        np.float32)
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> None:
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("form", ["MatMul+Add", "Gemm transB", "Gemm"])
+def test_layer_products_run_packed_and_release_the_original(form: str, tmp_path: Path) -> None:
+    w, bias, x = _weights()
+    shape = None
+    if form == "MatMul+Add":  # 3-D, as in transformers: FusedMatMul with the bias (2-D: Gemm)
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+                 helper.make_node("Add", ["m", "b"], ["y"])]
+        weights, op, shape = {"w": w, "b": bias}, "FusedMatMul", [1, "rows", K]
+    else:
+        transposed = form == "Gemm transB"
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=int(transposed))]
+        weights, op = {"w": np.ascontiguousarray(w.T) if transposed else w, "b": bias}, "Gemm"
+    session = _session(tmp_path, nodes, weights, shape)
+    want = x.astype(np.float64) @ w.astype(np.float64) + bias
+    for rows in (64, 1, 7):  # packed for 64 rows, then other row counts on the same packing
+        (y,) = session.run(None, {"x": x[:rows] if shape is None else x[None, :rows]})
+        _close(y.reshape(rows, N), want[:rows])
+    (cache,) = _caches(session, op)
+    assert "linear" in cache and "linear_released" in cache
+    stored = _onednn.linear_weight(cache, cache["linear_released"])
+    np.testing.assert_array_equal(stored, weights["w"])  # rebuilt exactly from the packed copy
+
+
+def test_a_weight_two_nodes_read_is_not_packed(tmp_path: Path) -> None:
+    """Packing it would hold it twice: the original cannot be released while another reads it."""
+    w, _, x = _weights(1)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("MatMul", ["x", "w"], ["c"]),
+             helper.make_node("Sub", ["a", "c"], ["y"])]
+    session = _session(tmp_path, nodes, {"w": w}, graph_optimization_level=0)  # no CSE merging
+
+    (y,) = session.run(None, {"x": x})
+    np.testing.assert_array_equal(y, np.zeros_like(y))
+    assert all("linear" not in cache for cache in _caches(session, "MatMul"))
+
+
+def test_a_library_refusing_later_is_served_from_the_packed_copy(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The original's memory is gone once packed: the fallback must read the packed copy, not
+    the released pages (which read as zeros)."""
+    w, _, x = _weights(2)
+    session = _session(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w},
+                       [64, K])
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    (cache,) = _caches(session, "MatMul")
+    assert "linear_released" in cache  # the run at load packed it
+    _close(session.run(None, {"x": x})[0], want)
+
+    def refuse(*args: object) -> None:
+        raise RuntimeError("could not create a primitive descriptor")
+
+    monkeypatch.setattr(_onednn, "_inner_product", refuse)
+    for _ in range(2):
+        _close(session.run(None, {"x": x})[0], want)
+    assert cache.get("linear_refused")
