@@ -24,6 +24,7 @@ precision mode uses to reach the AMX units.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -241,33 +242,46 @@ def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
         and cache.get("onednn_dtype") == xt.dtype
     ):
         return cache["onednn_weight"], cache["onednn_bias"]
-    dense = dense_weight(cache, w)
-    # read in place, not copied (a constant weight is read-only, which as_tensor would copy): the
-    # reorder only reads it, and a copy would stay in the process's peak memory
-    source = as_tensor(dense) if dense.dtype == _BFLOAT16 else _library.as_tensor(dense)
-    weight = torch.ops.mkldnn._reorder_convolution_weight(
-        source.to(xt.dtype).contiguous(), pads, strides, dilations, group, list(xt.shape)
-    )
-    bias = None if b is None else as_tensor(b).to(xt.dtype).contiguous()
-    if not w.flags.writeable and (b is None or not b.flags.writeable):
-        # a constant (the plan's weights are read-only, the same object every run); a weight fed
-        # or computed at run time is writable, may change in place, and is packed on every call
-        cache.update(onednn_source=w, onednn_bias_source=b, onednn_dtype=xt.dtype,
-                     onednn_weight=weight, onednn_bias=bias)
+    with _PACKING:  # see _PACKING
         if (
-            owns_weight
-            and dense is w
-            and w.dtype == _FLOAT32
-            and xt.dtype == torch.float32
-            and w.nbytes >= _RELEASE_MIN_BYTES
-            and torch.equal(weight.to_dense(), _library.as_tensor(w))
+            cache.get("onednn_source") is w
+            and cache.get("onednn_bias_source") is b
+            and cache.get("onednn_dtype") == xt.dtype
         ):
-            from hetrix.runtime.memory import release_pages
+            return cache["onednn_weight"], cache["onednn_bias"]
+        dense = dense_weight(cache, w)
+        # read in place, not copied (a constant weight is read-only, which as_tensor would
+        # copy): the reorder only reads it, and a copy would stay in the process's peak memory
+        source = as_tensor(dense) if dense.dtype == _BFLOAT16 else _library.as_tensor(dense)
+        weight = torch.ops.mkldnn._reorder_convolution_weight(
+            source.to(xt.dtype).contiguous(), pads, strides, dilations, group, list(xt.shape)
+        )
+        bias = None if b is None else as_tensor(b).to(xt.dtype).contiguous()
+        if not w.flags.writeable and (b is None or not b.flags.writeable):
+            # a constant (the plan's weights are read-only, the same object every run); a weight
+            # fed or computed at run time is writable, may change in place, and is packed on
+            # every call
+            cache.update(onednn_source=w, onednn_bias_source=b, onednn_dtype=xt.dtype,
+                         onednn_weight=weight, onednn_bias=bias)
+            if (
+                owns_weight
+                and dense is w
+                and w.dtype == _FLOAT32
+                and xt.dtype == torch.float32
+                and w.nbytes >= _RELEASE_MIN_BYTES
+                and torch.equal(weight.to_dense(), _library.as_tensor(w))
+            ):
+                from hetrix.runtime.memory import release_pages
 
-            if release_pages(w):
-                cache.update(onednn_released=w, onednn_weight_f32=weight)
-    return weight, bias
+                if release_pages(w):
+                    cache.update(onednn_released=w, onednn_weight_f32=weight)
+        return weight, bias
 
+
+_PACKING = threading.Lock()
+"""Held while a node packs a weight and releases its original: two runs of one session on two
+threads must not both pack, the second reading an original the first has just released (its
+pages then read as zeros).  Packing happens once per node, so the lock is almost never waited on."""
 
 _RELEASE_MIN_BYTES = 1 << 16
 """Weights below this keep their memory (a few pages at most; not worth a system call)."""
@@ -314,7 +328,11 @@ def packed_linear(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.
     try:
         cached = cache.get("linear")
         if cached is None or cached[0] is not b or cached[1] is not bias or cached[2] != a.dtype:
-            cached = _pack_linear(cache, a, b, bias, transposed, owns_weight)
+            with _PACKING:  # see _PACKING
+                cached = cache.get("linear")
+                if (cached is None or cached[0] is not b or cached[1] is not bias
+                        or cached[2] != a.dtype):
+                    cached = _pack_linear(cache, a, b, bias, transposed, owns_weight)
         with torch.no_grad():
             y = _inner_product(as_tensor(a).reshape(-1, k), cached[3], cached[4], relu)
     except RuntimeError:

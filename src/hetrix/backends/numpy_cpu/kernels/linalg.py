@@ -172,7 +172,7 @@ def matmul_kernel(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @kernel("Gemm", since=1)
 def gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
     """Y = alpha * A' @ B' + beta * C, optional transposes, C broadcast unidirectionally."""
-    if ctx.attrs.get("alpha", 1.0) == 1.0 and not ctx.attrs.get("transA", 0) and (
+    if a.ndim == 2 and ctx.attrs.get("alpha", 1.0) == 1.0 and not ctx.attrs.get("transA", 0) and (
             c is None or ctx.attrs.get("beta", 1.0) == 1.0):
         y = on_packed_weight(ctx, a, b, c, transposed=bool(ctx.attrs.get("transB", 0)))
         if y is not None:
