@@ -300,3 +300,39 @@ def test_a_model_that_fails_on_zeros_still_loads_and_runs(caplog: pytest.LogCapt
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     (y,) = session.run(None, {"x": x, "shape": np.array([3, 2], np.int64)})
     np.testing.assert_array_equal(y, x.reshape(3, 2))
+
+
+_ENDLESS_ON_ZEROS = """
+import numpy as np, hetrix
+from onnx import TensorProto as T, helper as h
+# while (s < 10) s += step: with step fed as 0 (a warm-up's zeros) the loop never ends
+body = h.make_graph(
+    [h.make_node("Add", ["s_in", "step"], ["s_out"]),
+     h.make_node("Less", ["s_out", "ten"], ["cond_out"])], "body",
+    [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cond_in", T.BOOL, []),
+     h.make_tensor_value_info("s_in", T.FLOAT, [1])],
+    [h.make_tensor_value_info("cond_out", T.BOOL, []),
+     h.make_tensor_value_info("s_out", T.FLOAT, [1])],
+    [h.make_tensor("ten", T.FLOAT, [1], [10.0])])
+graph = h.make_graph(
+    [h.make_node("Loop", ["", "go", "start"], ["s"], body=body)], "g",
+    [h.make_tensor_value_info("step", T.FLOAT, [1]),
+     h.make_tensor_value_info("start", T.FLOAT, [1])],
+    [h.make_tensor_value_info("s", T.FLOAT, [1])], [h.make_tensor("go", T.BOOL, [], [True])])
+model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+session = hetrix.InferenceSession(model.SerializeToString())
+feeds = {"step": np.array([3.0], np.float32), "start": np.array([0.0], np.float32)}
+(s,) = session.run(None, feeds)
+print(float(s[0]))
+"""
+
+
+def test_control_flow_is_not_run_at_load() -> None:
+    """A Loop whose condition comes from the inputs may never end on zeros: the load must not
+    run it (in a child process, so that a regression fails on the timeout instead of hanging)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _ENDLESS_ON_ZEROS], capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert done.stdout.split()[-1] == "12.0"  # 3, 6, 9, 12

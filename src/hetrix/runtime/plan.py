@@ -229,6 +229,13 @@ def _mark_owned_constants(steps: list[Step], initial: dict[int, Any], exposed: s
             step.ctx.owned_inputs = frozenset(owned[id(step)])
 
 
+def has_subgraph(step: Step) -> bool:
+    """Control flow (Loop, Scan, If): what the step does depends on a body run by its kernel."""
+    return any(hasattr(v, "plan") for v in step.ctx.attrs.values()) or any(
+        isinstance(v, list) and any(hasattr(x, "plan") for x in v) for v in step.ctx.attrs.values()
+    )
+
+
 def _memory_root(array: np.ndarray) -> Any:
     """The object that owns ``array``'s memory (the end of its ``base`` chain)."""
     while isinstance(array, np.ndarray) and array.base is not None:

@@ -31,7 +31,7 @@ from hetrix.passes.report import OptimizationReport
 from hetrix.placement.placer import PriorityPlacer
 from hetrix.runtime.executor import SubgraphRunner, execute
 from hetrix.runtime.memory import collects_load_garbage, retain_freed_memory
-from hetrix.runtime.plan import HOST, Placement, Plan, build_plan
+from hetrix.runtime.plan import HOST, Placement, Plan, build_plan, has_subgraph
 from hetrix.runtime.providers import ProviderSpec, make_backends
 from hetrix.runtime.specialize import ShapeSpecializer, Specialization, analyze
 from hetrix.runtime.threads import ComputeThreads
@@ -76,7 +76,8 @@ class SessionOptions:
     packing and kernel compilation then happen in the constructor (as ORT's prepacking and
     OpenVINO's compilation do), and the first ``run`` is as fast as the ones after it
     (SqueezeNet: 1,430 -> 11 ms).  A model that fails on zeros is logged and left to its first
-    real run; models with symbolic dims skip it."""
+    real run; models with symbolic dims, and models with control flow (a loop whose condition
+    comes from the inputs may never end on zeros), skip it."""
     enable_profiling: bool = False
     """Time every node of every run; ``end_profiling()`` writes the trace (ORT's option)."""
     profile_file_prefix: str = "hetrix_profile"
@@ -302,7 +303,10 @@ class InferenceSession:
         return ShapeSpecializer(self._plan, facts, options.shape_specialization_cache_size)
 
     def _warm_up(self) -> None:
-        """One run on zeros (see ``SessionOptions.warm_up``), when the inputs allow one."""
+        """One run on zeros (see ``SessionOptions.warm_up``), when the inputs allow one.  Not
+        for control flow: a loop whose condition comes from the inputs may never end on zeros."""
+        if any(has_subgraph(step) for step in self._plan.steps):
+            return
         feeds = []
         for feed in self._feeds:
             if (not feed.is_tensor or feed.dtype is None or feed.shape is None

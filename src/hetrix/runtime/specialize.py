@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from hetrix.runtime.executor import Watch, execute
-from hetrix.runtime.plan import NONE_SLOT, Plan, Step, assign_frees, lean_step
+from hetrix.runtime.plan import NONE_SLOT, Plan, Step, assign_frees, has_subgraph, lean_step
 
 _ELEMENTWISE = (
     "Abs Acos Acosh Asin Asinh Atan Atanh BitwiseNot Cast CastLike Ceil Celu Clip Cos Cosh "
@@ -156,7 +156,7 @@ def _value_known(step: Step, values: set[int], shapes: set[int]) -> bool:
     ctx = step.ctx
     if ctx.op_type in NON_DETERMINISTIC and not ctx.domain:
         return False
-    if _has_subgraph(step):
+    if has_subgraph(step):
         return False
     if ctx.op_type in ("Shape", "Size") and not ctx.domain:
         return step.inputs[0] in shapes
@@ -170,18 +170,11 @@ def _shape_known(step: Step, key: tuple[str, str], values: set[int], shapes: set
         needs_value = SHAPE_VALUE_INPUTS[key]
     else:
         return False
-    if _has_subgraph(step):
+    if has_subgraph(step):
         return False
     return all(
         slot in values if position in needs_value else slot in shapes
         for position, slot in enumerate(step.inputs)
-    )
-
-
-def _has_subgraph(step: Step) -> bool:
-    """Control flow: its results depend on a body this analysis does not look into."""
-    return any(hasattr(v, "plan") for v in step.ctx.attrs.values()) or any(
-        isinstance(v, list) and any(hasattr(x, "plan") for x in v) for v in step.ctx.attrs.values()
     )
 
 
