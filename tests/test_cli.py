@@ -116,6 +116,25 @@ def test_run_from_npy_matches_the_expected_output(tmp_path: Path) -> None:
     assert re.search(r"placement: (\d+) nodes: \1 on \S+", result.output)
 
 
+def test_run_and_info_run_the_model_once_and_never(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """``hetrix run`` makes one run (no warm-up run at load on top of it); ``info --optimized``
+    only plans the model."""
+    from hetrix.runtime import executor
+
+    walks: list[int] = []
+    walk = executor._walk_lean
+    monkeypatch.setattr(executor, "_walk_lean",
+                        lambda plan, slots: (walks.append(1), walk(plan, slots))[1])
+    np.save(tmp_path / "x.npy", _squeezenet_input())
+    result = invoke("run", str(SQUEEZENET), "--input", f"data_0={tmp_path / 'x.npy'}")
+    assert result.exit_code == 0, result.output
+    assert walks == [1]
+    result = invoke("info", str(SQUEEZENET), "--optimized")
+    assert result.exit_code == 0, result.output
+    assert walks == [1]
+
+
 def test_run_random_with_symbolic_dim(tiny_model: Path, tmp_path: Path) -> None:
     result = invoke("run", str(tiny_model), "--random", "--seed", "7", "--dim", "batch=5",
                     "--save", str(tmp_path))

@@ -150,7 +150,8 @@ def _print_optimized(out: Console, model: Path, level: int) -> None:
     import hetrix
 
     with user_errors():
-        options = hetrix.SessionOptions(graph_optimization_level=level)
+        # planned to be shown, never run: no warm-up run at load
+        options = hetrix.SessionOptions(graph_optimization_level=level, warm_up=False)
         session = hetrix.InferenceSession(str(model), options)
     report = session.get_optimization_report()
     out.print(escape(report.table()), soft_wrap=True)
@@ -197,7 +198,9 @@ def run(
         files = feeds_mod.parse_pairs(inputs or [], "--input")
         dim_values = feeds_mod.parse_dims(dims or [])
         start = time.perf_counter()
-        session = InferenceSession(str(model), SessionOptions(disable_fallback=no_fallback),
+        # one run: a warm-up at load would only run the model twice
+        session = InferenceSession(str(model), SessionOptions(disable_fallback=no_fallback,
+                                                              warm_up=False),
                                    providers=_providers(providers))
         load_s = time.perf_counter() - start
         feeds = feeds_mod.build_feeds(session.get_inputs(), files, random, seed, dim_values)
