@@ -24,6 +24,7 @@ precision mode uses to reach the AMX units.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -242,7 +243,10 @@ def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
         and cache.get("onednn_dtype") == xt.dtype
     ):
         return cache["onednn_weight"], cache["onednn_bias"]
-    with _PACKING:  # see _PACKING
+    constant = not w.flags.writeable and (b is None or not b.flags.writeable)
+    # only a constant is kept and may have its original released: a weight fed at run time is
+    # packed by each call on its own, with no lock to wait for
+    with _PACKING if constant else contextlib.nullcontext():  # see _PACKING
         if (
             cache.get("onednn_source") is w
             and cache.get("onednn_bias_source") is b
@@ -257,10 +261,9 @@ def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
             source.to(xt.dtype).contiguous(), pads, strides, dilations, group, list(xt.shape)
         )
         bias = None if b is None else as_tensor(b).to(xt.dtype).contiguous()
-        if not w.flags.writeable and (b is None or not b.flags.writeable):
-            # a constant (the plan's weights are read-only, the same object every run); a weight
-            # fed or computed at run time is writable, may change in place, and is packed on
-            # every call
+        if constant:
+            # the plan's weights are read-only, the same object every run; a weight fed or
+            # computed at run time is writable, may change in place, and is packed on every call
             cache.update(onednn_source=w, onednn_bias_source=b, onednn_dtype=xt.dtype,
                          onednn_weight=weight, onednn_bias=bias)
             if (
