@@ -927,3 +927,28 @@ def test_first_run_after_load_takes_the_prepared_conv_call(monkeypatch) -> None:
     (want,) = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+# --- ChannelShuffle ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "contiguous"])
+def test_channel_shuffle_regroups_channels_and_keeps_the_layout(
+        layout: str, route: Route, rng: np.random.Generator) -> None:
+    """What ShuffleNet's Reshape -> Transpose -> Reshape computes, by the indices; a
+    convolution's channels-last output stays channels-last on the PyTorch route."""
+    from hetrix.backends.numpy_cpu.kernels import fused
+    from hetrix.backends.registry import NodeContext
+
+    x = f32(rng, 2, 12, 5, 4)
+    if layout == "channels-last":
+        x = _channels_last(x)
+    ctx = NodeContext("ChannelShuffle", "hetrix", "shuffle", 1, {"groups": 3}, 1, 1)
+    y = fused.channel_shuffle(ctx, x)
+    for i in range(4):
+        for j in range(3):
+            np.testing.assert_array_equal(y[:, i * 3 + j], x[:, j * 4 + i])
+    assert _onednn.is_channels_last(y) == (route.library and layout == "channels-last")
+    with pytest.raises(ValueError, match="12 channels of a 4-D input cannot form 5 groups"):
+        fused.channel_shuffle(
+            NodeContext("ChannelShuffle", "hetrix", "bad", 1, {"groups": 5}, 1, 1), x)

@@ -8,6 +8,7 @@ that refuses the product later, are served from the packed copy.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import hetrix
-from hetrix.backends.numpy_cpu.kernels import _onednn
+from hetrix.backends.numpy_cpu.kernels import _onednn, fused
 
 pytestmark = pytest.mark.skipif(not _onednn.available(), reason="PyTorch is not installed")
 
@@ -24,14 +25,14 @@ K, N = 512, 384  # 196,608 weights, 768 KiB: packed from 6 rows on (2^20 multipl
 
 
 def _session(path: Path, nodes, weights: dict[str, np.ndarray], shape: list | None = None,
-             **options: object) -> hetrix.InferenceSession:
+             opset: int = 17, **options: object) -> hetrix.InferenceSession:
     """The model saved to ``path`` and loaded from there, as users load theirs: its weights are
     then arrays of their own (read from bytes they would be views, which are never released)."""
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape or ["rows", K])],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in nodes[-1].output],
         [numpy_helper.from_array(w, name) for name, w in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.save(model, path / "model.onnx")
     return hetrix.InferenceSession(str(path / "model.onnx"), hetrix.SessionOptions(**options))
 
@@ -106,3 +107,67 @@ def test_a_library_refusing_later_is_served_from_the_packed_copy(
     for _ in range(2):
         _close(session.run(None, {"x": x})[0], want)
     assert cache.get("linear_refused")
+
+
+_erf = np.vectorize(math.erf)
+ACTIVATIONS = {  # ONNX node attributes and extra inputs, float64 reference
+    "Relu": ({}, [], lambda v: np.maximum(v, 0)),
+    "LeakyRelu": ({"alpha": 0.1}, [], lambda v: np.where(v < 0, 0.1 * v, v)),
+    "Clip": ({}, ["lo", "hi"], lambda v: np.clip(v, -0.5, 0.5)),
+    "Sigmoid": ({}, [], lambda v: 1 / (1 + np.exp(-v))),
+    "Tanh": ({}, [], np.tanh),
+    "Gelu": ({}, [], lambda v: 0.5 * v * (1 + _erf(v / math.sqrt(2)))),
+    "Gelu tanh": ({"approximate": "tanh"}, [], lambda v: 0.5 * v * (
+        1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))),
+    "HardSigmoid": ({"alpha": 0.3, "beta": 0.4}, [], lambda v: np.clip(0.3 * v + 0.4, 0, 1)),
+}
+
+
+@pytest.mark.parametrize("producer", ["Gemm", "MatMul"])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_activation_after_a_reshape_runs_inside_the_packed_product(
+        producer: str, activation: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPT-2's MLP: a 2-D product, a Reshape back to 3-D, then Gelu.  The activation moves
+    before the Reshape into the fused node and, where oneDNN has it as a post-op, runs inside
+    the packed product: the kernel's own activation pass is never called for it."""
+    attrs, extra, reference = ACTIVATIONS[activation]
+    w, bias, x = _weights(3)
+    nodes = [helper.make_node(producer, ["x", "w"], ["m"]) if producer == "MatMul" else
+             helper.make_node("Gemm", ["x", "w", "b"], ["m"]),
+             helper.make_node("Reshape", ["m", "shape"], ["r"]),
+             helper.make_node(activation.split()[0], ["r", *extra], ["y"], **attrs)]
+    weights = {"w": w, "b": bias, "shape": np.array([1, -1, N], np.int64),
+               "lo": np.array(-0.5, np.float32), "hi": np.array(0.5, np.float32)}
+    post_op = _onednn.linear_fuses(activation.replace("Gelu tanh", "GeluTanh"))
+    if post_op:
+        def unexpected(*args: object) -> None:
+            raise AssertionError("the activation ran after the product, not inside it")
+
+        monkeypatch.setattr(fused, "activate", unexpected)
+    session = _session(tmp_path, nodes, weights, [64, K], opset=20)
+
+    (y,) = session.run(None, {"x": x})
+    product = x.astype(np.float64) @ w.astype(np.float64)
+    want = reference(product + bias if producer == "Gemm" else product)
+    assert y.shape == (1, 64, N)
+    _close(y[0], want)
+    steps = [s.ctx.op_type for s in session._plan.steps]
+    assert steps.count("Fused" + producer) == 1 and activation.split()[0] not in steps
+    (cache,) = _caches(session, "Fused" + producer)
+    assert "linear" in cache
+
+
+def test_an_activation_is_not_moved_across_a_reshape_others_read(tmp_path: Path) -> None:
+    """The Reshape's output read twice: moving the Relu before it would change what the second
+    reader sees."""
+    w, _, x = _weights(4)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Reshape", ["m", "shape"], ["r"]),
+             helper.make_node("Relu", ["r"], ["a"]),
+             helper.make_node("Sub", ["a", "r"], ["y"])]
+    session = _session(tmp_path, nodes, {"w": w, "shape": np.array([1, -1, N], np.int64)},
+                       [64, K])
+    (y,) = session.run(None, {"x": x})
+    product = x.astype(np.float64) @ w.astype(np.float64)
+    _close(y[0], np.maximum(product, 0) - product)
+    assert "Relu" in [s.ctx.op_type for s in session._plan.steps]

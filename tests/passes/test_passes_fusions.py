@@ -239,6 +239,25 @@ def test_linear_activation_becomes_fused_op(producer: str, fused: str) -> None:
     result.assert_close(rtol=0)
 
 
+@pytest.mark.parametrize("reshape", ["Reshape", "Flatten", "Unsqueeze"])
+def test_activation_moves_across_a_reshape_into_the_product(reshape: str) -> None:
+    """Gemm -> Reshape -> Gelu (GPT-2's MLP) becomes FusedGemm -> Reshape."""
+    inputs = {"Reshape": ["m", "shape"], "Flatten": ["m"], "Unsqueeze": ["m", "axes"]}[reshape]
+    nodes = [helper.make_node("Gemm", ["a", "w", "b"], ["m"]),
+             helper.make_node(reshape, inputs, ["r"]),
+             helper.make_node("Gelu", ["r"], ["y"], approximate="tanh")]
+    init = {"w": _f32(3, 4), "b": _f32(4), "shape": np.array([1, 2, 4], np.int64),
+            "axes": np.array([0], np.int64)}
+    model = make_model(nodes, {"a": [2, 3]}, ["y"], init, opset=20)
+    result = optimize_and_run(model, {"a": _f32(2, 3)})
+    assert result.ops() == {"hetrix::FusedGemm": 1, reshape: 1}
+    assert result.report.count("activation fusion") == 1
+    fused, moved = list(result.model.graph)
+    assert fused.attributes["activation"].value == "GeluTanh"
+    assert moved.inputs[0] is fused.outputs[0]
+    result.assert_close()
+
+
 def test_conv_read_by_two_nodes_is_not_fused() -> None:
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"]),
@@ -393,7 +412,7 @@ def test_erf_of_another_scaling_is_not_gelu() -> None:
     assert "hetrix::Gelu" not in result.ops() and "Erf" in result.ops()
     assert any(
         "sqrt(2)" in r or "constant" in r
-        for r in _rejected(result.report, "layernorm/gelu recognition", "Gelu")
+        for r in _rejected(result.report, "pattern recognition", "Gelu")
     )
 
 
@@ -509,3 +528,46 @@ def test_batchnorm_read_by_two_nodes_keeps_its_activation_apart() -> None:
              helper.make_node("Add", ["n", "r"], ["y"])]
     model = make_model(nodes, {"x": [1, 4, 3, 3]}, ["y"], _bn_params("bn", 4))
     assert _optimized_ops(model) == {"BatchNormalization", "Relu", "Add"}
+
+
+# --------------------------------------------------------------------------- channel shuffle
+
+
+def _shuffle_nodes(perm: list[int] | None = None) -> list:
+    return [helper.make_node("Reshape", ["x", "grouped_shape"], ["g"]),
+            helper.make_node("Transpose", ["g"], ["t"], perm=perm or [0, 2, 1, 3, 4]),
+            helper.make_node("Reshape", ["t", "shape"], ["y"])]
+
+
+SHUFFLE_SHAPES = {"grouped_shape": np.array([1, 3, -1, 5, 4], np.int64),
+                  "shape": np.array([1, 12, 5, 4], np.int64)}
+
+
+def test_channel_shuffle_becomes_one_op() -> None:
+    model = make_model(_shuffle_nodes(), {"x": [1, 12, 5, 4]}, ["y"], SHUFFLE_SHAPES)
+    x = _f32(1, 12, 5, 4)
+    result = optimize_and_run(model, {"x": x})
+    assert result.ops() == {"hetrix::ChannelShuffle": 1}
+    assert next(iter(result.model.graph)).attributes["groups"].value == 3
+    result.assert_close(rtol=0)
+    # channel i * 3 + j of the output is channel j * 4 + i of the input
+    (y,) = result.actual
+    np.testing.assert_array_equal(y[0, 1 * 3 + 2], x[0, 2 * 4 + 1])
+
+
+def test_other_transposes_are_not_channel_shuffles() -> None:
+    model = make_model(_shuffle_nodes([0, 1, 2, 4, 3]), {"x": [1, 12, 5, 4]}, ["y"],
+                       {**SHUFFLE_SHAPES, "shape": np.array([1, 12, 4, 5], np.int64)})
+    result = optimize_and_run(model, {"x": _f32(1, 12, 5, 4)})
+    assert "hetrix::ChannelShuffle" not in result.ops()
+    assert any("swap axes 1 and 2" in r
+               for r in _rejected(result.report, "pattern recognition", "ChannelShuffle"))
+    result.assert_close(rtol=0)
+
+
+def test_a_shuffle_whose_grouped_value_is_read_elsewhere_stays() -> None:
+    nodes = [*_shuffle_nodes(), helper.make_node("ReduceSum", ["g"], ["s"], keepdims=0)]
+    model = make_model(nodes, {"x": [1, 12, 5, 4]}, ["y", "s"], SHUFFLE_SHAPES)
+    result = optimize_and_run(model, {"x": _f32(1, 12, 5, 4)})
+    assert "hetrix::ChannelShuffle" not in result.ops()
+    result.assert_close(rtol=0)

@@ -53,6 +53,16 @@ def test_densenet_folds_its_split_batchnorms() -> None:
     assert "Mul" not in result.ops() and "Unsqueeze" not in result.ops()
 
 
+def test_shufflenet_channel_shuffles_become_one_op() -> None:
+    """Its 16 Reshape -> Transpose -> Reshape shuffles; random weights, so that a wrong channel
+    order shows (the light model's weights are all one value)."""
+    model, feeds = light_model_randomized("shufflenet")
+    result = optimize_and_run(model, feeds)
+    assert result.report.count("ChannelShuffle") == 16
+    assert result.ops()["hetrix::ChannelShuffle"] == 16 and "Transpose" not in result.ops()
+    result.assert_close()
+
+
 @pytest.mark.slow
 def test_resnet50_with_random_weights_is_unchanged() -> None:
     # The light models' weights are all one constant; random ones check the folded arithmetic.

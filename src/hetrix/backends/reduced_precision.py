@@ -6,8 +6,8 @@ forms — plus the ops that sit between them, so that a chain of them stays in t
 
 * in CNNs: Relu, Add, Concat, pooling, inference BatchNormalization, Flatten and LRN;
 * in transformers: LayerNormalization, Hetrix's fused attention (the mask stays float32) and GELU;
-* layout ops (Reshape, Transpose, Squeeze, Unsqueeze, Split, Slice, Identity), and LRN, only after
-  a node of this backend: on a float32 value they would round it for nothing.
+* layout ops (Reshape, Transpose, Squeeze, Unsqueeze, Split, Slice, Identity, ChannelShuffle), and
+  LRN, only after a node of this backend: on a float32 value they would round it for nothing.
 
 Its values live in their own memory space, ``bf16:cpu`` (``fp16:cpu``): numpy arrays of the reduced
 type, 4-D ones channels-last as oneDNN writes them.  The planner converts a float32 value once when
@@ -271,28 +271,33 @@ def _batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.nda
 def _matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
             bias: np.ndarray | None = None, activation: str = "") -> np.ndarray:
     """``a @ b``, plus ``bias`` and ``activation`` for FusedMatMul."""
-    y = _linear(ctx, a, b, bias, transposed=False, relu=activation == "Relu")
+    post_op, params = fused.linear_post_op(ctx) if activation else ("", [])
+    y = _linear(ctx, a, b, bias, transposed=False, activation=post_op, activation_params=params)
     if y is None:
         torch = _torch()
         with torch.no_grad():
             y = _onednn.to_numpy(torch.matmul(_onednn.as_tensor(a), _weight(ctx, b, "b", a)))
         if bias is not None:
             y = _onednn.to_numpy(_onednn.as_tensor(y) + _weight(ctx, bias, "bias", y))
-    elif activation == "Relu":
+    elif post_op:
         return y
     return _activate(ctx, y) if activation else y
 
 
 def _linear(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
-            transposed: bool, relu: bool = False) -> np.ndarray | None:
-    """``a @ b + bias`` (then Relu) by oneDNN's inner product on a weight packed once in the
-    reduced type (:func:`_onednn.packed_linear`); None when the product is not of that form.
+            transposed: bool, activation: str = "",
+            activation_params: list[float] | tuple[float, ...] = ()) -> np.ndarray | None:
+    """``activation(a @ b + bias)`` by oneDNN's inner product on a weight packed once in the
+    reduced type (:func:`_onednn.packed_linear`; the activation as a post-op, computed in
+    float32 before the one rounding to the reduced type); None when the product is not of that
+    form.
 
     A product with few rows is bound by reading the weight; packed in the reduced type it is
     read at memory speed (AlexNet's 9216x4096 layer at batch 1: 3.3 ms, against 4.6 ms through
     ``torch.matmul`` on the same bfloat16 weight; ``benchmarks/RESULTS.md``).
     """
-    return _onednn.packed_linear(ctx.cache, a, b, bias, transposed=transposed, relu=relu)
+    return _onednn.packed_linear(ctx.cache, a, b, bias, transposed=transposed,
+                                 activation=activation, activation_params=activation_params)
 
 
 def _gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
@@ -301,9 +306,10 @@ def _gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
     alpha, beta = float(ctx.attrs.get("alpha", 1.0)), float(ctx.attrs.get("beta", 1.0))
     y = None
     if alpha == 1.0 and beta == 1.0 and not ctx.attrs.get("transA", 0) and a.ndim == 2:
+        post_op, params = fused.linear_post_op(ctx) if activation else ("", [])
         y = _linear(ctx, a, b, c, transposed=bool(ctx.attrs.get("transB", 0)),
-                    relu=activation == "Relu")
-        if y is not None and activation == "Relu":
+                    activation=post_op, activation_params=params)
+        if y is not None and post_op:
             return y
     if y is None:
         y = _plain_gemm(ctx, a, b, c)
@@ -464,7 +470,7 @@ def _by_opset(*forms: tuple[int | None, Kernel]) -> Kernel:
 
 
 _LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Split",
-                         "Slice"})
+                         "Slice", "ChannelShuffle"})
 """Ops that move values without computing; their other inputs are shapes and axes."""
 _FOLLOWERS = _LAYOUT_OPS | {"LRN", "LayerNormalization"}
 """Ops taken only after a node of this backend: see ``ReducedPrecisionBackend._produced_here``."""
@@ -503,6 +509,7 @@ _KERNELS: dict[tuple[str, str], Kernel] = {
     # layout ops, taken only after a node of this backend (see _produced_here); NumPy's views
     ("", "Reshape"): _by_opset((5, tensor.reshape_v1), (None, tensor.reshape)),
     ("", "Transpose"): tensor.transpose,
+    ("hetrix", "ChannelShuffle"): fused.channel_shuffle,
     ("", "Squeeze"): _by_opset((13, tensor.squeeze_v1), (None, tensor.squeeze)),
     ("", "Unsqueeze"): _by_opset((13, tensor.unsqueeze_v1), (None, tensor.unsqueeze)),
     ("", "Identity"): tensor.identity,

@@ -129,7 +129,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(EXTENDED, "matmul+add fusion", MatMulAddFusionPass),
     Stage(EXTENDED, "batchnorm folding", BatchNormFoldingPass),
     # Recognition before activation fusion: the Gelu it emits then fuses into its MatMul.
-    Stage(EXTENDED, "layernorm/gelu recognition", PatternRecognitionPass),
+    Stage(EXTENDED, "pattern recognition", PatternRecognitionPass),
     Stage(ALL, "attention fusion", AttentionFusionPass),
     # The residual Add of ResNet-style blocks joins its Conv before the activation after it does.
     Stage(EXTENDED, "conv+add fusion", ResidualAddFusionPass),

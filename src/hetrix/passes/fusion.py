@@ -7,7 +7,8 @@
   ResNet-style blocks, which oneDNN adds while the output is still in cache.  The activation that
   usually follows fuses next, by the rule below.
 * ``Conv``/``FusedConv`` (without activation)/``Gemm``/``MatMul``/``FusedMatMul`` followed by
-  Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, Tanh or Gelu becomes ``hetrix.FusedConv``/
+  Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, Tanh or Gelu (directly, or through one Reshape,
+  Flatten, Squeeze or Unsqueeze that then moves after the fused node) becomes ``hetrix.FusedConv``/
   ``FusedGemm``/``FusedMatMul`` with the producer's attributes plus ``activation`` (the op
   name, ``"GeluTanh"`` for the tanh Gelu) and
   ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid alpha, beta).  The kernels in
@@ -162,6 +163,14 @@ def _known_different_shapes(a: ir.Shape | None, b: ir.Shape | None) -> bool:
     return False
 
 
+Match = tuple[ir.Node, ir.Node | None, ir.Node, str, list]
+"""(producer, the reshape between it and the activation or None, activation node, activation
+name, activation_params)."""
+
+_RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+"""Ops that only change the shape, which an elementwise activation may cross."""
+
+
 class ActivationFusionRule(Rule):
     """Conv/Gemm/MatMul (or an activation-free FusedMatMul) -> activation: one fused node."""
 
@@ -176,13 +185,19 @@ class ActivationFusionRule(Rule):
         "Gelu",
     )
 
-    def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, ir.Node, str, list]:
-        producer = _ir.producer(node.inputs[0])
+    def match(self, node: ir.Node, ctx: RewriteContext) -> Match:
+        producer, reshape = _ir.producer(node.inputs[0]), None
+        if _ir.is_op(producer, *_RESHAPES) and _ir.sole_consumer(node.inputs[0]) is node:
+            # an elementwise activation commutes with a reshape: Gemm -> Reshape -> Gelu (GPT-2's
+            # MLP, which takes its 3-D input through 2-D Gemms) becomes FusedGemm -> Reshape
+            assert producer is not None
+            reshape, producer = producer, _ir.producer(producer.inputs[0])
         if not (_ir.is_op(producer, "Conv", "Gemm", "MatMul") or _is_plain_fused(producer)
                 or _is_inference_batch_norm(producer, ctx)):
             raise Reject("input is not produced by Conv, Gemm, MatMul or BatchNormalization")
         assert producer is not None
-        if _ir.sole_consumer(node.inputs[0]) is None:
+        reader = node if reshape is None else reshape
+        if _ir.sole_consumer(producer.outputs[0]) is not reader:
             raise Reject(f"the {producer.op_type} output has other readers")
         if producer.outputs[0].dtype not in (
             None,
@@ -192,10 +207,10 @@ class ActivationFusionRule(Rule):
         ):
             raise Reject("not a floating-point output")
         activation, params = activation_spec(node, ctx)
-        return producer, node, activation, params
+        return producer, reshape, node, activation, params
 
-    def apply(self, match: tuple[ir.Node, ir.Node, str, list], ctx: RewriteContext) -> None:
-        producer, node, activation, params = match
+    def apply(self, match: Match, ctx: RewriteContext) -> None:
+        producer, reshape, node, activation, params = match
         ctx.import_hetrix()
         attributes = {
             k: v
@@ -215,7 +230,16 @@ class ActivationFusionRule(Rule):
         fused.attributes["activation_params"] = ir.Attr(
             "activation_params", ir.AttributeType.FLOATS, [float(p) for p in params]
         )
-        _ir.replace(node, [producer, node], [fused], [node.outputs[0]], fused.outputs)
+        if reshape is None:
+            _ir.replace(node, [producer, node], [fused], [node.outputs[0]], fused.outputs)
+            return
+        fused.outputs[0].dtype = producer.outputs[0].dtype
+        fused.outputs[0].shape = producer.outputs[0].shape
+        moved = ir.Node(reshape.domain, reshape.op_type, [fused.outputs[0], *reshape.inputs[1:]],
+                        reshape.attributes.values(), name=reshape.name,
+                        outputs=[ir.Value(name=_ir.fresh_name(node.outputs[0].name or "fused"))])
+        _ir.replace(node, [producer, reshape, node], [fused, moved], [node.outputs[0]],
+                    moved.outputs)
 
 
 def activation_spec(node: ir.Node, ctx: RewriteContext) -> tuple[str, list[float]]:

@@ -9,6 +9,11 @@
 * Attention: ``MatMul(Q, Kt)`` scaled by a constant (Mul or Div), plus an optional additive mask,
   ``Softmax`` over the last axis, ``MatMul`` with V: becomes ``hetrix.Attention(Q, Kt, V, mask)``
   with ``scale``.
+* Channel shuffle (ShuffleNet): ``Reshape`` of ``[N, C, H, W]`` to ``[N, g, C/g, H, W]``,
+  ``Transpose`` with ``perm=[0, 2, 1, 3, 4]``, ``Reshape`` back to ``[N, C, H, W]``: becomes
+  ``hetrix.ChannelShuffle(X)`` with ``groups=g``, one pass that keeps a convolution's
+  channels-last layout, where the three ops make two copies and leave the next convolution a
+  layout to convert.
 """
 
 from __future__ import annotations
@@ -407,11 +412,68 @@ def _producer_or_reject(value: ir.Value | None, op_types: tuple[str, ...], what:
     return node
 
 
+# ------------------------------------------------------------------------------- channel shuffle
+
+
+class ChannelShuffleRule(Rule):
+    """Reshape -> Transpose(0, 2, 1, 3, 4) -> Reshape back, anchored at the last Reshape ->
+    one hetrix ChannelShuffle.  Decided on the inferred shapes of the three values, so that the
+    reshape targets' spellings (-1, 0, shapes computed by Shape/Concat) do not matter."""
+
+    name = "ChannelShuffle"
+    op_types = ("Reshape",)
+
+    def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[list[ir.Node], ir.Value, int]:
+        transpose = _producer_of(node.inputs[0], "Transpose")
+        if list(_ir.attribute(transpose, "perm", None) or []) != [0, 2, 1, 3, 4]:
+            raise Reject("the Transpose does not swap axes 1 and 2 of a 5-D value")
+        _single_use(transpose.outputs[0], "the transposed value")
+        split = _producer_of(transpose.inputs[0], "Reshape")
+        _single_use(split.outputs[0], "the grouped value")
+        x = split.inputs[0]
+        shape, grouped = _dims(x), _dims(split.outputs[0])
+        if shape is None or grouped is None or len(shape) != 4 or len(grouped) != 5:
+            raise Reject("the shapes are not known as [N, C, H, W] and [N, g, C/g, H, W]")
+        n, channels, h, w = shape
+        groups, per_group = grouped[1], grouped[2]
+        if not (isinstance(channels, int) and isinstance(groups, int)
+                and isinstance(per_group, int) and groups * per_group == channels):
+            raise Reject("the channels are not split into known groups")
+        if [grouped[0], grouped[3], grouped[4]] != [n, h, w] or _dims(node.outputs[0]) != shape:
+            raise Reject("the reshapes do not split and restore the channel axis alone")
+        assert x is not None
+        return [split, transpose, node], x, groups
+
+    def apply(self, match: tuple[list[ir.Node], ir.Value, int], ctx: RewriteContext) -> None:
+        nodes, x, groups = match
+        ctx.import_hetrix()
+        out = ir.Value(name=_ir.fresh_name(nodes[-1].outputs[0].name or "shuffled"))
+        shuffle = ir.node("ChannelShuffle", [x], {"groups": groups}, domain=_ir.HETRIX_DOMAIN,
+                          name=nodes[-1].name, outputs=[out])
+        _ir.replace(nodes[-1], nodes, [shuffle], [nodes[-1].outputs[0]], [out])
+
+
+def _dims(value: ir.Value | None) -> list[int | str] | None:
+    """A value's dims (ints, or the names of symbolic dims), or None when any is unknown."""
+    if value is None or value.shape is None:
+        return None
+    dims: list[int | str] = []
+    for dim in value.shape:
+        if isinstance(dim, int):
+            dims.append(dim)
+        elif isinstance(dim, ir.SymbolicDim) and dim.value is not None:
+            dims.append(dim.value)
+        else:
+            return None
+    return dims
+
+
 class PatternRecognitionPass(RewritePass):
-    """LayerNorm and GELU formulas -> LayerNormalization / Gelu ops."""
+    """LayerNorm, GELU and channel-shuffle formulas -> LayerNormalization / Gelu /
+    ChannelShuffle ops."""
 
     def __init__(self) -> None:
-        super().__init__([LayerNormRule(), GeluRule()])
+        super().__init__([LayerNormRule(), GeluRule(), ChannelShuffleRule()])
 
 
 class AttentionFusionPass(RewritePass):

@@ -142,10 +142,12 @@ that much (its GEMV at batch 1 is memory-bound either way)."""
 
 
 def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
-                     transposed: bool = False, relu: bool = False) -> np.ndarray | None:
-    """``a @ b + bias`` (then Relu) on the node's packed float32 weight, or None (see the module
-    docstring).  Once a node has packed its weight every call comes here: the original's memory
-    may be gone (callers that go on without it read ``_onednn.linear_weight``)."""
+                     transposed: bool = False, activation: str = "",
+                     activation_params: list[float] | tuple[float, ...] = ()) -> np.ndarray | None:
+    """``activation(a @ b + bias)`` on the node's packed float32 weight, or None (see the module
+    docstring); ``activation`` one that ``_onednn.linear_fuses``, or empty.  Once a node has
+    packed its weight every call comes here: the original's memory may be gone (callers that go
+    on without it read ``_onednn.linear_weight``)."""
     if "linear" not in ctx.cache and not (
         a.dtype == np.float32
         and b.dtype == np.float32
@@ -158,8 +160,22 @@ def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.nd
         and _library.torch_functional() is not None
     ):
         return None
-    return _onednn.packed_linear(ctx.cache, a, b, bias, transposed=transposed, relu=relu,
+    return _onednn.packed_linear(ctx.cache, a, b, bias, transposed=transposed,
+                                 activation=activation, activation_params=activation_params,
                                  owns_weight=1 in ctx.owned_inputs)
+
+
+def gemm_on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None,
+                          activation: str = "",
+                          activation_params: list[float] | tuple[float, ...] = ()
+                          ) -> np.ndarray | None:
+    """A Gemm of the form ``activation(A @ B' + C)`` (alpha 1, beta 1 or no C, A not transposed)
+    on the node's packed weight (:func:`on_packed_weight`), or None."""
+    if a.ndim == 2 and ctx.attrs.get("alpha", 1.0) == 1.0 and not ctx.attrs.get("transA", 0) and (
+            c is None or ctx.attrs.get("beta", 1.0) == 1.0):
+        return on_packed_weight(ctx, a, b, c, transposed=bool(ctx.attrs.get("transB", 0)),
+                                activation=activation, activation_params=activation_params)
+    return None
 
 
 @kernel("MatMul", since=1)
@@ -172,11 +188,9 @@ def matmul_kernel(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @kernel("Gemm", since=1)
 def gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
     """Y = alpha * A' @ B' + beta * C, optional transposes, C broadcast unidirectionally."""
-    if a.ndim == 2 and ctx.attrs.get("alpha", 1.0) == 1.0 and not ctx.attrs.get("transA", 0) and (
-            c is None or ctx.attrs.get("beta", 1.0) == 1.0):
-        y = on_packed_weight(ctx, a, b, c, transposed=bool(ctx.attrs.get("transB", 0)))
-        if y is not None:
-            return y
+    y = gemm_on_packed_weight(ctx, a, b, c)
+    if y is not None:
+        return y
     b = _onednn.linear_weight(ctx.cache, b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"Gemm: A and B must be 2-D, got shapes {a.shape} and {b.shape}")
