@@ -555,6 +555,31 @@ def test_channel_shuffle_becomes_one_op() -> None:
     np.testing.assert_array_equal(y[0, 1 * 3 + 2], x[0, 2 * 4 + 1])
 
 
+def test_channel_shuffle_with_a_symbolic_batch_is_recognized() -> None:
+    """As torch.onnx writes ``view(b, g, -1, h, w)`` for a dynamic batch: the reshape targets
+    come from Shape -> Gather -> Concat, and shape inference leaves the -1 dims unknown; the
+    element count gives them."""
+    def int64(*values: int) -> np.ndarray:
+        return np.array(values, np.int64)
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "grouped_tail"], ["grouped_shape"], axis=0),
+             helper.make_node("Concat", ["n1", "tail"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "grouped_shape"], ["g"]),
+             helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t", "shape"], ["y"])]
+    init = {"zero": np.array(0, np.int64), "axes": int64(0),
+            "grouped_tail": int64(3, -1, 5, 4), "tail": int64(-1, 5, 4)}
+    model = make_model(nodes, {"x": ["N", 12, 5, 4]}, ["y"], init)
+    x = _f32(2, 12, 5, 4)
+    result = optimize_and_run(model, {"x": x})
+    assert result.ops() == {"hetrix::ChannelShuffle": 1}
+    result.assert_close(rtol=0)
+    np.testing.assert_array_equal(result.actual[0][:, 1 * 3 + 2], x[:, 2 * 4 + 1])
+
+
 def test_other_transposes_are_not_channel_shuffles() -> None:
     model = make_model(_shuffle_nodes([0, 1, 2, 4, 3]), {"x": [1, 12, 5, 4]}, ["y"],
                        {**SHUFFLE_SHAPES, "shape": np.array([1, 12, 4, 5], np.int64)})

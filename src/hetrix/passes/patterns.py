@@ -418,7 +418,9 @@ def _producer_or_reject(value: ir.Value | None, op_types: tuple[str, ...], what:
 class ChannelShuffleRule(Rule):
     """Reshape -> Transpose(0, 2, 1, 3, 4) -> Reshape back, anchored at the last Reshape ->
     one hetrix ChannelShuffle.  Decided on the inferred shapes of the three values, so that the
-    reshape targets' spellings (-1, 0, shapes computed by Shape/Concat) do not matter."""
+    reshape targets' spellings (-1, 0, shapes computed by Shape/Concat) do not matter.  Where
+    shape inference left one dim of a reshaped value unknown (a ``-1`` next to a symbolic batch),
+    the element count, which a reshape keeps, gives it."""
 
     name = "ChannelShuffle"
     op_types = ("Reshape",)
@@ -431,15 +433,18 @@ class ChannelShuffleRule(Rule):
         split = _producer_of(transpose.inputs[0], "Reshape")
         _single_use(split.outputs[0], "the grouped value")
         x = split.inputs[0]
-        shape, grouped = _dims(x), _dims(split.outputs[0])
-        if shape is None or grouped is None or len(shape) != 4 or len(grouped) != 5:
-            raise Reject("the shapes are not known as [N, C, H, W] and [N, g, C/g, H, W]")
+        shape = _dims(x)
+        if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise Reject("the input is not known as [N, C, H, W] with C, H, W fixed")
+        grouped = _reshaped_dims(split.outputs[0], shape)
+        out = _reshaped_dims(node.outputs[0], shape)
+        if grouped is None or out is None or (len(grouped), len(out)) != (5, 4):
+            raise Reject("the reshaped shapes are not known as [N, g, C/g, H, W], [N, C, H, W]")
         n, channels, h, w = shape
-        groups, per_group = grouped[1], grouped[2]
-        if not (isinstance(channels, int) and isinstance(groups, int)
-                and isinstance(per_group, int) and groups * per_group == channels):
-            raise Reject("the channels are not split into known groups")
-        if [grouped[0], grouped[3], grouped[4]] != [n, h, w] or _dims(node.outputs[0]) != shape:
+        groups, per_group = grouped[1:3]
+        if not (isinstance(groups, int) and isinstance(per_group, int)
+                and groups * per_group == channels and grouped[0] == n
+                and grouped[3:] == [h, w] and out == shape):
             raise Reject("the reshapes do not split and restore the channel axis alone")
         assert x is not None
         return [split, transpose, node], x, groups
@@ -453,19 +458,42 @@ class ChannelShuffleRule(Rule):
         _ir.replace(nodes[-1], nodes, [shuffle], [nodes[-1].outputs[0]], [out])
 
 
-def _dims(value: ir.Value | None) -> list[int | str] | None:
-    """A value's dims (ints, or the names of symbolic dims), or None when any is unknown."""
+Dims = list[int | str | None]
+"""A shape as ints, names of symbolic dims, and None where a dim is unknown."""
+
+
+def _dims(value: ir.Value | None) -> Dims | None:
+    """A value's dims, or None without a known rank."""
     if value is None or value.shape is None:
         return None
-    dims: list[int | str] = []
-    for dim in value.shape:
+    return [dim if isinstance(dim, int) else getattr(dim, "value", None) for dim in value.shape]
+
+
+def _reshaped_dims(value: ir.Value, source: Dims) -> Dims | None:
+    """The dims of ``value``, a reshape of a value shaped ``source``, with at most one unknown
+    dim solved from the element count (symbolic dims both shapes share cancel out); None when
+    that leaves it undetermined."""
+    dims = _dims(value)
+    if dims is None:
+        return None
+    shared = [d for d in source if isinstance(d, str)]
+    unknown = []
+    known = 1
+    for index, dim in enumerate(dims):
         if isinstance(dim, int):
-            dims.append(dim)
-        elif isinstance(dim, ir.SymbolicDim) and dim.value is not None:
-            dims.append(dim.value)
+            known *= dim
+        elif isinstance(dim, str) and dim in shared:
+            shared.remove(dim)
         else:
-            return None
-    return dims
+            unknown.append(index)
+    if not unknown:
+        return dims
+    if len(unknown) > 1 or shared or any(d is None for d in source) or known == 0:
+        return None
+    total = math.prod(d for d in source if isinstance(d, int))
+    if total % known:
+        return None
+    return [total // known if i == unknown[0] else d for i, d in enumerate(dims)]
 
 
 class PatternRecognitionPass(RewritePass):
