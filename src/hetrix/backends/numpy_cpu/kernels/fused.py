@@ -237,7 +237,7 @@ def channel_shuffle(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     if x.ndim < 3 or groups < 1 or x.shape[1] % groups:
         raise ValueError(f"ChannelShuffle '{ctx.name}': {x.shape[1] if x.ndim > 1 else '?'} "
                          f"channels of a {x.ndim}-D input cannot form {groups} groups")
-    if (x.dtype in _onednn.SUPPORTED_DTYPES and x.size and _onednn.available()):
+    if x.dtype in _onednn.SUPPORTED_DTYPES and x.size and _onednn.available():
         import torch
 
         return _onednn.to_numpy(torch.native_channel_shuffle(_onednn.as_tensor(x), groups))
