@@ -952,3 +952,28 @@ def test_channel_shuffle_regroups_channels_and_keeps_the_layout(
     with pytest.raises(ValueError, match="12 channels of a 4-D input cannot form 5 groups"):
         fused.channel_shuffle(
             NodeContext("ChannelShuffle", "hetrix", "bad", 1, {"groups": 5}, 1, 1), x)
+
+
+# --- Relu on large float32 arrays -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_relu_of_a_large_activation_matches_and_keeps_its_layout(
+        in_place: bool, route: Route, rng: np.random.Generator) -> None:
+    """Above ``_TORCH_RELU_MIN`` elements the library's Relu runs: the same values as
+    ``max(x, 0)`` in float64, NaN and infinities included, and a channels-last input stays
+    channels-last (the next convolution reads it as it is)."""
+    from hetrix.backends.numpy_cpu.kernels import activations
+    from hetrix.backends.registry import NodeContext
+
+    x = _channels_last(f32(rng, 1, 32, 16, 16))
+    assert x.size >= activations._TORCH_RELU_MIN
+    x[0, :4, 0, 0] = [np.nan, np.inf, -np.inf, -0.0]
+    want = np.maximum(x.astype(np.float64), 0)
+    if in_place:
+        y = x.copy(order="K")
+        assert activations.relu_in_place(y) is y
+    else:
+        y = activations.relu(NodeContext("Relu", "", "relu", 14, {}, 1, 1), x)
+    np.testing.assert_array_equal(y, want.astype(np.float32))
+    assert _onednn.is_channels_last(y)

@@ -40,7 +40,7 @@ Activation = Callable[[NodeContext, np.ndarray], np.ndarray]
 
 
 def _relu(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
-    return np.maximum(y, y.dtype.type(0), out=y)
+    return activations.relu_in_place(y)
 
 
 def _leaky_relu(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
