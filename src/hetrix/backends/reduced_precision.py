@@ -208,7 +208,7 @@ def _torch() -> Any:
 
 def _conv(ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
           z: np.ndarray | None = None) -> np.ndarray:
-    y, applied = conv_fused(ctx, x, w, b, residual=z, activation=_activation_name(ctx))
+    y, applied = conv_fused(ctx, x, w, b, residual=z, activation=fused.activation_name(ctx))
     return y if applied else _reduced_result(fused.activate, ctx, y)
 
 
@@ -351,29 +351,24 @@ def _weight(ctx: NodeContext, array: np.ndarray, slot: str, like: np.ndarray) ->
 
 def _fused_gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
                 c: np.ndarray | None = None) -> np.ndarray:
-    return _gemm(ctx, a, b, c, activation=_activation_name(ctx))
+    return _gemm(ctx, a, b, c, activation=fused.activation_name(ctx))
 
 
 def _fused_matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
                   bias: np.ndarray | None = None) -> np.ndarray:
-    return _matmul(ctx, a, b, bias, activation=_activation_name(ctx))
-
-
-def _activation_name(ctx: NodeContext) -> str:
-    activation = ctx.attrs.get("activation", "") or ""
-    return activation.decode() if isinstance(activation, bytes) else activation
+    return _matmul(ctx, a, b, bias, activation=fused.activation_name(ctx))
 
 
 def _fused_batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray,
                       mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-    activation = _activation_name(ctx)
+    activation = fused.activation_name(ctx)
     y = _batch_norm(ctx, x, scale, bias, mean, var, relu=activation == "Relu")
     return y if activation in ("", "Relu") else _activate(ctx, y)
 
 
 def _activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
     """The node's activation: Relu and Gelu by torch in the reduced type, others in float32."""
-    activation = _activation_name(ctx)
+    activation = fused.activation_name(ctx)
     if activation == "":
         return y
     if activation == "Relu":

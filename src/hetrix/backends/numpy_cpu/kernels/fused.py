@@ -114,14 +114,15 @@ _PARAM_COUNTS = {"LeakyRelu": 1, "Clip": 2, "HardSigmoid": 2}
 """How many ``activation_params`` an activation takes (none where not listed)."""
 
 
-def _activation_name(ctx: NodeContext) -> str:
-    name = ctx.attrs.get("activation", "")
+def activation_name(ctx: NodeContext) -> str:
+    """A fused node's ``activation`` attribute as a str ("" for none)."""
+    name = ctx.attrs.get("activation", "") or ""
     return name.decode() if isinstance(name, bytes) else name
 
 
 def activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
     """Apply the node's ``activation`` to ``y``, a fresh array the kernel may overwrite."""
-    name = _activation_name(ctx)
+    name = activation_name(ctx)
     fn = ACTIVATIONS.get(name)
     if fn is None:
         raise ValueError(f"{ctx.op_type} '{ctx.name}': unknown activation {name!r}")
@@ -133,7 +134,7 @@ def activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
 def linear_post_op(ctx: NodeContext) -> tuple[str, list[float]]:
     """The node's activation and its parameters when oneDNN's inner product applies it as a
     post-op (``_onednn.linear_fuses``), else ``("", [])``: the kernel applies it after."""
-    name = _activation_name(ctx)
+    name = activation_name(ctx)
     if not name or not _onednn.linear_fuses(name):
         return "", []
     params = list(ctx.attrs.get("activation_params") or [])
@@ -152,7 +153,7 @@ def fused_conv(
     z: np.ndarray | None = None,
 ) -> np.ndarray:
     """``activation(Conv(x, w, b) + z)``: oneDNN applies both as post-ops where it can."""
-    name = _activation_name(ctx)
+    name = activation_name(ctx)
     y, applied = conv_fused(ctx, x, w, b, residual=z, activation=name)
     return y if applied else activate(ctx, y)
 
