@@ -294,6 +294,42 @@ def test_hetrix_attention_broadcast_batch_falls_back(library: str) -> None:
     _assert_close(scaled_dot_product(ctx, q, kt, v), _attention64(q, kt, v, None, 0.5))
 
 
+def test_attention_remembers_its_path_only_for_a_constant_mask(
+        library: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node keeps the SDPA check's answer for the same read-only mask (a constant of the
+    plan) and shapes; a writable mask, which may change between runs, is checked every call, and
+    another mask with a fully masked row still takes the NaN-keeping path."""
+    from hetrix.backends.numpy_cpu.kernels import attention
+
+    checks: list[bool] = []
+    check = attention.sdpa_fits
+
+    def counted(*args: object, **kwargs: object) -> bool:
+        checks.append(check(*args, **kwargs))  # type: ignore[arg-type]
+        return checks[-1]
+
+    monkeypatch.setattr(attention, "sdpa_fits", counted)
+    q, kt, v = _qkv(1, 2, 6, 6, 8)
+    ctx = NodeContext("Attention", "hetrix", "att", 1, {"scale": 0.5}, 4, 1)
+    constant = _causal(1, 6, 6, np.finfo(np.float32).min)
+    constant.setflags(write=False)
+    for _ in range(3):
+        _assert_close(scaled_dot_product(ctx, q, kt, v, constant),
+                      _attention64(q, kt, v, constant, 0.5))
+    assert len(checks) == 1
+    writable = _causal(1, 6, 6, np.finfo(np.float32).min)
+    for _ in range(2):
+        scaled_dot_product(ctx, q, kt, v, writable)
+    assert len(checks) == 3
+    masked_row = _causal(1, 6, 6, -np.inf)
+    masked_row[0, 0, 2] = -np.inf
+    masked_row.setflags(write=False)
+    with np.errstate(invalid="ignore"):
+        ours = scaled_dot_product(ctx, q, kt, v, masked_row)
+    assert np.isnan(ours[0, :, 2]).all() and not np.isnan(ours[0, :, :2]).any()
+    assert checks[-1] is False  # checked again: a new mask object
+
+
 # --- Gelu over a fused kernel's output ------------------------------------------------------
 
 

@@ -425,7 +425,7 @@ def _attention(ctx: NodeContext, q: np.ndarray, kt: np.ndarray, v: np.ndarray,
     float32), where its semantics match (see ``attention.sdpa_fits``); else in float32."""
     from hetrix.backends.numpy_cpu.kernels import attention
 
-    if attention.sdpa_fits(q, kt, v, mask, dtype=q.dtype):
+    if attention.node_sdpa_fits(ctx, q, kt, v, mask, dtype=q.dtype):
         torch = _torch()
         with torch.no_grad():
             y = torch.nn.functional.scaled_dot_product_attention(

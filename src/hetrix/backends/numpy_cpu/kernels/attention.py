@@ -395,9 +395,26 @@ def scaled_dot_product(
     matmul and softmax (themselves on PyTorch's GEMM when installed) elsewhere.
     """
     scale = float(ctx.attrs.get("scale", 1.0))
-    if sdpa_fits(q, kt, v, mask):
+    if node_sdpa_fits(ctx, q, kt, v, mask):
         return _sdpa(q, kt, v, mask, scale)
     return _scores_softmax_values(ctx, q, kt, v, mask, scale)
+
+
+def node_sdpa_fits(ctx: NodeContext, q: np.ndarray, kt: np.ndarray, v: np.ndarray,
+                   mask: np.ndarray | None, dtype: Any = np.float32) -> bool:
+    """:func:`sdpa_fits`, remembered by the node while the shapes and types stay the same and
+    the mask is absent or the same constant (read-only: a plan's constant, the same values every
+    run).  The check reads the whole mask: GPT-2's 128x128 causal mask cost 80-100 us a call in
+    the run, a sixth of the attention itself."""
+    key = (q.shape, kt.shape, v.shape, q.dtype, kt.dtype, v.dtype, np.dtype(dtype),
+           None if mask is None else (mask.shape, mask.dtype))
+    cached = ctx.cache.get("sdpa_fits")
+    if cached is not None and cached[1] is mask and cached[0] == key:
+        return bool(cached[2])
+    fits = sdpa_fits(q, kt, v, mask, dtype)
+    if mask is None or not mask.flags.writeable:
+        ctx.cache["sdpa_fits"] = (key, mask, fits)
+    return fits
 
 
 def sdpa_fits(q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
