@@ -977,3 +977,20 @@ def test_relu_of_a_large_activation_matches_and_keeps_its_layout(
         y = activations.relu(NodeContext("Relu", "", "relu", 14, {}, 1, 1), x)
     np.testing.assert_array_equal(y, want.astype(np.float32))
     assert _onednn.is_channels_last(y)
+
+
+def test_pool_window_follows_the_input_shape(route: Route, rng: np.random.Generator) -> None:
+    """A pooling node keeps its window per input shape: a new shape is measured again, and the
+    old one still pools right when it comes back."""
+    from hetrix.backends.registry import NodeContext
+
+    ctx = NodeContext("MaxPool", "", "pool", 12,
+                      {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, 1, 1)
+    for size in (8, 11, 8):
+        x = _channels_last(f32(rng, 1, 3, size, size))
+        padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)),
+                        constant_values=-np.inf)
+        out = (size - 1) // 2 + 1
+        want = np.array([[[[padded[0, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max()
+                            for j in range(out)] for i in range(out)] for c in range(3)]])
+        np.testing.assert_array_equal(pool.max_pool(ctx, x), want.astype(np.float32))
