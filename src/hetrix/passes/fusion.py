@@ -233,7 +233,7 @@ class ActivationFusionRule(Rule):
         if reshape is None:
             _ir.replace(node, [producer, node], [fused], [node.outputs[0]], fused.outputs)
             return
-        fused.outputs[0].dtype = producer.outputs[0].dtype
+        fused.outputs[0].type = producer.outputs[0].type
         fused.outputs[0].shape = producer.outputs[0].shape
         moved = ir.Node(reshape.domain, reshape.op_type, [fused.outputs[0], *reshape.inputs[1:]],
                         reshape.attributes.values(), name=reshape.name,
