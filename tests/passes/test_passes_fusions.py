@@ -10,6 +10,7 @@ import pytest
 from conftest import make_model, optimize_and_run
 from onnx import helper
 
+import hetrix
 from hetrix.passes import optimize
 
 R = np.random.default_rng(0)
@@ -270,6 +271,29 @@ def test_conv_read_by_two_nodes_is_not_fused() -> None:
         "other readers" in r
         for r in _rejected(result.report, "activation fusion", "activation fusion")
     )
+
+
+@pytest.mark.parametrize("producer", ["Conv", "Gemm"])
+def test_clip_with_crossed_bounds_is_not_fused_and_gives_max(producer: str) -> None:
+    """Clip(min=1, max=-1) is -1 everywhere (ONNX: min(max(x, min), max)); oneDNN refuses such
+    a post-op, so the pair stays unfused instead of failing at run time."""
+    if producer == "Conv":
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
+        inputs, feeds, init = {"x": [1, 3, 6, 6]}, IMAGE, dict(CONV)
+    else:
+        nodes = [helper.make_node("Gemm", ["a", "w", "b"], ["c"])]
+        inputs, feeds = {"a": [2, 3]}, {"a": _f32(2, 3)}
+        init = {"w": _f32(3, 4), "b": _f32(4)}
+    nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+    init.update(lo=np.array(1.0, np.float32), hi=np.array(-1.0, np.float32))
+    model = make_model(nodes, inputs, ["y"], init)
+    result = optimize_and_run(model, feeds)
+    assert result.ops() == {producer: 1, "Clip": 1}
+    assert any("min is above its max" in r
+               for r in _rejected(result.report, "activation fusion", "activation fusion"))
+    result.assert_close(rtol=0)
+    session = hetrix.InferenceSession(model.SerializeToString())  # every pass, every kernel
+    np.testing.assert_array_equal(session.run(None, feeds)[0], np.full_like(result.expected[0], -1))
 
 
 def test_clip_with_variable_bounds_is_not_fused() -> None:

@@ -257,7 +257,11 @@ def activation_spec(node: ir.Node, ctx: RewriteContext) -> tuple[str, list[float
         beta = _ir.attribute(node, "beta", version)
         return op, [0.2 if alpha is None else alpha, 0.5 if beta is None else beta]
     if op == "Clip":
-        return op, _clip_bounds(node, version)
+        low, high = _clip_bounds(node, version)
+        if low > high:
+            # ONNX gives `high` everywhere; oneDNN refuses such a clip as a post-op
+            raise Reject("Clip's min is above its max")
+        return op, [low, high]
     return op, []
 
 
