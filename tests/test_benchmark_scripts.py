@@ -1,0 +1,49 @@
+"""The A/B script of benchmarks/ runs and reports what it measured (a smoke test: timing
+itself is never asserted, only that the script works and refuses what it cannot measure)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_rule.py"
+
+pytestmark = pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not next to the tests")
+
+
+def _conv_relu(path: Path) -> Path:
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_ab_rule_compares_a_model_with_and_without_a_rule(tmp_path: Path) -> None:
+    done = _run(str(_conv_relu(tmp_path / "m.onnx")), "activation fusion", "--runs", "3")
+    assert done.returncode == 0, done.stderr
+    assert "'activation fusion' fired 1 times" in done.stdout
+    assert "with/without" in done.stdout
+
+
+def test_ab_rule_refuses_a_rule_that_does_not_fire_or_exist(tmp_path: Path) -> None:
+    model = str(_conv_relu(tmp_path / "m.onnx"))
+    idle = _run(model, "ChannelShuffle", "--runs", "1")
+    assert idle.returncode != 0 and "does not fire" in idle.stderr
+    unknown = _run(model, "no such rule", "--runs", "1")
+    assert unknown.returncode != 0 and "no rewrite rule is named" in unknown.stderr
