@@ -32,7 +32,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import hetrix
-from hetrix.backends.numpy_cpu.kernels import _library, _onednn, pool
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _library, _onednn, pool
 from hetrix.passes import optimize
 from hetrix.testing.models import light_model_randomized
 
@@ -64,13 +64,19 @@ class Route:
             assert self.convs == 0, "expected the NumPy convolution only"
 
 
-@pytest.fixture(params=["library", "numpy-only"])
+@pytest.fixture(params=["library", "pytorch-conv", "numpy-only"])
 def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Route:
-    """Run the test with PyTorch's kernels (oneDNN) and NumPy-only, counting oneDNN's calls."""
-    library = request.param == "library"
+    """Run the test with the kernel libraries installed (PyTorch's, and oneDNN's own primitives
+    when the ``onednn`` extra is there: :mod:`._dnnl`), with PyTorch's convolution call instead
+    of those primitives, and NumPy-only; count oneDNN's calls."""
+    library = request.param != "numpy-only"
     if library:
         if _library.torch_functional() is None:
             pytest.skip("PyTorch is not installed, or HETRIX_NUMPY_ONLY=1")
+        if request.param == "pytorch-conv":
+            if not _dnnl.available():
+                pytest.skip("the oneDNN library is not installed: 'library' is this route")
+            monkeypatch.setattr(_dnnl, "_LIBRARY", None)
     else:
         monkeypatch.setattr(_library, "_FUNCTIONAL", False)
     state = Route(library)
@@ -460,9 +466,15 @@ def test_prepared_conv_calls_follow_layout_shape_and_writability(route: Route,
         before = route.convs
         compared.check({"x": x})
         full_path_calls.append(route.convs - before)
-    if route.library:
-        # conv "a" reads the feed: prepared only while the feed is channels-last; conv "b" (with
-        # its residual) reads conv outputs: prepared from its second run of a shape on
+    if route.library and _dnnl.available():
+        # with the kept primitives (_dnnl): conv "a" reads the feed; a channels-last feed of a
+        # shape seen before takes its primitive at once, an NCHW one (the read-only copy is
+        # NCHW too) is first copied to NHWC on the general path; conv "b" (with its residual)
+        # reads conv outputs, so its primitive serves every run of a shape from the first on
+        assert full_path_calls == [2, 1, 1, 0, 0, 1, 2, 1, 1, 1, 0, 2]
+    elif route.library:
+        # PyTorch's call: conv "a" prepared only while the feed is channels-last and writable;
+        # conv "b" prepared from its second run of a shape on
         assert full_path_calls == [2, 1, 1, 1, 0, 1, 2, 1, 1, 1, 1, 2]
     route.check_convs()
 
@@ -904,15 +916,14 @@ def test_first_run_after_load_takes_the_prepared_conv_call(monkeypatch) -> None:
 
     if not _onednn.available():
         pytest.skip("PyTorch is not installed")
-    hits: list[bool] = []
-    prepared_call = _onednn.PreparedConv.__call__
+    full_path: list[str] = []  # the convs that took the general path (packing, deciding)
+    conv2d = _onednn.conv2d
 
-    def counted(self, *args):
-        result = prepared_call(self, *args)
-        hits.append(result is not None)
-        return result
+    def counted(cache, x, *args, **kwargs):
+        full_path.append("NCHW" if x.flags.c_contiguous else "NHWC")
+        return conv2d(cache, x, *args, **kwargs)
 
-    monkeypatch.setattr(_onednn.PreparedConv, "__call__", counted)
+    monkeypatch.setattr(_onednn, "conv2d", counted)
     rng = np.random.default_rng(5)
     w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2
     model = make_model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
@@ -920,10 +931,13 @@ def test_first_run_after_load_takes_the_prepared_conv_call(monkeypatch) -> None:
                         helper.make_node("Conv", ["r", "w"], ["y"], pads=[1, 1, 1, 1])],
                        {"x": [1, 8, 12, 12]}, ["y"], {"w": w})
     session = hetrix.InferenceSession(model)
-    hits.clear()
+    assert full_path  # the warm-up ran them
+    full_path.clear()
     x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
     (got,) = session.run(None, {"x": x})
-    assert hits == [True]  # the second conv (its input is channels-last) from the first run on
+    # the second conv (its input is channels-last) repeats its prepared call from the first run
+    # on; the first reads the NCHW feed, which is converted on the general path each run
+    assert full_path == ["NCHW"]
     (want,) = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -32,7 +32,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from hetrix.backends.numpy_cpu.kernels import _library
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _library
 
 _UNARY_POST_OPS: dict[str, str] = {
     "": "none",
@@ -104,6 +104,10 @@ def conv2d(
     """
     import torch
 
+    direct = _direct(cache, x, w, b, strides, dilations, pads, group, activation,
+                     activation_params or [], residual, owns_weight)
+    if direct is not None:
+        return direct
     given = as_tensor(x)
     xt = given.contiguous(memory_format=torch.channels_last)
     weight, bias = _packed(cache, w, b, xt, strides, dilations, pads, group, owns_weight)
@@ -134,6 +138,68 @@ def conv2d(
 
 
 _PREPARED_DTYPES = frozenset({_FLOAT32, _BFLOAT16})
+
+
+def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+            strides: list[int], dilations: list[int], pads: list[int], group: int,
+            activation: str, activation_params: list[float], residual: np.ndarray | None,
+            owns_weight: bool) -> np.ndarray | None:
+    """The convolution by a oneDNN primitive this node keeps (:mod:`._dnnl`), or None where
+    that path does not serve it (the library absent, a weight computed at run time, ...).
+
+    The node keeps one primitive per input layout (``dnnl_convs``, a few at most) and the
+    latest in ``onednn_prepared``, which the kernel calls first on the next run.
+    """
+    if (
+        w.flags.writeable
+        or (b is not None and b.flags.writeable)
+        or x.dtype not in _PREPARED_DTYPES
+        or cache.get("dnnl_refused")
+        or not _dnnl.available()
+    ):
+        return None
+    if x.shape[1] > 1 and x.strides[1] != x.itemsize:
+        # oneDNN has only its reference kernel for NCHW sources (a model's first conv): the
+        # copy to NHWC costs less than that, as in PyTorch's path
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    key = (x.shape, x.strides, x.dtype,
+           None if residual is None else (residual.shape, residual.strides, residual.dtype))
+    convs = cache.setdefault("dnnl_convs", {})
+    conv = convs.get(key)
+    if conv is None or conv.w is not w or conv.b is not b:
+        with _PACKING:  # see _PACKING: the weight's original may be released below
+            conv = _dnnl.create(
+                x, w, dense_weight(cache, w), b, strides=strides, dilations=dilations,
+                pads=pads, group=group, activation=activation,
+                activation_params=activation_params, residual=residual,
+                weights=cache.setdefault("dnnl_weights", []))
+            if conv is None:
+                cache["dnnl_refused"] = True  # the same refusal would follow for every call
+                return None
+            if len(convs) >= _MAX_LAYOUTS:
+                convs.clear()
+            convs[key] = conv
+            if owns_weight and w.dtype == _FLOAT32 and cache.get("onednn_released") is not w:
+                _release_packed(cache, w, conv)
+    cache["onednn_prepared"] = conv
+    return conv(x, w, b, residual)
+
+
+_MAX_LAYOUTS = 4
+"""Primitives one node keeps for different input layouts (a model fed varying batch sizes);
+past that they are dropped and made anew.  The packed weight is shared among them."""
+
+
+def _release_packed(cache: dict[str, Any], w: np.ndarray, conv: _dnnl.Conv2d) -> None:
+    """Release ``w``'s memory once ``conv`` holds an exact packed copy (float32 reorders are
+    exact; the comparison guards the layout); :func:`dense_weight` rebuilds it on demand."""
+    if w.nbytes < _RELEASE_MIN_BYTES:
+        return
+    if np.array_equal(conv.unpack(), w):
+        from hetrix.runtime.memory import release_pages
+
+        if release_pages(w):
+            cache.update(onednn_released=w, onednn_rebuild=conv.unpack)
 
 
 class PreparedConv:
@@ -278,7 +344,8 @@ def _packed(cache: dict[str, Any], w: np.ndarray, b: np.ndarray | None, xt: Any,
                 from hetrix.runtime.memory import release_pages
 
                 if release_pages(w):
-                    cache.update(onednn_released=w, onednn_weight_f32=weight)
+                    cache.update(onednn_released=w,
+                                 onednn_rebuild=lambda: weight.to_dense().numpy())
         return weight, bias
 
 
@@ -298,7 +365,7 @@ def dense_weight(cache: dict[str, Any], w: np.ndarray) -> np.ndarray:
         return w
     dense = cache.get("onednn_dense")
     if dense is None:
-        dense = cache["onednn_dense"] = cache["onednn_weight_f32"].to_dense().numpy()
+        dense = cache["onednn_dense"] = cache["onednn_rebuild"]()
         dense.setflags(write=False)
     return dense
 

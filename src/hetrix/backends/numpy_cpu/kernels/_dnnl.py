@@ -1,0 +1,472 @@
+"""oneDNN's C API, called directly: a convolution primitive made once per node and kept.
+
+Why: PyTorch's oneDNN convolution (:mod:`._onednn`) rebuilds the primitive descriptor, the
+memory objects and the attribute set on every call.  On the small layers of MobileNet-class
+models that bookkeeping costs as much as the arithmetic: measured here (2 threads, float32,
+batch 1), a grouped 1x1 conv of 272 channels at 14x14 took 83 us through PyTorch and 48 us with
+the primitive kept; a depthwise 3x3 of 96 channels at 56x56, 73 -> 51 us; a 1x1 from 320 to 1280
+channels at 7x7, 273 -> 191 us.  Same library, same kernel (``brgconv_1x1``, ``brdgmm_dw``),
+bit-identical outputs.  So each node creates its primitive on its first run for an input layout
+and afterwards only points the memory objects at the new arrays and executes.
+
+Where the library comes from: the ``onednn-cpu-gomp`` wheel (the ``onednn`` extra), oneDNN 3.x
+built on GNU OpenMP.  PyTorch computes on GNU OpenMP as well and the loader keeps one copy of
+``libgomp.so.1`` per process, so both share one thread pool and one thread count (the session's
+``intra_op_num_threads`` reaches both through ``torch.set_num_threads``).  Without the wheel, or
+with ``HETRIX_DNNL=0``, convolutions keep PyTorch's path.  ``HETRIX_DNNL_LIBRARY`` names another
+``libdnnl.so.3`` (it must be an OpenMP build of oneDNN 3).
+
+Thread safety: a primitive may run on several threads at once; what each call binds (the memory
+objects pointing at its arrays, and the scratchpad) is kept per thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import logging
+import os
+import threading
+import weakref
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# ---- the C API's constants (oneDNN 3.x, include/oneapi/dnnl/dnnl_types.h)
+_SUCCESS = 0
+_ENGINE_CPU = 1
+_STREAM_IN_ORDER = 1
+_FORWARD_INFERENCE = 0x60
+_CONVOLUTION_DIRECT = 0x1
+_FORMAT_ANY = 1
+_SCRATCHPAD_USER = 1
+_QUERY_IMPL_INFO = 8
+_QUERY_EXEC_ARG_MD = 255
+_ARG_SRC, _ARG_SRC_1, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS, _ARG_SCRATCHPAD = 1, 2, 17, 33, 41, 80
+_ARG_POST_OP_BASE = 32768  # DNNL_ARG_ATTR_MULTIPLE_POST_OP(i) = base * (i + 1)
+_BINARY_ADD = 0x1FFF0
+_RUNTIME_OMP = 2
+_MAX_DIMS = 12
+
+_DATA_TYPES = {np.dtype(np.float32): 3, np.dtype(ml_dtypes.bfloat16): 2}
+"""NumPy dtype -> dnnl_data_type_t, for the types this module computes in."""
+
+_ELTWISE = {
+    "Relu": 0x20,  # alpha: the negative slope (0), so LeakyRelu is relu with alpha
+    "LeakyRelu": 0x20,
+    "Tanh": 0x21,
+    "Sigmoid": 0x29,  # "logistic"
+    "GeluTanh": 0x2B,
+    "Clip": 0x2E,  # alpha, beta: the bounds
+    "Gelu": 0x31,  # "gelu_erf"
+}
+"""Hetrix activation name -> oneDNN eltwise algorithm, applied as a post-op."""
+
+_Dims = ctypes.c_int64 * _MAX_DIMS
+_Handle = ctypes.c_void_p
+
+
+class _ExecArg(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_int), ("memory", _Handle)]
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint),
+                ("gpu_runtime", ctypes.c_uint)]
+
+
+class DnnlError(RuntimeError):
+    """A oneDNN call returned an error status (the primitive is then not used)."""
+
+
+class _Library:
+    """The loaded ``libdnnl.so.3`` with its CPU engine and stream (one per process)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        lib.dnnl_version.restype = ctypes.POINTER(_Version)
+        lib.dnnl_primitive_desc_query_md.restype = _Handle
+        lib.dnnl_primitive_desc_query_md.argtypes = [_Handle, ctypes.c_int, ctypes.c_int]
+        lib.dnnl_primitive_desc_query.argtypes = [_Handle, ctypes.c_int, ctypes.c_int,
+                                                  ctypes.c_void_p]
+        lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
+        lib.dnnl_memory_desc_get_size.argtypes = [_Handle]
+        lib.dnnl_memory_desc_equal.argtypes = [_Handle, _Handle]
+        lib.dnnl_memory_set_data_handle.argtypes = [_Handle, _Handle]
+        lib.dnnl_primitive_execute.argtypes = [_Handle, _Handle, ctypes.c_int, _Handle]
+        lib.dnnl_post_ops_append_eltwise.argtypes = [_Handle, ctypes.c_int, ctypes.c_float,
+                                                     ctypes.c_float]
+        lib.dnnl_post_ops_append_binary.argtypes = [_Handle, ctypes.c_int, _Handle]
+        version = lib.dnnl_version().contents
+        if version.major != 3 or version.cpu_runtime != _RUNTIME_OMP:
+            raise DnnlError(f"oneDNN {version.major}.{version.minor} with CPU runtime "
+                            f"{version.cpu_runtime}: Hetrix needs oneDNN 3 built on OpenMP")
+        self.version = f"{version.major}.{version.minor}.{version.patch}"
+        self.engine = self.new("dnnl_engine_create", ctypes.c_int(_ENGINE_CPU), ctypes.c_size_t(0))
+        self.stream = self.new("dnnl_stream_create", self.engine, ctypes.c_uint(_STREAM_IN_ORDER))
+        # looked up once: these run on every call
+        self.set_handle = lib.dnnl_memory_set_data_handle
+        self.execute = lib.dnnl_primitive_execute
+
+    def check(self, name: str, *args: Any) -> None:
+        status = getattr(self.lib, name)(*args)
+        if status != _SUCCESS:
+            raise DnnlError(f"{name} failed with oneDNN status {status}")
+
+    def new(self, name: str, *args: Any) -> _Handle:
+        """Call a ``dnnl_*_create`` function; returns the handle it made."""
+        handle = _Handle()
+        self.check(name, ctypes.byref(handle), *args)
+        return handle
+
+    def memory_desc(self, shape: tuple[int, ...], strides: tuple[int, ...] | None,
+                    data_type: int) -> _Handle:
+        """A memory descriptor: ``strides`` in elements, or None for "any layout" (weights)."""
+        if strides is None:
+            return self.new("dnnl_memory_desc_create_with_tag", ctypes.c_int(len(shape)),
+                            _Dims(*shape), ctypes.c_int(data_type), ctypes.c_int(_FORMAT_ANY))
+        return self.new("dnnl_memory_desc_create_with_strides", ctypes.c_int(len(shape)),
+                        _Dims(*shape), ctypes.c_int(data_type), _Dims(*strides))
+
+    def memory(self, desc: _Handle, data: int | None) -> _Handle:
+        """A memory object of layout ``desc`` over the bytes at address ``data`` (set later
+        when None)."""
+        return self.new("dnnl_memory_create", desc, self.engine, _Handle(data))
+
+    def reorder(self, source_desc: _Handle, source: int, target_desc: _Handle,
+                target: int) -> None:
+        """Copy ``source`` into ``target``'s layout (and type), once."""
+        pd = self.new("dnnl_reorder_primitive_desc_create", source_desc, self.engine,
+                      target_desc, self.engine, None)
+        memories = [self.memory(source_desc, source), self.memory(target_desc, target)]
+        try:
+            primitive = self.new("dnnl_primitive_create", pd)
+            try:
+                args = (_ExecArg * 2)(_ExecArg(_ARG_SRC, memories[0]),
+                                      _ExecArg(_ARG_DST, memories[1]))
+                self.check("dnnl_primitive_execute", primitive, self.stream, 2, args)
+                self.check("dnnl_stream_wait", self.stream)
+            finally:
+                self.lib.dnnl_primitive_destroy(primitive)
+        finally:
+            for memory in memories:
+                self.lib.dnnl_memory_destroy(memory)
+            self.lib.dnnl_primitive_desc_destroy(pd)
+
+
+_LIBRARY: _Library | None = None
+_LOADED = False
+_LOAD_LOCK = threading.Lock()
+
+
+def _library_path() -> str | None:
+    """Where ``libdnnl.so.3`` is: ``HETRIX_DNNL_LIBRARY``, else the onednn-cpu-gomp wheel's."""
+    given = os.environ.get("HETRIX_DNNL_LIBRARY")
+    if given:
+        return given
+    try:
+        files = importlib.metadata.files("onednn-cpu-gomp") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == "libdnnl.so.3":
+            return str(file.locate())
+    return None
+
+
+def library() -> _Library | None:
+    """The loaded library, or None when it is absent, refused, or off (``HETRIX_DNNL=0``)."""
+    global _LIBRARY, _LOADED
+    if _LOADED:
+        return _LIBRARY
+    with _LOAD_LOCK:
+        if not _LOADED:
+            path = None if os.environ.get("HETRIX_DNNL") == "0" else _library_path()
+            if path is not None:
+                try:
+                    _LIBRARY = _Library(ctypes.CDLL(path))
+                except (OSError, DnnlError, AttributeError) as exc:
+                    logger.warning("oneDNN at %s not used: %s", path, exc)
+            _LOADED = True
+    return _LIBRARY
+
+
+def available() -> bool:
+    """Whether :class:`Conv2d` can be used in this process."""
+    return library() is not None
+
+
+def _element_strides(array: np.ndarray) -> tuple[int, ...] | None:
+    """``array``'s strides in elements, or None when oneDNN cannot describe them."""
+    itemsize = array.itemsize
+    if any(s < 0 or s % itemsize for s in array.strides):
+        return None
+    return tuple(s // itemsize for s in array.strides)
+
+
+def _aligned_empty(nbytes: int) -> tuple[np.ndarray, int]:
+    """A byte buffer and the 64-byte-aligned address inside it (oneDNN's kernels load whole
+    cache lines; NumPy aligns to 16 bytes only)."""
+    buffer = np.empty(nbytes + 64, np.uint8)
+    address = buffer.ctypes.data
+    return buffer, address + (-address % 64)
+
+
+class PackedWeights:
+    """One node's weight in the blocked layout a primitive asked for; the node's primitives for
+    other input shapes share it when they ask for the same layout.  Owns ``desc``."""
+
+    def __init__(self, lib: _Library, desc: _Handle, buffer: np.ndarray, address: int) -> None:
+        self.lib, self.desc, self.buffer, self.address = lib, desc, buffer, address
+        self.memory = lib.memory(desc, address)
+        weakref.finalize(self, _destroy, lib.lib, [desc], [self.memory], [], [])
+
+    def matches(self, desc: _Handle | int) -> bool:
+        return bool(self.lib.lib.dnnl_memory_desc_equal(self.desc, desc))
+
+
+class Conv2d:
+    """One node's 2-D convolution (with bias, a post-op activation and an optional residual
+    add) as a oneDNN primitive for one input layout; :meth:`__call__` runs it.
+
+    Create with :func:`create`, which returns None where oneDNN offers no kernel for the case
+    or only its reference one (PyTorch's path then serves the node).
+    """
+
+    def __init__(self, lib: _Library, x: np.ndarray, x_strides: tuple[int, ...],
+                 w: np.ndarray, dense: np.ndarray, b: np.ndarray | None, *, strides: list[int],
+                 dilations: list[int], pads: list[int], group: int, activation: str,
+                 activation_params: list[float], residual: np.ndarray | None,
+                 residual_strides: tuple[int, ...] | None,
+                 weights: list[PackedWeights]) -> None:
+        self.lib = lib
+        n, c, h, wd = x.shape
+        k, _, kh, kw = w.shape
+        oh = (h + 2 * pads[0] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+        ow = (wd + 2 * pads[1] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+        self.shape, self.x_strides, self.dtype, self.w, self.b = x.shape, x.strides, x.dtype, w, b
+        self.residual = None if residual is None else (residual.shape, residual.strides)
+        self.out_shape = (n, oh, ow, k)  # NHWC in memory, handed out as an NCHW view
+        data_type = _DATA_TYPES[x.dtype]
+        descs: list[_Handle] = []
+        pds: list[_Handle] = []
+
+        def desc(shape: tuple[int, ...], strides_: tuple[int, ...] | None, dt: int) -> _Handle:
+            made = lib.memory_desc(shape, strides_, dt)
+            descs.append(made)
+            return made
+
+        # oneDNN's grouped weights carry the group as a leading axis
+        weight_shape = (group, k // group, c // group, kh, kw) if group > 1 else (k, c, kh, kw)
+        self.weight_shape = weight_shape
+        src = desc((n, c, h, wd), x_strides, data_type)
+        dst = desc((n, k, oh, ow), (oh * ow * k, 1, ow * k, k), data_type)
+        weight_any = desc(weight_shape, None, data_type)
+        bias = None if b is None else desc((k,), (1,), _DATA_TYPES[np.dtype(np.float32)])
+        src1 = None
+        attr = lib.new("dnnl_primitive_attr_create")
+        post_ops = lib.new("dnnl_post_ops_create")
+        try:
+            lib.check("dnnl_primitive_attr_set_scratchpad_mode", attr, _SCRATCHPAD_USER)
+            if residual is not None:
+                assert residual_strides is not None
+                src1 = desc((n, k, oh, ow), residual_strides, data_type)
+                lib.check("dnnl_post_ops_append_binary", post_ops, _BINARY_ADD, src1)
+            if activation:
+                alpha, beta = _eltwise_parameters(activation, activation_params)
+                lib.check("dnnl_post_ops_append_eltwise", post_ops, _ELTWISE[activation],
+                          alpha, beta)
+            lib.check("dnnl_primitive_attr_set_post_ops", attr, post_ops)
+            dilate = [d - 1 for d in dilations]  # oneDNN counts the gaps: 0 is no dilation
+            pd = lib.new("dnnl_convolution_forward_primitive_desc_create", lib.engine,
+                         _FORWARD_INFERENCE, _CONVOLUTION_DIRECT, src, weight_any, bias, dst,
+                         _Dims(*strides), _Dims(*dilate), _Dims(*pads), _Dims(*pads), attr)
+            pds.append(pd)
+        finally:
+            lib.lib.dnnl_post_ops_destroy(post_ops)
+            lib.lib.dnnl_primitive_attr_destroy(attr)
+            self._finalizer = weakref.finalize(self, _destroy, lib.lib, descs, [], pds, [])
+        info = ctypes.c_char_p()
+        lib.check("dnnl_primitive_desc_query", pd, _QUERY_IMPL_INFO, 0, ctypes.byref(info))
+        self.implementation = (info.value or b"").decode()
+        if self.implementation.startswith("ref"):
+            raise DnnlError(f"only oneDNN's reference kernel ({self.implementation})")
+        self.weights = self._packed(pd, dense, weight_shape, weights)
+        self.bias_array = self.bias_memory = None
+        if b is not None and bias is not None:
+            self.bias_array = np.ascontiguousarray(b, np.float32)  # kept: the memory points here
+            self.bias_memory = lib.memory(bias, self.bias_array.ctypes.data)
+        scratchpad = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, _ARG_SCRATCHPAD)
+        self.scratchpad_bytes = int(lib.lib.dnnl_memory_desc_get_size(scratchpad))
+        self.scratchpad_desc = _Handle(scratchpad)  # owned by pd, which this object keeps
+        self.primitive = lib.new("dnnl_primitive_create", pd)
+        self.src_desc, self.dst_desc = src, dst
+        self.src1_desc = src1
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(
+            self, _destroy, lib.lib, descs,
+            [] if self.bias_memory is None else [self.bias_memory], pds, [self.primitive])
+        self._local = threading.local()
+
+    def _packed(self, pd: _Handle, dense: np.ndarray, weight_shape: tuple[int, ...],
+                shared: list[PackedWeights]) -> PackedWeights:
+        """The weight in the layout ``pd`` wants: one the node packed already, or a new one."""
+        lib = self.lib
+        wanted = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, _ARG_WEIGHTS)
+        for packed in shared:
+            if packed.matches(wanted):
+                return packed
+        target = _Handle()  # the query's descriptor belongs to pd: keep a copy of our own
+        lib.check("dnnl_memory_desc_clone", ctypes.byref(target), _Handle(wanted))
+        dense = np.ascontiguousarray(dense, np.float32)  # bfloat16 widens exactly
+        source = lib.memory_desc(weight_shape, _c_strides(weight_shape), _DATA_TYPES[dense.dtype])
+        try:
+            buffer, address = _aligned_empty(int(lib.lib.dnnl_memory_desc_get_size(target)))
+            lib.reorder(source, dense.ctypes.data, target, address)
+        finally:
+            lib.lib.dnnl_memory_desc_destroy(source)
+        packed = PackedWeights(lib, target, buffer, address)
+        shared.append(packed)
+        return packed
+
+    def unpack(self) -> np.ndarray:
+        """The packed weight's values in the ONNX layout (float32 when packed as float32)."""
+        lib = self.lib
+        dense = np.empty(self.w.shape, np.float32)
+        weight_shape = self.weight_shape
+        target = lib.memory_desc(weight_shape, _c_strides(weight_shape), _DATA_TYPES[dense.dtype])
+        try:
+            lib.reorder(self.weights.desc, self.weights.address, target, dense.ctypes.data)
+        finally:
+            lib.lib.dnnl_memory_desc_destroy(target)
+        return dense
+
+    def _bindings(self) -> _Bindings:
+        """This thread's memory objects for the arrays of a call (made on its first call)."""
+        bindings: _Bindings | None = getattr(self._local, "bindings", None)
+        if bindings is None:
+            bindings = self._local.bindings = _Bindings(self)
+        return bindings
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                 residual: np.ndarray | None) -> np.ndarray | None:
+        """``act(conv(x) + b + residual)`` as an NHWC-strided array, or None when this call is
+        not the one the primitive was made for (the caller then takes its general path)."""
+        if (
+            w is not self.w
+            or b is not self.b
+            or x.shape != self.shape
+            or x.strides != self.x_strides
+            or x.dtype != self.dtype
+            or (None if residual is None else (residual.shape, residual.strides))
+            != self.residual
+            or (residual is not None and residual.dtype != self.dtype)
+        ):
+            return None
+        y = np.empty(self.out_shape, self.dtype)
+        bindings = self._bindings()
+        set_handle = self.lib.set_handle
+        set_handle(bindings.src, x.ctypes.data)
+        set_handle(bindings.dst, y.ctypes.data)
+        if residual is not None:
+            set_handle(bindings.src1, residual.ctypes.data)
+        status = self.lib.execute(self.primitive, self.lib.stream, bindings.count,
+                                  bindings.args_address)
+        if status != _SUCCESS:
+            raise DnnlError(f"oneDNN convolution ({self.implementation}) failed with status "
+                            f"{status}")
+        return y.transpose(0, 3, 1, 2)
+
+
+class _Bindings:
+    """One thread's memory objects for one :class:`Conv2d`, and its scratchpad."""
+
+    def __init__(self, conv: Conv2d) -> None:
+        lib = conv.lib
+        self.src = lib.memory(conv.src_desc, None)
+        self.dst = lib.memory(conv.dst_desc, None)
+        self.src1 = None if conv.src1_desc is None else lib.memory(conv.src1_desc, None)
+        self.scratchpad, address = _aligned_empty(conv.scratchpad_bytes)
+        self.scratchpad_memory = lib.memory(conv.scratchpad_desc, address)
+        args = [(_ARG_SRC, self.src), (_ARG_WEIGHTS, conv.weights.memory),
+                (_ARG_DST, self.dst), (_ARG_SCRATCHPAD, self.scratchpad_memory)]
+        if conv.bias_memory is not None:
+            args.append((_ARG_BIAS, conv.bias_memory))
+        if self.src1 is not None:
+            args.append((_ARG_POST_OP_BASE | _ARG_SRC_1, self.src1))
+        self.count = len(args)
+        self.args = (_ExecArg * len(args))(*(_ExecArg(a, m) for a, m in args))
+        self.args_address = ctypes.addressof(self.args)
+        memories = [self.src, self.dst, self.scratchpad_memory]
+        if self.src1 is not None:
+            memories.append(self.src1)
+        weakref.finalize(self, _destroy, lib.lib, [], memories, [], [])
+
+
+def create(x: np.ndarray, w: np.ndarray, dense: np.ndarray, b: np.ndarray | None, *,
+           strides: list[int], dilations: list[int], pads: list[int], group: int,
+           activation: str, activation_params: list[float], residual: np.ndarray | None,
+           weights: list[PackedWeights]) -> Conv2d | None:
+    """A :class:`Conv2d` for this call, or None where this module does not serve it.
+
+    ``w`` is the node's weight object (calls are matched to it by identity), ``dense`` its
+    values (the same array, or a copy rebuilt after ``w``'s memory was released); ``weights``
+    the node's packed weights so far, to which a new packing is added.
+    """
+    lib = library()
+    if (
+        lib is None
+        or x.ndim != 4
+        or w.ndim != 4
+        or x.dtype not in _DATA_TYPES
+        or (activation and activation not in _ELTWISE)
+        or (residual is not None and residual.dtype != x.dtype)
+    ):
+        return None
+    x_strides = _element_strides(x)
+    residual_strides = None if residual is None else _element_strides(residual)
+    if x_strides is None or (residual is not None and residual_strides is None):
+        return None
+    try:
+        return Conv2d(lib, x, x_strides, w, dense, b, strides=strides, dilations=dilations,
+                      pads=pads, group=group, activation=activation,
+                      activation_params=activation_params, residual=residual,
+                      residual_strides=residual_strides, weights=weights)
+    except DnnlError as exc:
+        logger.debug("oneDNN convolution not made (%s); PyTorch's path serves it", exc)
+        return None
+
+
+def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def _eltwise_parameters(activation: str, params: list[float]) -> tuple[float, float]:
+    """oneDNN's (alpha, beta) for a Hetrix activation's parameters."""
+    if activation == "LeakyRelu":
+        return (float(params[0]) if params else 0.01), 0.0
+    if activation == "Clip":
+        low = float(params[0]) if params else -np.inf
+        high = float(params[1]) if len(params) > 1 else np.inf
+        return low, high
+    return 0.0, 0.0
+
+
+def _destroy(lib: ctypes.CDLL, descs: list[_Handle], memories: list[_Handle],
+             pds: list[_Handle], primitives: list[_Handle]) -> None:
+    for primitive in primitives:
+        lib.dnnl_primitive_destroy(primitive)
+    for pd in pds:
+        lib.dnnl_primitive_desc_destroy(pd)
+    for memory in memories:
+        lib.dnnl_memory_destroy(memory)
+    for desc in descs:
+        lib.dnnl_memory_desc_destroy(desc)

@@ -1,0 +1,222 @@
+"""oneDNN's convolution primitive kept per node (``hetrix.backends.numpy_cpu.kernels._dnnl``),
+called on its own, against a float64 NumPy convolution written here.
+
+The model-level tests (``test_onednn_paths.py``) run the same path inside sessions against ONNX
+Runtime; these pin down the module's own promises: every geometry and post-op computes the
+convolution, a call that differs from the one a primitive was made for is refused (None), the
+node's primitives share one packed weight, the packed weight gives its values back exactly, and
+concurrent calls from several threads stay correct.  Skipped where the ``onednn`` extra is not
+installed.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from hetrix.backends.numpy_cpu.kernels import _dnnl
+
+pytestmark = pytest.mark.skipif(not _dnnl.available(),
+                                reason="oneDNN (the onednn extra) is not installed")
+
+
+def reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *, strides: list[int],
+              dilations: list[int], pads: list[int], group: int) -> np.ndarray:
+    """Grouped, strided, dilated, padded 2-D convolution in float64."""
+    x = np.pad(x.astype(np.float64), [(0, 0), (0, 0), (pads[0], pads[0]), (pads[1], pads[1])])
+    k, cg, kh, kw = w.shape
+    span = (dilations[0] * (kh - 1) + 1, dilations[1] * (kw - 1) + 1)
+    windows = sliding_window_view(x, span, axis=(2, 3))[
+        :, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
+    outputs = []
+    for g in range(group):
+        part = windows[:, g * cg:(g + 1) * cg]
+        weight = w[g * (k // group):(g + 1) * (k // group)].astype(np.float64)
+        outputs.append(np.einsum("nchwij,kcij->nkhw", part, weight))
+    y = np.concatenate(outputs, axis=1)
+    return y if b is None else y + b.astype(np.float64).reshape(1, -1, 1, 1)
+
+
+ACTIVATIONS: dict[str, tuple[list[float], Any]] = {
+    "": ([], lambda y: y),
+    "Relu": ([], lambda y: np.maximum(y, 0)),
+    "LeakyRelu": ([0.2], lambda y: np.where(y > 0, y, 0.2 * y)),
+    "Clip": ([-0.5, 0.75], lambda y: np.clip(y, -0.5, 0.75)),
+    "Sigmoid": ([], lambda y: 1 / (1 + np.exp(-y))),
+    "Tanh": ([], np.tanh),
+    "Gelu": ([], lambda y: 0.5 * y * (1 + np.vectorize(__import__("math").erf)(y / 2 ** 0.5))),
+    "GeluTanh": ([], lambda y: 0.5 * y * (1 + np.tanh((2 / np.pi) ** 0.5
+                                                       * (y + 0.044715 * y ** 3)))),
+}
+
+GEOMETRIES = {  # (N, C, H, W), (K, kernel), strides, dilations, pads, group
+    "1x1": ((1, 16, 7, 7), (32, 1), [1, 1], [1, 1], [0, 0], 1),
+    "3x3_pad": ((2, 8, 9, 9), (16, 3), [1, 1], [1, 1], [1, 1], 1),
+    "3x3_stride2": ((1, 8, 11, 11), (8, 3), [2, 2], [1, 1], [1, 1], 1),
+    "5x5_dilated": ((1, 4, 13, 13), (8, 5), [1, 1], [2, 2], [4, 4], 1),
+    "grouped": ((1, 16, 8, 8), (24, 3), [1, 1], [1, 1], [1, 1], 4),
+    "depthwise": ((1, 32, 10, 10), (32, 3), [1, 1], [1, 1], [1, 1], 32),
+    "depthwise_stride2": ((2, 24, 12, 12), (24, 3), [2, 2], [1, 1], [1, 1], 24),
+    "rect_stride": ((1, 8, 10, 14), (8, 3), [1, 2], [1, 1], [0, 1], 1),
+}
+
+
+def channels_last(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def constant(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)  # as the plan's weights are
+    return array
+
+
+def case(name: str, rng: np.random.Generator, dtype: Any = np.float32) -> tuple:
+    shape, (k, size), strides, dilations, pads, group = GEOMETRIES[name]
+    x = channels_last(rng.standard_normal(shape).astype(dtype))
+    w = constant((rng.standard_normal((k, shape[1] // group, size, size)) * 0.3)
+                 .astype(np.float32))
+    b = constant(rng.standard_normal(k).astype(np.float32))
+    geometry = dict(strides=strides, dilations=dilations, pads=pads, group=group)
+    return x, w, b, geometry
+
+
+def make(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: dict, *,
+         activation: str = "", params: list[float] | None = None,
+         residual: np.ndarray | None = None,
+         weights: list[_dnnl.PackedWeights] | None = None) -> _dnnl.Conv2d:
+    conv = _dnnl.create(x, w, w, b, activation=activation, activation_params=params or [],
+                        residual=residual, weights=[] if weights is None else weights,
+                        **geometry)
+    assert conv is not None, "oneDNN refused the convolution"
+    return conv
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_geometry_matches_float64(name: str) -> None:
+    x, w, b, geometry = case(name, np.random.default_rng(0))
+    conv = make(x, w, b, geometry)
+    y = conv(x, w, b, None)
+    assert y is not None and not conv.implementation.startswith("ref")
+    want = reference(x, w, b, **geometry)
+    assert y.shape == want.shape
+    assert y.strides[1] == y.itemsize  # NHWC in memory, as the next conv wants it
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_post_ops_match_float64(activation: str, with_residual: bool) -> None:
+    rng = np.random.default_rng(1)
+    x, w, b, geometry = case("3x3_pad", rng)
+    params, function = ACTIVATIONS[activation]
+    plain = reference(x, w, b, **geometry)
+    residual = channels_last(rng.standard_normal(plain.shape).astype(np.float32)) \
+        if with_residual else None
+    conv = make(x, w, b, geometry, activation=activation, params=params, residual=residual)
+    y = conv(x, w, b, residual)
+    want = function(plain + (0 if residual is None else residual))
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_within_its_precision() -> None:
+    rng = np.random.default_rng(2)
+    x, w, b, geometry = case("grouped", rng, dtype=ml_dtypes.bfloat16)
+    conv = make(x, w, b, geometry, activation="Relu")
+    y = conv(x, w, b, None)
+    assert y is not None and y.dtype == x.dtype
+    want = np.maximum(reference(x.astype(np.float32), w, b, **geometry), 0)
+    # bfloat16 keeps 8 bits of mantissa: the products' inputs are rounded to it
+    np.testing.assert_allclose(y.astype(np.float32), want, rtol=0.05, atol=0.05)
+
+
+def test_nchw_source_is_refused_not_run_slowly() -> None:
+    """oneDNN has only its reference kernel for an NCHW source of few channels; the module
+    refuses it (the caller converts to NHWC first) instead of running that kernel."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    w = constant(rng.standard_normal((8, 3, 3, 3)).astype(np.float32))
+    geometry = dict(strides=[2, 2], dilations=[1, 1], pads=[1, 1], group=1)
+    assert _dnnl.create(x, w, w, None, activation="", activation_params=[], residual=None,
+                        weights=[], **geometry) is None
+    conv = make(channels_last(x), w, None, geometry)
+    np.testing.assert_allclose(conv(channels_last(x), w, None, None),
+                               reference(x, w, None, **geometry), rtol=1e-4, atol=1e-4)
+
+
+def test_a_different_call_is_refused() -> None:
+    """The primitive serves exactly the call it was made for; anything else returns None, so
+    that the caller takes its general path (and never gets a wrong answer)."""
+    rng = np.random.default_rng(4)
+    x, w, b, geometry = case("3x3_pad", rng)
+    conv = make(x, w, b, geometry)
+    other_w = constant(w.copy())
+    residual = channels_last(np.ones((2, 16, 9, 9), np.float32))
+    assert conv(x, other_w, b, None) is None  # another weight object
+    assert conv(x, w, None, None) is None  # bias dropped
+    assert conv(x[:1], w, b, None) is None  # another batch
+    assert conv(np.ascontiguousarray(x), w, b, None) is None  # NCHW strides
+    assert conv(x.astype(np.float64), w, b, None) is None
+    assert conv(x, w, b, residual) is None  # made without a residual
+    assert conv(x, w, b, None) is not None
+
+
+def test_layouts_share_one_packed_weight_that_unpacks_exactly() -> None:
+    rng = np.random.default_rng(5)
+    x, w, b, geometry = case("3x3_pad", rng)
+    shared: list[_dnnl.PackedWeights] = []
+    first = make(x, w, b, geometry, weights=shared)
+    one = channels_last(np.asarray(x[:1]))
+    second = make(one, w, b, geometry, weights=shared)
+    # another batch size asks for the same blocked layout here: the weight is packed once
+    assert len(shared) == 1 and first.weights is second.weights
+    assert np.array_equal(first.unpack(), w)
+    np.testing.assert_allclose(second(one, w, b, None),
+                               reference(x[:1], w, b, **geometry), rtol=1e-4, atol=1e-4)
+
+
+def test_concurrent_calls_from_threads() -> None:
+    """Each thread binds its own memory objects and scratchpad: four threads running one
+    primitive at once on different inputs each get their own answer."""
+    rng = np.random.default_rng(6)
+    x, w, b, geometry = case("depthwise", rng)
+    conv = make(x, w, b, geometry, activation="Relu")
+    inputs = [channels_last(rng.standard_normal(x.shape).astype(np.float32)) for _ in range(4)]
+    wants = [np.maximum(reference(i, w, b, **geometry), 0) for i in inputs]
+    failures: list[str] = []
+    start = threading.Barrier(len(inputs))
+
+    def work(index: int) -> None:
+        start.wait()
+        for _ in range(50):
+            y = conv(inputs[index], w, b, None)
+            if y is None or not np.allclose(y, wants[index], rtol=1e-4, atol=1e-4):
+                failures.append(f"thread {index}")
+                return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_switched_off_or_missing_library(monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """``HETRIX_DNNL=0`` turns the path off; a ``HETRIX_DNNL_LIBRARY`` that cannot be loaded
+    is reported in the log and leaves the path off (PyTorch's call then serves convs)."""
+    monkeypatch.setattr(_dnnl, "_LOADED", False)
+    monkeypatch.setattr(_dnnl, "_LIBRARY", None)
+    monkeypatch.setenv("HETRIX_DNNL", "0")
+    assert not _dnnl.available()
+    monkeypatch.setattr(_dnnl, "_LOADED", False)
+    monkeypatch.delenv("HETRIX_DNNL")
+    monkeypatch.setenv("HETRIX_DNNL_LIBRARY", "/nonexistent/libdnnl.so.3")
+    with caplog.at_level("WARNING"):
+        assert not _dnnl.available()
+    assert "/nonexistent/libdnnl.so.3" in caplog.text
