@@ -20,7 +20,7 @@ from hetrix.bench.runtimes import HETRIX, threadpoolctl_available
 from hetrix.errors import InvalidArgumentError
 
 VERSIONED_PACKAGES = ("hetrix", "numpy", "onnx", "onnx-ir", "onnxruntime", "openvino",
-                      "threadpoolctl", "torch")
+                      "threadpoolctl", "torch", "onednn-cpu-gomp")
 
 
 # -- machine -----------------------------------------------------------------------------------
