@@ -51,6 +51,8 @@ class Route:
     """Calls of ``_onednn.conv2d``."""
     pools: int = 0
     """PyTorch pool results used (``pool._torch_pool`` calls that did not decline)."""
+    kept_pools: int = 0
+    """Pool results from a oneDNN primitive the node keeps (``pool._kept_pool``, :mod:`._dnnl`)."""
     post_ops: list[str] = field(default_factory=list)
     """The activation each oneDNN conv applied as its post-op ("" for none)."""
     residuals: int = 0
@@ -80,7 +82,7 @@ def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ro
     else:
         monkeypatch.setattr(_library, "_FUNCTIONAL", False)
     state = Route(library)
-    conv2d, torch_pool = _onednn.conv2d, pool._torch_pool
+    conv2d, torch_pool, kept_pool = _onednn.conv2d, pool._torch_pool, pool._kept_pool
 
     def counted_conv2d(*args: Any, **kwargs: Any) -> np.ndarray:
         state.convs += 1
@@ -93,8 +95,14 @@ def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ro
         state.pools += result is not None
         return result
 
+    def counted_kept_pool(*args: Any, **kwargs: Any) -> np.ndarray | None:
+        result = kept_pool(*args, **kwargs)
+        state.kept_pools += result is not None
+        return result
+
     monkeypatch.setattr(_onednn, "conv2d", counted_conv2d)
     monkeypatch.setattr(pool, "_torch_pool", counted_pool)
+    monkeypatch.setattr(pool, "_kept_pool", counted_kept_pool)
     return state
 
 
@@ -745,7 +753,8 @@ def test_max_pool_with_indices_matches_onnxruntime(name: str, source: str, stora
     attrs = {**attrs, "storage_order": storage_order}
     model, feeds = _pool_model(rng, "MaxPool", size, attrs, source, outputs=("y", "indices"))
     Compared(model).check(feeds)
-    assert route.pools == 0  # PyTorch's indices are not ONNX's: the NumPy kernel runs
+    # PyTorch's and oneDNN's indices are not ONNX's: the NumPy kernel runs
+    assert route.pools == route.kept_pools == 0
 
 
 @pytest.mark.parametrize("source", ["plain", "conv"])
@@ -759,13 +768,16 @@ def test_average_pool_matches_onnxruntime(name: str, source: str, route: Route,
 
 @pytest.mark.parametrize(("op", "name"), [("MaxPool", "k3_s2_p1"), ("MaxPool", "pads_mixed"),
                                           ("AveragePool", "k3_s1_p1_include")])
-def test_common_pools_run_on_pytorch(op: str, name: str, route: Route,
-                                     rng: np.random.Generator) -> None:
-    """The ResNet/Inception geometries do take PyTorch's pooling when it is there."""
+def test_common_pools_run_on_a_library(op: str, name: str, route: Route,
+                                       rng: np.random.Generator) -> None:
+    """The ResNet/Inception geometries do take a library's pooling when there is one: the
+    node's own oneDNN primitive with the onednn extra, else PyTorch's call."""
     size, attrs = (MAX_POOLS if op == "MaxPool" else AVERAGE_POOLS)[name]
     model, feeds = _pool_model(rng, op, size, attrs, "conv")
     Compared(model).check(feeds)
-    assert route.pools == (1 if route.library else 0)
+    kept = route.library and _dnnl.available()
+    assert route.kept_pools == (1 if kept else 0)
+    assert route.pools == (1 if route.library and not kept else 0)
 
 
 @pytest.mark.parametrize(
@@ -810,7 +822,10 @@ def test_pool_after_conv_then_conv(route: Route, rng: np.random.Generator) -> No
     compared.check({"x": f32(rng, 2, 3, 32, 32)})
     assert compared.count("Conv+Add") == 1
     route.check_convs()
-    assert route.pools == (2 if route.library else 0)
+    if route.library and _dnnl.available():  # both pools and the global one on kept primitives
+        assert (route.pools, route.kept_pools) == (0, 3)
+    else:  # the two window pools on PyTorch's call (NumPy-only: neither)
+        assert (route.pools, route.kept_pools) == (2 if route.library else 0, 0)
 
 
 # --------------------------------------------------------------------------- 4. the fusion pass

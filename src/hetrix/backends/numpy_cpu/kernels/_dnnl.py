@@ -51,7 +51,8 @@ _BINARY_ADD = 0x1FFF0
 _RUNTIME_OMP = 2
 _MAX_DIMS = 12
 
-_DATA_TYPES = {np.dtype(np.float32): 3, np.dtype(ml_dtypes.bfloat16): 2}
+_FLOAT32 = np.dtype(np.float32)
+_DATA_TYPES = {_FLOAT32: 3, np.dtype(ml_dtypes.bfloat16): 2}
 """NumPy dtype -> dnnl_data_type_t, for the types this module computes in."""
 
 _ELTWISE = {
@@ -229,7 +230,126 @@ class PackedWeights:
         return bool(self.lib.lib.dnnl_memory_desc_equal(self.desc, desc))
 
 
-class Conv2d:
+class _Primitive:
+    """What every kept primitive here has: the descriptors and objects it made (destroyed with
+    it), the primitive, and per-thread bindings of the arrays each call passes.
+
+    Subclasses build their primitive descriptor with :meth:`_desc`, :meth:`_attr` and
+    :meth:`_primitive_desc`, declare the arguments bound per call (``runtime_args``, in the
+    order :meth:`_execute` gets their addresses) and those fixed for good (``constant_args``),
+    and call :meth:`_finish`.
+    """
+
+    def __init__(self, lib: _Library) -> None:
+        self.lib = lib
+        self._descs: list[_Handle] = []
+        self._memories: list[_Handle] = []
+        self._pds: list[_Handle] = []
+        self._primitives: list[_Handle] = []
+        # one finalizer over lists filled while the object is built: whatever was made before
+        # an error (a refused case) is destroyed as well
+        weakref.finalize(self, _destroy, lib.lib, self._descs, self._memories, self._pds,
+                         self._primitives)
+        self.runtime_args: list[tuple[int, _Handle]] = []
+        self.constant_args: list[tuple[int, _Handle]] = []
+        self.implementation = ""
+        self._local = threading.local()
+
+    def _desc(self, shape: tuple[int, ...], strides: tuple[int, ...] | None,
+              data_type: int) -> _Handle:
+        made = self.lib.memory_desc(shape, strides, data_type)
+        self._descs.append(made)
+        return made
+
+    def _attr(self, post_ops: list[tuple[str, tuple[Any, ...]]] | None = None) -> _Handle:
+        """A primitive attribute: user-managed scratchpad (per thread, see :class:`_Bindings`)
+        and the given post-ops, each ``("eltwise", (algorithm, alpha, beta))`` or
+        ``("binary", (algorithm, descriptor))``."""
+        lib = self.lib
+        attr = lib.new("dnnl_primitive_attr_create")
+        try:
+            lib.check("dnnl_primitive_attr_set_scratchpad_mode", attr, _SCRATCHPAD_USER)
+            if post_ops:
+                chain = lib.new("dnnl_post_ops_create")
+                try:
+                    for kind, args in post_ops:
+                        lib.check(f"dnnl_post_ops_append_{kind}", chain, *args)
+                    lib.check("dnnl_primitive_attr_set_post_ops", attr, chain)
+                finally:
+                    lib.lib.dnnl_post_ops_destroy(chain)
+        except DnnlError:
+            lib.lib.dnnl_primitive_attr_destroy(attr)
+            raise
+        return attr
+
+    def _primitive_desc(self, function: str, attr: _Handle, *args: Any) -> _Handle:
+        """``dnnl_<function>_primitive_desc_create(engine, *args, attr)``; frees ``attr``."""
+        try:
+            pd = self.lib.new(f"dnnl_{function}_primitive_desc_create", self.lib.engine, *args,
+                              attr)
+        finally:
+            self.lib.lib.dnnl_primitive_attr_destroy(attr)
+        self._pds.append(pd)
+        return pd
+
+    def _finish(self, pd: _Handle) -> None:
+        """Refuse oneDNN's reference kernel (slower than the paths it would replace), size the
+        scratchpad and create the primitive."""
+        lib = self.lib
+        info = ctypes.c_char_p()
+        lib.check("dnnl_primitive_desc_query", pd, _QUERY_IMPL_INFO, 0, ctypes.byref(info))
+        self.implementation = (info.value or b"").decode()
+        if self.implementation.startswith("ref"):
+            raise DnnlError(f"only oneDNN's reference kernel ({self.implementation})")
+        scratchpad = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, _ARG_SCRATCHPAD)
+        self.scratchpad_bytes = int(lib.lib.dnnl_memory_desc_get_size(scratchpad))
+        self.scratchpad_desc = _Handle(scratchpad)  # owned by pd, which this object keeps
+        self.primitive = lib.new("dnnl_primitive_create", pd)
+        self._primitives.append(self.primitive)
+
+    def _constant(self, arg: int, desc: _Handle, address: int) -> None:
+        """Bind ``arg`` for good to the bytes at ``address`` (the caller keeps them alive)."""
+        memory = self.lib.memory(desc, address)
+        self._memories.append(memory)
+        self.constant_args.append((arg, memory))
+
+    def _execute(self, addresses: tuple[int, ...]) -> None:
+        """Run on the arrays at ``addresses`` (one per ``runtime_args`` entry)."""
+        bindings: _Bindings | None = getattr(self._local, "bindings", None)
+        if bindings is None:  # this thread's first call
+            bindings = self._local.bindings = _Bindings(self)
+        set_handle = self.lib.set_handle
+        for memory, address in zip(bindings.runtime, addresses, strict=True):
+            set_handle(memory, address)
+        status = self.lib.execute(self.primitive, self.lib.stream, bindings.count,
+                                  bindings.args_address)
+        if status != _SUCCESS:
+            raise DnnlError(f"oneDNN {self.implementation} failed with status {status}")
+
+
+class _Bindings:
+    """One thread's memory objects for one primitive's per-call arrays, and its scratchpad."""
+
+    def __init__(self, primitive: _Primitive) -> None:
+        lib = primitive.lib
+        self.runtime = [lib.memory(desc, None) for _, desc in primitive.runtime_args]
+        self.scratchpad, address = _aligned_empty(primitive.scratchpad_bytes)
+        scratchpad = lib.memory(primitive.scratchpad_desc, address)
+        args = [(arg, memory) for (arg, _), memory in zip(primitive.runtime_args, self.runtime,
+                                                          strict=True)]
+        args += [*primitive.constant_args, (_ARG_SCRATCHPAD, scratchpad)]
+        self.count = len(args)
+        self.args = (_ExecArg * len(args))(*(_ExecArg(a, m) for a, m in args))
+        self.args_address = ctypes.addressof(self.args)
+        weakref.finalize(self, _destroy, lib.lib, [], [*self.runtime, scratchpad], [], [])
+
+
+def _nhwc(c: int, h: int, w: int) -> tuple[int, ...]:
+    """Element strides of an NCHW-indexed array laid out NHWC."""
+    return (h * w * c, 1, w * c, c)
+
+
+class Conv2d(_Primitive):
     """One node's 2-D convolution (with bias, a post-op activation and an optional residual
     add) as a oneDNN primitive for one input layout; :meth:`__call__` runs it.
 
@@ -243,7 +363,7 @@ class Conv2d:
                  activation_params: list[float], residual: np.ndarray | None,
                  residual_strides: tuple[int, ...] | None,
                  weights: list[PackedWeights]) -> None:
-        self.lib = lib
+        super().__init__(lib)
         n, c, h, wd = x.shape
         k, _, kh, kw = w.shape
         oh = (h + 2 * pads[0] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
@@ -252,65 +372,33 @@ class Conv2d:
         self.residual = None if residual is None else (residual.shape, residual.strides)
         self.out_shape = (n, oh, ow, k)  # NHWC in memory, handed out as an NCHW view
         data_type = _DATA_TYPES[x.dtype]
-        descs: list[_Handle] = []
-        pds: list[_Handle] = []
-
-        def desc(shape: tuple[int, ...], strides_: tuple[int, ...] | None, dt: int) -> _Handle:
-            made = lib.memory_desc(shape, strides_, dt)
-            descs.append(made)
-            return made
-
         # oneDNN's grouped weights carry the group as a leading axis
         weight_shape = (group, k // group, c // group, kh, kw) if group > 1 else (k, c, kh, kw)
         self.weight_shape = weight_shape
-        src = desc((n, c, h, wd), x_strides, data_type)
-        dst = desc((n, k, oh, ow), (oh * ow * k, 1, ow * k, k), data_type)
-        weight_any = desc(weight_shape, None, data_type)
-        bias = None if b is None else desc((k,), (1,), _DATA_TYPES[np.dtype(np.float32)])
-        src1 = None
-        attr = lib.new("dnnl_primitive_attr_create")
-        post_ops = lib.new("dnnl_post_ops_create")
-        try:
-            lib.check("dnnl_primitive_attr_set_scratchpad_mode", attr, _SCRATCHPAD_USER)
-            if residual is not None:
-                assert residual_strides is not None
-                src1 = desc((n, k, oh, ow), residual_strides, data_type)
-                lib.check("dnnl_post_ops_append_binary", post_ops, _BINARY_ADD, src1)
-            if activation:
-                alpha, beta = _eltwise_parameters(activation, activation_params)
-                lib.check("dnnl_post_ops_append_eltwise", post_ops, _ELTWISE[activation],
-                          alpha, beta)
-            lib.check("dnnl_primitive_attr_set_post_ops", attr, post_ops)
-            dilate = [d - 1 for d in dilations]  # oneDNN counts the gaps: 0 is no dilation
-            pd = lib.new("dnnl_convolution_forward_primitive_desc_create", lib.engine,
-                         _FORWARD_INFERENCE, _CONVOLUTION_DIRECT, src, weight_any, bias, dst,
-                         _Dims(*strides), _Dims(*dilate), _Dims(*pads), _Dims(*pads), attr)
-            pds.append(pd)
-        finally:
-            lib.lib.dnnl_post_ops_destroy(post_ops)
-            lib.lib.dnnl_primitive_attr_destroy(attr)
-            self._finalizer = weakref.finalize(self, _destroy, lib.lib, descs, [], pds, [])
-        info = ctypes.c_char_p()
-        lib.check("dnnl_primitive_desc_query", pd, _QUERY_IMPL_INFO, 0, ctypes.byref(info))
-        self.implementation = (info.value or b"").decode()
-        if self.implementation.startswith("ref"):
-            raise DnnlError(f"only oneDNN's reference kernel ({self.implementation})")
+        src = self._desc((n, c, h, wd), x_strides, data_type)
+        dst = self._desc((n, k, oh, ow), _nhwc(k, oh, ow), data_type)
+        bias = None if b is None else self._desc((k,), (1,), _DATA_TYPES[_FLOAT32])
+        post_ops: list[tuple[str, tuple[Any, ...]]] = []
+        self.runtime_args = [(_ARG_SRC, src), (_ARG_DST, dst)]
+        if residual is not None:
+            assert residual_strides is not None
+            src1 = self._desc((n, k, oh, ow), residual_strides, data_type)
+            post_ops.append(("binary", (_BINARY_ADD, src1)))
+            self.runtime_args.append((_ARG_POST_OP_BASE | _ARG_SRC_1, src1))
+        if activation:
+            alpha, beta = _eltwise_parameters(activation, activation_params)
+            post_ops.append(("eltwise", (_ELTWISE[activation], alpha, beta)))
+        dilate = [d - 1 for d in dilations]  # oneDNN counts the gaps: 0 is no dilation
+        pd = self._primitive_desc(
+            "convolution_forward", self._attr(post_ops), _FORWARD_INFERENCE, _CONVOLUTION_DIRECT,
+            src, self._desc(weight_shape, None, data_type), bias, dst, _Dims(*strides),
+            _Dims(*dilate), _Dims(*pads), _Dims(*pads))
+        self._finish(pd)
         self.weights = self._packed(pd, dense, weight_shape, weights)
-        self.bias_array = self.bias_memory = None
+        self.constant_args.append((_ARG_WEIGHTS, self.weights.memory))
         if b is not None and bias is not None:
             self.bias_array = np.ascontiguousarray(b, np.float32)  # kept: the memory points here
-            self.bias_memory = lib.memory(bias, self.bias_array.ctypes.data)
-        scratchpad = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, _ARG_SCRATCHPAD)
-        self.scratchpad_bytes = int(lib.lib.dnnl_memory_desc_get_size(scratchpad))
-        self.scratchpad_desc = _Handle(scratchpad)  # owned by pd, which this object keeps
-        self.primitive = lib.new("dnnl_primitive_create", pd)
-        self.src_desc, self.dst_desc = src, dst
-        self.src1_desc = src1
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(
-            self, _destroy, lib.lib, descs,
-            [] if self.bias_memory is None else [self.bias_memory], pds, [self.primitive])
-        self._local = threading.local()
+            self._constant(_ARG_BIAS, bias, self.bias_array.ctypes.data)
 
     def _packed(self, pd: _Handle, dense: np.ndarray, weight_shape: tuple[int, ...],
                 shared: list[PackedWeights]) -> PackedWeights:
@@ -345,13 +433,6 @@ class Conv2d:
             lib.lib.dnnl_memory_desc_destroy(target)
         return dense
 
-    def _bindings(self) -> _Bindings:
-        """This thread's memory objects for the arrays of a call (made on its first call)."""
-        bindings: _Bindings | None = getattr(self._local, "bindings", None)
-        if bindings is None:
-            bindings = self._local.bindings = _Bindings(self)
-        return bindings
-
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                  residual: np.ndarray | None) -> np.ndarray | None:
         """``act(conv(x) + b + residual)`` as an NHWC-strided array, or None when this call is
@@ -368,43 +449,72 @@ class Conv2d:
         ):
             return None
         y = np.empty(self.out_shape, self.dtype)
-        bindings = self._bindings()
-        set_handle = self.lib.set_handle
-        set_handle(bindings.src, x.ctypes.data)
-        set_handle(bindings.dst, y.ctypes.data)
-        if residual is not None:
-            set_handle(bindings.src1, residual.ctypes.data)
-        status = self.lib.execute(self.primitive, self.lib.stream, bindings.count,
-                                  bindings.args_address)
-        if status != _SUCCESS:
-            raise DnnlError(f"oneDNN convolution ({self.implementation}) failed with status "
-                            f"{status}")
+        if residual is None:
+            self._execute((x.ctypes.data, y.ctypes.data))
+        else:
+            self._execute((x.ctypes.data, y.ctypes.data, residual.ctypes.data))
         return y.transpose(0, 3, 1, 2)
 
 
-class _Bindings:
-    """One thread's memory objects for one :class:`Conv2d`, and its scratchpad."""
+POOLINGS = {"max": 0x1FF, "average_with_pads": 0x2FF, "average": 0x3FF}
+"""Pooling kind -> oneDNN algorithm: the max, the mean over the window including the explicit
+pads, and the mean over the input elements only."""
 
-    def __init__(self, conv: Conv2d) -> None:
-        lib = conv.lib
-        self.src = lib.memory(conv.src_desc, None)
-        self.dst = lib.memory(conv.dst_desc, None)
-        self.src1 = None if conv.src1_desc is None else lib.memory(conv.src1_desc, None)
-        self.scratchpad, address = _aligned_empty(conv.scratchpad_bytes)
-        self.scratchpad_memory = lib.memory(conv.scratchpad_desc, address)
-        args = [(_ARG_SRC, self.src), (_ARG_WEIGHTS, conv.weights.memory),
-                (_ARG_DST, self.dst), (_ARG_SCRATCHPAD, self.scratchpad_memory)]
-        if conv.bias_memory is not None:
-            args.append((_ARG_BIAS, conv.bias_memory))
-        if self.src1 is not None:
-            args.append((_ARG_POST_OP_BASE | _ARG_SRC_1, self.src1))
-        self.count = len(args)
-        self.args = (_ExecArg * len(args))(*(_ExecArg(a, m) for a, m in args))
-        self.args_address = ctypes.addressof(self.args)
-        memories = [self.src, self.dst, self.scratchpad_memory]
-        if self.src1 is not None:
-            memories.append(self.src1)
-        weakref.finalize(self, _destroy, lib.lib, [], memories, [], [])
+
+class Pool2d(_Primitive):
+    """One node's 2-D max or average pooling as a oneDNN primitive for one input layout.
+
+    The output keeps the input's layout (NHWC after a convolution).  Padding is asymmetric as
+    given, so ONNX's ceil mode is ``pads_end`` extended by the caller.  Create with
+    :func:`create_pool`.
+    """
+
+    def __init__(self, lib: _Library, x: np.ndarray, x_strides: tuple[int, ...], *,
+                 kind: str, kernel: list[int], strides: list[int], dilations: list[int],
+                 pads_begin: list[int], pads_end: list[int], out: list[int]) -> None:
+        super().__init__(lib)
+        n, c, h, w = x.shape
+        oh, ow = out
+        self.shape, self.x_strides, self.dtype = x.shape, x.strides, x.dtype
+        self.channels_last = c > 1 and x_strides[1] == 1
+        data_type = _DATA_TYPES[x.dtype]
+        src = self._desc((n, c, h, w), x_strides, data_type)
+        dst_strides = _nhwc(c, oh, ow) if self.channels_last else _c_strides((n, c, oh, ow))
+        dst = self._desc((n, c, oh, ow), dst_strides, data_type)
+        self.runtime_args = [(_ARG_SRC, src), (_ARG_DST, dst)]
+        self.out_shape = (n, oh, ow, c) if self.channels_last else (n, c, oh, ow)
+        pd = self._primitive_desc(
+            "pooling_forward", self._attr(), _FORWARD_INFERENCE, POOLINGS[kind], src, dst,
+            _Dims(*strides), _Dims(*kernel), _Dims(*(d - 1 for d in dilations)),
+            _Dims(*pads_begin), _Dims(*pads_end))
+        self._finish(pd)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray | None:
+        """The pooled array, or None when ``x`` is not what the primitive was made for."""
+        if x.shape != self.shape or x.strides != self.x_strides or x.dtype != self.dtype:
+            return None
+        y = np.empty(self.out_shape, self.dtype)
+        self._execute((x.ctypes.data, y.ctypes.data))
+        return y.transpose(0, 3, 1, 2) if self.channels_last else y
+
+
+def create_pool(x: np.ndarray, *, kind: str, kernel: list[int], strides: list[int],
+                dilations: list[int], pads_begin: list[int], pads_end: list[int],
+                out: list[int]) -> Pool2d | None:
+    """A :class:`Pool2d` for ``x``, or None where this module does not serve it (no library,
+    a type or layout oneDNN cannot take, only its reference kernel)."""
+    lib = library()
+    if lib is None or x.ndim != 4 or x.dtype not in _DATA_TYPES:
+        return None
+    x_strides = _element_strides(x)
+    if x_strides is None:
+        return None
+    try:
+        return Pool2d(lib, x, x_strides, kind=kind, kernel=kernel, strides=strides,
+                      dilations=dilations, pads_begin=pads_begin, pads_end=pads_end, out=out)
+    except DnnlError as exc:
+        logger.debug("oneDNN pooling not made (%s); the other paths serve it", exc)
+        return None
 
 
 def create(x: np.ndarray, w: np.ndarray, dense: np.ndarray, b: np.ndarray | None, *,

@@ -1,5 +1,6 @@
-"""oneDNN's convolution primitive kept per node (``hetrix.backends.numpy_cpu.kernels._dnnl``),
-called on its own, against a float64 NumPy convolution written here.
+"""oneDNN's convolution and pooling primitives kept per node
+(``hetrix.backends.numpy_cpu.kernels._dnnl``), called on their own, against float64 NumPy
+convolution and pooling written here.
 
 The model-level tests (``test_onednn_paths.py``) run the same path inside sessions against ONNX
 Runtime; these pin down the module's own promises: every geometry and post-op computes the
@@ -220,3 +221,70 @@ def test_switched_off_or_missing_library(monkeypatch: pytest.MonkeyPatch,
     with caplog.at_level("WARNING"):
         assert not _dnnl.available()
     assert "/nonexistent/libdnnl.so.3" in caplog.text
+
+
+# --- pooling ------------------------------------------------------------------------------------
+
+
+def pool_reference(x: np.ndarray, kind: str, kernel: list[int], strides: list[int],
+                   dilations: list[int], begin: list[int], end: list[int]) -> np.ndarray:
+    """Max / mean over the input's taps / mean with the pads counted, in float64."""
+    padded = np.pad(x.astype(np.float64), [(0, 0), (0, 0), (begin[0], end[0]),
+                                           (begin[1], end[1])], constant_values=np.nan)
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilations, strict=True)]
+    windows = sliding_window_view(padded, span, axis=(2, 3))[
+        :, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
+    if kind == "max":
+        return np.nanmax(windows, axis=(-2, -1))
+    if kind == "average":
+        return np.nanmean(windows, axis=(-2, -1))
+    return np.nansum(windows, axis=(-2, -1)) / (kernel[0] * kernel[1])  # pads count
+
+
+POOLS = {  # kind, kernel, strides, dilations, pads begin, pads end
+    "max_k3_s2": ("max", [3, 3], [2, 2], [1, 1], [0, 0], [0, 0]),
+    "max_k3_s2_end_pad": ("max", [3, 3], [2, 2], [1, 1], [0, 0], [1, 1]),  # ceil mode's shape
+    "max_dilated": ("max", [3, 3], [1, 1], [2, 2], [1, 1], [1, 1]),
+    "average_k3_p1": ("average", [3, 3], [1, 1], [1, 1], [1, 1], [1, 1]),
+    "average_with_pads_k3_s2": ("average_with_pads", [3, 3], [2, 2], [1, 1], [1, 1], [1, 1]),
+    "average_global": ("average", [9, 11], [1, 1], [1, 1], [0, 0], [0, 0]),
+}
+
+
+REFERENCE_KERNEL_ONLY = {("max_dilated", "nhwc"), ("max_dilated", "nchw")}
+"""Cases where oneDNN 3.2 has only its reference kernel, which the module refuses."""
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_pool_matches_float64(name: str, layout: str) -> None:
+    kind, kernel, strides, dilations, begin, end = POOLS[name]
+    x = np.random.default_rng(7).standard_normal((2, 16, 9, 11)).astype(np.float32)
+    if layout == "nhwc":
+        x = channels_last(x)
+    want = pool_reference(x, kind, kernel, strides, dilations, begin, end)
+    pool = _dnnl.create_pool(x, kind=kind, kernel=kernel, strides=strides, dilations=dilations,
+                             pads_begin=begin, pads_end=end, out=list(want.shape[2:]))
+    if (name, layout) in REFERENCE_KERNEL_ONLY:
+        assert pool is None  # refused: the caller's other paths serve it
+        return
+    assert pool is not None, "oneDNN refused the pooling"
+    y = pool(x)
+    assert y is not None and y.shape == want.shape
+    if want.shape[2] * want.shape[3] > 1:  # (a 1x1 image has both layouts' strides)
+        assert (y.strides[1] == y.itemsize) == (layout == "nhwc")  # the input's layout is kept
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+    assert pool(np.ascontiguousarray(x[:1])) is None  # another shape: refused, not wrong
+
+
+def test_pool_in_bfloat16() -> None:
+    x = channels_last(np.random.default_rng(8).standard_normal((1, 32, 8, 8))
+                      .astype(ml_dtypes.bfloat16))
+    pool = _dnnl.create_pool(x, kind="max", kernel=[2, 2], strides=[2, 2], dilations=[1, 1],
+                             pads_begin=[0, 0], pads_end=[0, 0], out=[4, 4])
+    assert pool is not None
+    y = pool(x)
+    assert y is not None and y.dtype == x.dtype
+    # a max picks one of the inputs: exact in any type
+    want = pool_reference(x.astype(np.float32), "max", [2, 2], [2, 2], [1, 1], [0, 0], [0, 0])
+    np.testing.assert_array_equal(y.astype(np.float32), want)
