@@ -47,3 +47,17 @@ def test_ab_rule_refuses_a_rule_that_does_not_fire_or_exist(tmp_path: Path) -> N
     assert idle.returncode != 0 and "does not fire" in idle.stderr
     unknown = _run(model, "no such rule", "--runs", "1")
     assert unknown.returncode != 0 and "no rewrite rule is named" in unknown.stderr
+
+
+def test_ab_dnnl_compares_kept_primitives_with_pytorch_calls(tmp_path: Path) -> None:
+    from hetrix.backends.numpy_cpu.kernels import _dnnl, _library
+
+    if not _dnnl.available() or _library.torch_functional() is None:
+        pytest.skip("needs PyTorch and the onednn extra")
+    script = SCRIPT.parent / "ab_dnnl.py"
+    done = subprocess.run([sys.executable, str(script), str(_conv_relu(tmp_path / "m.onnx")),
+                           "--runs", "3"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "1 nodes on kept primitives; kept/pytorch" in done.stdout
+    assert "largest output difference 0" in done.stdout  # the same kernel: bit-identical

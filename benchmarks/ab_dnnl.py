@@ -1,0 +1,94 @@
+"""A/B of the oneDNN primitives kept per node (``kernels/_dnnl.py``) in one process.
+
+Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
+``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
+(the library is switched off while arm B is built and while it runs).  As in ``ab_rule.py``,
+both arms are sessions of the same process, run alternately on the seeded inputs of
+``hetrix bench``; the largest difference between the arms' outputs is printed (the tests check
+correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differences of its
+pooling into 0.12, see RESULTS.md).
+
+    python benchmarks/ab_dnnl.py MODEL.onnx [--runs 200] [--pause 0.1] [--batch N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+import hetrix
+from hetrix.backends.numpy_cpu.kernels import _dnnl
+from hetrix.bench.inputs import make_feeds, model_inputs
+
+
+@contextlib.contextmanager
+def _library(on: bool) -> Iterator[None]:
+    """The kept-primitive paths on or off for what runs inside (the primitives an arm made
+    already hold the library themselves)."""
+    saved = _dnnl._LIBRARY
+    _dnnl._LIBRARY = saved if on else None
+    try:
+        yield
+    finally:
+        _dnnl._LIBRARY = saved
+
+
+def _kept_nodes(session: hetrix.InferenceSession) -> int:
+    return sum(1 for step in session._plan.steps
+               if step.ctx.cache.get("dnnl_convs") or step.ctx.cache.get("dnnl_pool"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per arm")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds of idle before each run (0: back to back)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if not _dnnl.available():
+        sys.exit("oneDNN's library is not installed (pip install 'hetrix[onednn]')")
+
+    options = hetrix.SessionOptions(intra_op_num_threads=args.threads)
+    feeds = make_feeds(model_inputs(args.model), args.batch, {})
+    arms: dict[str, tuple[hetrix.InferenceSession, bool]] = {}
+    outputs = {}
+    for name, on in (("kept", True), ("pytorch", False)):
+        with _library(on):
+            session = hetrix.InferenceSession(args.model, options)
+            outputs[name] = session.run(None, feeds)
+            for _ in range(5):
+                session.run(None, feeds)
+        arms[name] = (session, on)
+    kept = _kept_nodes(arms["kept"][0])
+    if not kept:
+        sys.exit(f"no node of {args.model} runs on a kept primitive")
+    difference = max(float(np.abs(np.asarray(a, np.float64) - b).max())
+                     for a, b in zip(outputs["kept"], outputs["pytorch"], strict=True))
+
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for i in range(args.runs):
+        for name in (("kept", "pytorch") if i % 2 == 0 else ("pytorch", "kept")):
+            session, on = arms[name]
+            with _library(on):
+                if args.pause:
+                    time.sleep(args.pause)
+                start = time.perf_counter()
+                session.run(None, feeds)
+                times[name].append(time.perf_counter() - start)
+    median = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+    for name, t in times.items():
+        print(f"{name:8s}: median {median[name]:8.2f} ms, p25 {np.percentile(t, 25) * 1e3:8.2f} ms")
+    print(f"{args.model}: {kept} nodes on kept primitives; kept/pytorch "
+          f"{median['kept'] / median['pytorch']:.3f} ({args.runs} alternating runs per arm, "
+          f"pause {args.pause} s); largest output difference {difference:.3g}")
+
+
+if __name__ == "__main__":
+    main()
