@@ -288,3 +288,31 @@ def test_pool_in_bfloat16() -> None:
     # a max picks one of the inputs: exact in any type
     want = pool_reference(x.astype(np.float32), "max", [2, 2], [2, 2], [1, 1], [0, 0], [0, 0])
     np.testing.assert_array_equal(y.astype(np.float32), want)
+
+
+def test_profile_names_the_kept_primitives() -> None:
+    """``profile_nodes`` says which library kernel each conv and pool ran, so that a user can
+    see the kept primitives at work (``hetrix profile`` shows the same column)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import hetrix
+    from hetrix.backends.numpy_cpu.kernels import _library
+
+    if _library.torch_functional() is None:
+        pytest.skip("the oneDNN paths run with PyTorch installed")
+    w = np.random.default_rng(10).standard_normal((8, 8, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["c", "w"], ["d"], pads=[1, 1, 1, 1]),
+         helper.make_node("MaxPool", ["d"], ["y"], kernel_shape=[2, 2], strides=[2, 2])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = hetrix.InferenceSession(model.SerializeToString(),
+                                      hetrix.SessionOptions(enable_profiling=True))
+    session.run(None, {"x": np.zeros((1, 8, 12, 12), np.float32)})
+    kernels = {row["op_type"]: row["kernel"] for row in session.profile_nodes()}
+    assert kernels["Conv"].startswith("oneDNN convolution ")
+    assert kernels["MaxPool"].startswith("oneDNN pooling ")
+    assert all(kernel.endswith("kept primitive") for kernel in kernels.values())

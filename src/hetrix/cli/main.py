@@ -259,11 +259,12 @@ def profile(
         by_op.add_row(escape(op), backend, str(calls // runs), f"{seconds / runs * 1e3:.2f}",
                       percent(seconds / runs, total))
     out.print(by_op)
-    nodes = make_table(f"Slowest {top} nodes", "node", "op", "ms", "GFLOP/s", "of peak",
-                       right=("ms", "GFLOP/s", "of peak"))
+    nodes = make_table(f"Slowest {top} nodes", "node", "op", "library kernel", "ms", "GFLOP/s",
+                       "of peak", right=("ms", "GFLOP/s", "of peak"))
     for row in session.profile_nodes()[:top]:
         rate = row["gflops_per_s"]
-        nodes.add_row(escape(row["node"] or "-"), row["op_type"], f"{row['mean_ms']:.3f}",
+        nodes.add_row(escape(row["node"] or "-"), row["op_type"], escape(row["kernel"] or "-"),
+                      f"{row['mean_ms']:.3f}",
                       f"{rate:.1f}" if rate is not None else "-",
                       f"{rate / peak:.0%}" if rate is not None and peak else "-")
     out.print(nodes)

@@ -468,12 +468,15 @@ class InferenceSession:
         return sorted(rows, key=lambda row: -row[3])
 
     def profile_nodes(self) -> list[dict[str, Any]]:
-        """Per node, from the recorded runs: op, backend, calls, mean ms, and GFLOP/s for
-        convolutions and matrix products; slowest first."""
+        """Per node, from the recorded runs: op, backend, the library kernel where a kernel
+        names it (``library_kernel`` in the node's cache: which oneDNN implementation, and
+        whether through a kept primitive), calls, mean ms, and GFLOP/s for convolutions and
+        matrix products; slowest first."""
         nodes: dict[int, dict[str, Any]] = {}
         for step, seconds, flops in self._timings:
             entry = nodes.setdefault(id(step), {
                 "node": step.ctx.name, "op_type": step.ctx.op_type, "backend": step.backend,
+                "kernel": step.ctx.cache.get("library_kernel"),
                 "calls": 0, "seconds": 0.0, "flops": 0, "counted": flops is not None,
             })
             entry["calls"] += 1

@@ -108,6 +108,7 @@ def conv2d(
                      activation_params or [], residual, owns_weight)
     if direct is not None:
         return direct
+    cache["library_kernel"] = "oneDNN convolution, PyTorch's call"
     given = as_tensor(x)
     xt = given.contiguous(memory_format=torch.channels_last)
     weight, bias = _packed(cache, w, b, xt, strides, dilations, pads, group, owns_weight)
@@ -179,6 +180,8 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
             if len(convs) >= _MAX_LAYOUTS:
                 convs.clear()
             convs[key] = conv
+            cache["library_kernel"] = (f"oneDNN convolution {conv.implementation}, "
+                                       "kept primitive")
             if owns_weight and w.dtype == _FLOAT32 and cache.get("onednn_released") is not w:
                 _release_packed(cache, w, conv)
     cache["onednn_prepared"] = conv
@@ -442,6 +445,7 @@ def _pack_linear(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.n
     tail = None if bias is None else as_tensor(bias.reshape(n)).to(dtype)
     cached = (b, bias, a.dtype, packed, tail)
     cache["linear"] = cached
+    cache["library_kernel"] = "oneDNN inner product on a packed weight, PyTorch's call"
     if (owns_weight and dense is b and b.dtype == _FLOAT32 and a.dtype == _FLOAT32
             and b.nbytes >= _RELEASE_MIN_BYTES and _reads_back(packed, b, transposed)):
         from hetrix.runtime.memory import release_free_memory, release_pages

@@ -212,6 +212,7 @@ def _kept_pool(ctx: NodeContext, x: np.ndarray, kind: str,
         ctx.cache["dnnl_pool_refused"] = x.shape
         return None
     ctx.cache["dnnl_pool"] = kept
+    ctx.cache["library_kernel"] = f"oneDNN pooling {kept.implementation}, kept primitive"
     return kept(x)
 
 
