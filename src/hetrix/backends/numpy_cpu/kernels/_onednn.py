@@ -17,9 +17,12 @@ fast, and this module does all three:
   by oneDNN while the output is still in cache, instead of one more pass over memory each.
 
 Only 2-D convolutions with symmetric padding take this path; everything else keeps the NumPy
-kernels.  ``torch.from_numpy`` and ``Tensor.numpy`` share memory, so no data is copied at the
-boundary.  bfloat16 arrays (ml_dtypes) are viewed as torch bfloat16, which is what the reduced-
-precision mode uses to reach the AMX units.
+kernels.  With oneDNN's own library installed (the ``onednn`` extra), :func:`conv2d` first hands
+a float32 or bfloat16 call with constant weights to a primitive the node keeps (:mod:`._dnnl`),
+which skips the per-call setup of PyTorch's op; PyTorch's call serves what that path refuses.
+``torch.from_numpy`` and ``Tensor.numpy`` share memory, so no data is copied at the boundary.
+bfloat16 arrays (ml_dtypes) are viewed as torch bfloat16, which is what the reduced-precision mode
+uses to reach the AMX units.
 """
 
 from __future__ import annotations
