@@ -1023,3 +1023,32 @@ def test_pool_window_follows_the_input_shape(route: Route, rng: np.random.Genera
         want = np.array([[[[padded[0, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max()
                             for j in range(out)] for i in range(out)] for c in range(3)]])
         np.testing.assert_array_equal(pool.max_pool(ctx, x), want.astype(np.float32))
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pools_with_nan_in_a_window(op: str, route: Route) -> None:
+    """What a window holding a NaN gives, route by route.  There is no one answer to match:
+    ONNX Runtime's max and ONNX's reference evaluator keep the NaN or not by where it sits in
+    the window.  Here an average gives NaN on every route; a max gives NaN on PyTorch's and
+    NumPy's paths and the window's largest number on the kept oneDNN primitive.  The conv
+    before the pool has no activation, whose oneDNN post-op would drop the NaN first."""
+    # a depthwise 1x1 conv of ones: each channel passes through alone
+    ones = np.ones((4, 1, 1, 1), np.float32)
+    model = make_model([conv("c", "x", "c", group=4),
+                        helper.make_node(op, ["c"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+                       {"x": [1, 4, 4, 4]}, ["y"], {"c_w": ones, "c_b": np.zeros(4, np.float32)})
+    x = np.arange(64, dtype=np.float32).reshape(1, 4, 4, 4)
+    x[0, 0, 0, 0] = x[0, 2, 3, 3] = np.nan  # the first and the last element of a window
+    (got,) = hetrix.InferenceSession(model).run(None, {"x": x})
+    windows = x.reshape(1, 4, 2, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(1, 4, 2, 2, 4)
+    nan_windows = np.isnan(windows).any(axis=-1)
+    assert nan_windows.sum() == 2
+    if op == "AveragePool":
+        want = windows.mean(axis=-1)  # NaN where the window holds one
+    elif route.kept_pools:
+        want = np.nanmax(windows, axis=-1)
+    else:
+        want = windows.max(axis=-1)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert bool(route.kept_pools) == (route.library and _dnnl.available())  # (with warm-up)

@@ -186,6 +186,8 @@ def _kept_pool(ctx: NodeContext, x: np.ndarray, kind: str,
     Why: PyTorch's pooling call costs tens of microseconds of setup around the work, and its
     channels-last max pooling ran 4x slower than oneDNN's (SqueezeNet's first MaxPool, 64
     channels at 111x111: 219 us); the primitive takes the ceil mode's extra padding as it is.
+    A window holding a NaN: oneDNN's max gives the window's largest number, as ONNX's reference
+    evaluator does (PyTorch's and NumPy's give NaN; ONNX Runtime's either, by the NaN's place).
     """
     kept = ctx.cache.get("dnnl_pool")
     if kept is not None:
