@@ -1052,3 +1052,54 @@ def test_pools_with_nan_in_a_window(op: str, route: Route) -> None:
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert bool(route.kept_pools) == (route.library and _dnnl.available())  # (with warm-up)
+
+
+def test_concat_chain_appends_into_one_buffer_and_branches_stay_apart(
+        route: Route, rng: np.random.Generator) -> None:
+    """DenseNet's pattern: each Concat appends a conv's channels to the previous Concat's
+    output.  From the second link on the Concats write into one NHWC buffer with room; every
+    intermediate (returned as a graph output too) keeps its value, and a branch (two Concats
+    extending the same output) gets a buffer of its own.  Against ORT, on every route."""
+    from hetrix.backends.numpy_cpu.kernels import tensor
+
+    # the chain starts from a conv's output (channels-last), as DenseNet's from a pool's
+    nodes, weights, features = [conv("stem", "x", "s", **PAD1)], {}, "s"
+    weights.update(conv_weights(rng, "stem", (8, 8, 3, 3)))
+    channels = 8
+    for layer in range(4):  # x(8) -> 12 -> 16 -> 20 -> 24 channels
+        nodes.append(conv(f"g{layer}", features, f"n{layer}", **PAD1))
+        weights.update(conv_weights(rng, f"g{layer}", (4, channels, 3, 3)))
+        nodes.append(helper.make_node("Concat", [features, f"n{layer}"], [f"c{layer}"], axis=1))
+        features, channels = f"c{layer}", channels + 4
+    # a branch: c1 extended a second time, after c2 extended it
+    nodes.append(helper.make_node("Concat", ["c1", "n0"], ["branch"], axis=1))
+    nodes.append(helper.make_node("Relu", ["branch"], ["branch_out"]))
+    outputs = ["c0", "c1", "c2", "c3", "branch_out"]
+    compared = Compared(make_model(nodes, {"x": [2, 8, 6, 6]}, outputs, weights))
+    appended, buffers = [], []
+    append, remember = tensor._appended, tensor._remember
+
+    def counted_append(inputs: tuple[np.ndarray, ...]) -> np.ndarray | None:
+        result = append(inputs)
+        appended.append(result is not None)
+        return result
+
+    def counted_remember(registry: dict, array: np.ndarray, used: int) -> None:
+        if registry is tensor._ROOMY:
+            buffers.append(array.shape)
+        remember(registry, array, used)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tensor, "_appended", counted_append)
+        patch.setattr(tensor, "_remember", counted_remember)
+        for _ in range(2):  # the second run reuses nothing of the first
+            compared.check({"x": f32(rng, 2, 8, 6, 6)})
+    if route.library:
+        # per run: c0 copies (its first input is a conv's); c1 starts a buffer with room; of c2,
+        # c3 and the branch, two append in place and one (c2 or the branch, whichever runs
+        # second) finds c1's channels taken and starts a buffer of its own
+        assert appended == [False, True, True, True, True] * 2
+        assert len(buffers) == 4
+    else:
+        assert not any(appended)
+    route.check_convs()

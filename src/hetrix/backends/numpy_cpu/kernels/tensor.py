@@ -8,6 +8,7 @@ copies; kernels never write into their inputs, so sharing memory is safe.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -298,8 +299,66 @@ def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
                 f"{other.dtype}{list(other.shape)})"
             )
     if axis == 1 and first.ndim == 4 and _onednn.all_channels_last(inputs):
-        return _onednn.concat_channels(inputs)
+        y = _appended(inputs)
+        if y is None:
+            y = _onednn.concat_channels(inputs)
+            _remember(_CONCATENATED, y, 0)
+        return y
     return np.concatenate(inputs, axis=axis)
+
+
+# Channel concatenation chains (DenseNet: each layer's Concat appends 32 channels to the
+# previous Concat's output).  Copying every input each time moves O(n^2) data over a block (7.7
+# ms of DenseNet-121's 39 at batch 1, against 2.5 for ORT's NCHW copies).  So a Concat whose
+# first input is itself a Concat's output writes into an NHWC buffer with room to spare, and a
+# later Concat that extends exactly the channels in use copies only its new channels into the
+# room.  Every value handed out is a prefix of its buffer's channels, and a buffer is written
+# only past the channels in use, so no value handed out ever changes; a second Concat reading
+# the same prefix (a branch) finds the channels in use moved on and copies into a new buffer.
+
+_CONCATENATED: dict[int, list[Any]] = {}
+"""id(output) -> [weak reference, 0]: channel Concat outputs made by copying, a chain's start."""
+_ROOMY: dict[int, list[Any]] = {}
+"""id(buffer) -> [weak reference, channels in use]: NHWC buffers with room for more channels."""
+
+
+def _remember(registry: dict[int, list[Any]], array: np.ndarray, used: int) -> None:
+    key = id(array)  # dropped when the array dies, before its id can be reused
+    registry[key] = [weakref.ref(array, lambda _ref: registry.pop(key, None)), used]
+
+
+def _registered(registry: dict[int, list[Any]], array: object) -> list[Any] | None:
+    entry = registry.get(id(array))
+    return entry if entry is not None and entry[0]() is array else None
+
+
+def _appended(inputs: tuple[np.ndarray, ...]) -> np.ndarray | None:
+    """The channel concatenation of NHWC-laid-out ``inputs`` when the first one is a Concat's
+    output (see above), else None (the caller copies as usual)."""
+    first = inputs[0]
+    buffer = first.base
+    roomy = None if buffer is None else _registered(_ROOMY, buffer)
+    if roomy is None and _registered(_CONCATENATED, first) is None:
+        return None  # not a chain
+    n, channels, h, w = first.shape
+    total = channels + sum(a.shape[1] for a in inputs[1:])
+    if (
+        roomy is not None
+        and roomy[1] == channels  # no other Concat extended this prefix
+        and buffer.shape[3] >= total
+        and first.ctypes.data == buffer.ctypes.data
+        and first.strides == tuple(buffer.strides[i] for i in (0, 3, 1, 2))
+    ):
+        roomy[1] = total
+    else:  # a chain's second link, a full buffer or a branch: a new buffer, twice the size
+        buffer = np.empty((n, h, w, 2 * total), first.dtype)
+        buffer[..., :channels] = first.transpose(0, 2, 3, 1)
+        _remember(_ROOMY, buffer, total)
+    start = channels
+    for array in inputs[1:]:
+        buffer[..., start:start + array.shape[1]] = array.transpose(0, 2, 3, 1)
+        start += array.shape[1]
+    return buffer[..., :total].transpose(0, 3, 1, 2)
 
 
 def _split(x: np.ndarray, axis: int, sizes: list[int] | None, parts: int, uneven: bool) -> tuple:
