@@ -467,8 +467,8 @@ class Pool2d(_Primitive):
     The output keeps the input's layout (NHWC after a convolution).  Padding is asymmetric as
     given, so ONNX's ceil mode is ``pads_end`` extended by the caller.  Create with
     :func:`create_pool`.  NaN: the max drops it (a window holding one gives its largest
-    number), as ONNX's reference evaluator does, where PyTorch and NumPy give NaN and ONNX
-    Runtime either, by where the NaN sits in the window; the averages give NaN.
+    number), where PyTorch and NumPy give NaN, and ONNX Runtime and ONNX's reference evaluator
+    either, by where the NaN sits in the window; the averages give NaN.
     """
 
     def __init__(self, lib: _Library, x: np.ndarray, x_strides: tuple[int, ...], *,

@@ -186,8 +186,9 @@ def _kept_pool(ctx: NodeContext, x: np.ndarray, kind: str,
     Why: PyTorch's pooling call costs tens of microseconds of setup around the work, and its
     channels-last max pooling ran 4x slower than oneDNN's (SqueezeNet's first MaxPool, 64
     channels at 111x111: 219 us); the primitive takes the ceil mode's extra padding as it is.
-    A window holding a NaN: oneDNN's max gives the window's largest number, as ONNX's reference
-    evaluator does (PyTorch's and NumPy's give NaN; ONNX Runtime's either, by the NaN's place).
+    A window holding a NaN: oneDNN's max gives the window's largest number, PyTorch's and
+    NumPy's give NaN, ONNX Runtime's and ONNX's reference evaluator either, by the NaN's place
+    in the window (``test_pools_with_nan_in_a_window`` pins each route's answer).
     """
     kept = ctx.cache.get("dnnl_pool")
     if kept is not None:

@@ -345,6 +345,7 @@ def _appended(inputs: tuple[np.ndarray, ...]) -> np.ndarray | None:
     if (
         roomy is not None
         and roomy[1] == channels  # no other Concat extended this prefix
+        and buffer.shape[:3] == (n, h, w)  # the whole buffer, not a slice of its batch
         and buffer.shape[3] >= total
         and first.ctypes.data == buffer.ctypes.data
         and first.strides == tuple(buffer.strides[i] for i in (0, 3, 1, 2))
