@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
-import time
 from collections.abc import Iterator
 
+import _ab  # benchmarks/_ab.py, beside this script
 import numpy as np
 
 import hetrix
@@ -45,12 +46,7 @@ def _kept_nodes(session: hetrix.InferenceSession) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--runs", type=int, default=200, help="timed runs per arm")
-    parser.add_argument("--pause", type=float, default=0.0,
-                        help="seconds of idle before each run (0: back to back)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0)
+    _ab.add_options(parser)
     args = parser.parse_args()
     if not _dnnl.available():
         sys.exit("oneDNN's library is not installed (pip install 'hetrix[onednn]')")
@@ -72,19 +68,12 @@ def main() -> None:
     difference = max(float(np.abs(np.asarray(a, np.float64) - b).max())
                      for a, b in zip(outputs["kept"], outputs["pytorch"], strict=True))
 
-    times: dict[str, list[float]] = {name: [] for name in arms}
-    for i in range(args.runs):
-        for name in (("kept", "pytorch") if i % 2 == 0 else ("pytorch", "kept")):
-            session, on = arms[name]
-            with _library(on):
-                if args.pause:
-                    time.sleep(args.pause)
-                start = time.perf_counter()
-                session.run(None, feeds)
-                times[name].append(time.perf_counter() - start)
-    median = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
-    for name, t in times.items():
-        print(f"{name:8s}: median {median[name]:8.2f} ms, p25 {np.percentile(t, 25) * 1e3:8.2f} ms")
+    def one_run(session: hetrix.InferenceSession, on: bool) -> None:
+        with _library(on):
+            session.run(None, feeds)
+
+    median = _ab.alternate({name: functools.partial(one_run, *arm) for name, arm in arms.items()},
+                           args.runs, args.pause)
     print(f"{args.model}: {kept} nodes on kept primitives; kept/pytorch "
           f"{median['kept'] / median['pytorch']:.3f} ({args.runs} alternating runs per arm, "
           f"pause {args.pause} s); largest output difference {difference:.3g}")

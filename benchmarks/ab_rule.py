@@ -16,8 +16,9 @@ same outputs, then prints the median and 25th percentile of each arm and their r
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
+import _ab  # benchmarks/_ab.py, beside this script
 import numpy as np
 
 import hetrix
@@ -56,13 +57,8 @@ def _session(model: str, threads: int, without: list[type[Rule]]) -> hetrix.Infe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
+    _ab.add_options(parser)
     parser.add_argument("rule")
-    parser.add_argument("--runs", type=int, default=200, help="timed runs per arm")
-    parser.add_argument("--pause", type=float, default=0.0,
-                        help="seconds of idle before each run (0: back to back)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
 
     rules = _rule_classes(args.rule)
@@ -82,18 +78,8 @@ def main() -> None:
         for _ in range(5):
             session.run(None, feeds)
 
-    times: dict[str, list[float]] = {name: [] for name in arms}
-    for i in range(args.runs):
-        for name in (("with", "without") if i % 2 == 0 else ("without", "with")):
-            if args.pause:
-                time.sleep(args.pause)
-            start = time.perf_counter()
-            arms[name].run(None, feeds)
-            times[name].append(time.perf_counter() - start)
-    median = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
-    for name, t in times.items():
-        print(f"{name:8s} the rule: median {median[name]:8.2f} ms, "
-              f"p25 {np.percentile(t, 25) * 1e3:8.2f} ms")
+    median = _ab.alternate({name: functools.partial(session.run, None, feeds)
+                            for name, session in arms.items()}, args.runs, args.pause)
     print(f"{args.model}: {args.rule!r} fired {fired} times; with/without "
           f"{median['with'] / median['without']:.3f} ({args.runs} alternating runs per arm, "
           f"pause {args.pause} s)")
