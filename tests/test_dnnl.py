@@ -317,3 +317,28 @@ def test_profile_names_the_kept_primitives() -> None:
     assert kernels["Conv"].startswith("oneDNN convolution ")
     assert kernels["AveragePool"].startswith("oneDNN pooling ")
     assert all(kernel.endswith("kept primitive") for kernel in kernels.values())
+
+
+def test_large_output_reused_only_when_free() -> None:
+    """An output from 32 MiB up is kept for the next call (no fresh mapping to fault in each
+    run), but never while the caller still holds the previous one: both stay correct."""
+    rng = np.random.default_rng(8)
+    x = channels_last(rng.standard_normal((1, 8, 1040, 1024)).astype(np.float32))
+    w = constant((rng.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32))
+    b = constant(rng.standard_normal(8).astype(np.float32))
+    geometry = dict(strides=[1, 1], dilations=[1, 1], pads=[0, 0, 0, 0], group=1)
+    conv = make(x, w, b, geometry)
+    want = np.einsum("nchw,kc->nkhw", x.astype(np.float64), w[:, :, 0, 0]) + b[:, None, None]
+    first = conv(x, w, b, None)
+    assert first is not None and first.nbytes >= 32 << 20
+    x2 = channels_last(rng.standard_normal(x.shape).astype(np.float32))
+    second = conv(x2, w, b, None)  # ``first`` is still held: a new buffer
+    assert second is not None and not np.shares_memory(first, second)
+    np.testing.assert_allclose(first, want, rtol=1e-4, atol=1e-4)
+    want2 = np.einsum("nchw,kc->nkhw", x2.astype(np.float64), w[:, :, 0, 0]) + b[:, None, None]
+    np.testing.assert_allclose(second, want2, rtol=1e-4, atol=1e-4)
+    address = second.ctypes.data
+    del first, second
+    third = conv(x, w, b, None)
+    assert third is not None and third.ctypes.data == address
+    np.testing.assert_allclose(third, want, rtol=1e-4, atol=1e-4)

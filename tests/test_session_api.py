@@ -336,3 +336,24 @@ def test_control_flow_is_not_run_at_load() -> None:
     done = subprocess.run([sys.executable, "-c", _ENDLESS_ON_ZEROS], capture_output=True,
                           text=True, timeout=120, check=True)
     assert done.stdout.split()[-1] == "12.0"  # 3, 6, 9, 12
+
+
+def test_large_buffers_are_recycled_only_when_free() -> None:
+    """``recycled_empty`` hands the last large array back once nothing else holds it, and a new
+    one while a caller still does (a view, a kept output); small arrays are always new."""
+    from hetrix.runtime.memory import RECYCLE_MIN_BYTES, recycled_empty
+
+    spare: list[np.ndarray] = []
+    small = recycled_empty(spare, (4, 4), np.dtype(np.float32))
+    assert not spare and small.shape == (4, 4)
+    shape = (RECYCLE_MIN_BYTES // 4 + 1024,)
+    first = recycled_empty(spare, shape, np.dtype(np.float32))
+    view = first[::2]  # a consumer still reading the first output
+    second = recycled_empty(spare, shape, np.dtype(np.float32))
+    assert second is not first and not np.shares_memory(second, view)
+    address = second.ctypes.data
+    del first, view, second
+    third = recycled_empty(spare, shape, np.dtype(np.float32))
+    assert third.ctypes.data == address  # the free one, handed back
+    other = recycled_empty(spare, (RECYCLE_MIN_BYTES // 2 + 1024,), np.dtype(np.float64))
+    assert other.dtype == np.float64 and not np.shares_memory(other, third)

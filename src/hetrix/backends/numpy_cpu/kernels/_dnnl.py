@@ -33,6 +33,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from hetrix.runtime.memory import recycled_empty
+
 logger = logging.getLogger(__name__)
 
 # ---- the C API's constants (oneDNN 3.x, include/oneapi/dnnl/dnnl_types.h)
@@ -254,6 +256,7 @@ class _Primitive:
         self.constant_args: list[tuple[int, _Handle]] = []
         self.implementation = ""
         self._local = threading.local()
+        self._spare: list[np.ndarray] = []  # the last large output, see recycled_empty
 
     def _desc(self, shape: tuple[int, ...], strides: tuple[int, ...] | None,
               data_type: int) -> _Handle:
@@ -448,7 +451,7 @@ class Conv2d(_Primitive):
             or (residual is not None and residual.dtype != self.dtype)
         ):
             return None
-        y = np.empty(self.out_shape, self.dtype)
+        y = recycled_empty(self._spare, self.out_shape, self.dtype)
         if residual is None:
             self._execute((x.ctypes.data, y.ctypes.data))
         else:
@@ -495,7 +498,7 @@ class Pool2d(_Primitive):
         """The pooled array, or None when ``x`` is not what the primitive was made for."""
         if x.shape != self.shape or x.strides != self.x_strides or x.dtype != self.dtype:
             return None
-        y = np.empty(self.out_shape, self.dtype)
+        y = recycled_empty(self._spare, self.out_shape, self.dtype)
         self._execute((x.ctypes.data, y.ctypes.data))
         return y.transpose(0, 3, 1, 2) if self.channels_last else y
 
