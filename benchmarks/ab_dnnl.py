@@ -1,5 +1,8 @@
 """A/B of the oneDNN primitives kept per node (``kernels/_dnnl.py``) in one process.
 
+With ``--part gemm``, of oneDNN's GEMM on the plain weight (``_onednn.plain_gemm``) against the
+packed inner product for float32 layer products (arm B turns only that path off).
+
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
 (the library is switched off while arm B is built and while it runs).  As in ``ab_rule.py``,
@@ -8,7 +11,8 @@ both arms are sessions of the same process, run alternately on the seeded inputs
 correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differences of its
 pooling into 0.12, see RESULTS.md).
 
-    python benchmarks/ab_dnnl.py MODEL.onnx [--runs 200] [--pause 0.1] [--batch N] [--threads N]
+    python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm] [--runs 200] [--pause 0.1] [--batch N]
+                                            [--threads N]
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import _ab  # benchmarks/_ab.py, beside this script
 import numpy as np
 
 import hetrix
-from hetrix.backends.numpy_cpu.kernels import _dnnl
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn
 from hetrix.bench.inputs import make_feeds, model_inputs
 
 
@@ -39,15 +43,30 @@ def _library(on: bool) -> Iterator[None]:
         _dnnl._LIBRARY = saved
 
 
-def _kept_nodes(session: hetrix.InferenceSession) -> int:
-    return sum(1 for step in session._plan.steps
-               if step.ctx.cache.get("dnnl_convs") or step.ctx.cache.get("dnnl_pool"))
+@contextlib.contextmanager
+def _plain_gemm(on: bool) -> Iterator[None]:
+    """oneDNN's GEMM on the plain weight on or off (off: the packed inner product)."""
+    saved = _onednn.PLAIN_GEMM
+    _onednn.PLAIN_GEMM = saved and on
+    try:
+        yield
+    finally:
+        _onednn.PLAIN_GEMM = saved
+
+
+def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
+    keys = ("gemm_weight",) if part == "gemm" else ("dnnl_convs", "dnnl_pool", "gemm_weight")
+    return sum(1 for step in session._plan.steps if any(step.ctx.cache.get(k) for k in keys))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _ab.add_options(parser)
+    parser.add_argument("--part", choices=["all", "gemm"], default="all",
+                        help="all: every kept-primitive path; gemm: the plain-weight GEMM only")
     args = parser.parse_args()
+    switch = _plain_gemm if args.part == "gemm" else _library
+    on_name, off_name = ("gemm", "packed") if args.part == "gemm" else ("kept", "pytorch")
     if not _dnnl.available():
         sys.exit("oneDNN's library is not installed (pip install 'hetrix[onednn]')")
 
@@ -55,27 +74,27 @@ def main() -> None:
     feeds = make_feeds(model_inputs(args.model), args.batch, {})
     arms: dict[str, tuple[hetrix.InferenceSession, bool]] = {}
     outputs = {}
-    for name, on in (("kept", True), ("pytorch", False)):
-        with _library(on):
+    for name, on in ((on_name, True), (off_name, False)):
+        with switch(on):
             session = hetrix.InferenceSession(args.model, options)
             outputs[name] = session.run(None, feeds)
             for _ in range(5):
                 session.run(None, feeds)
         arms[name] = (session, on)
-    kept = _kept_nodes(arms["kept"][0])
+    kept = _kept_nodes(arms[on_name][0], args.part)
     if not kept:
-        sys.exit(f"no node of {args.model} runs on a kept primitive")
+        sys.exit(f"no node of {args.model} runs on the paths compared")
     difference = max(float(np.abs(np.asarray(a, np.float64) - b).max())
-                     for a, b in zip(outputs["kept"], outputs["pytorch"], strict=True))
+                     for a, b in zip(outputs[on_name], outputs[off_name], strict=True))
 
     def one_run(session: hetrix.InferenceSession, on: bool) -> None:
-        with _library(on):
+        with switch(on):
             session.run(None, feeds)
 
     median = _ab.alternate({name: functools.partial(one_run, *arm) for name, arm in arms.items()},
                            args.runs, args.pause)
-    print(f"{args.model}: {kept} nodes on kept primitives; kept/pytorch "
-          f"{median['kept'] / median['pytorch']:.3f} ({args.runs} alternating runs per arm, "
+    print(f"{args.model}: {kept} nodes on the paths compared ({args.part}); {on_name}/{off_name} "
+          f"{median[on_name] / median[off_name]:.3f} ({args.runs} alternating runs per arm, "
           f"pause {args.pause} s); largest output difference {difference:.3g}")
 
 

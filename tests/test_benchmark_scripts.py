@@ -59,5 +59,26 @@ def test_ab_dnnl_compares_kept_primitives_with_pytorch_calls(tmp_path: Path) -> 
                            "--runs", "3"], capture_output=True, text=True, timeout=300,
                           check=False)
     assert done.returncode == 0, done.stderr
-    assert "1 nodes on kept primitives; kept/pytorch" in done.stdout
+    assert "1 nodes on the paths compared (all); kept/pytorch" in done.stdout
     assert "largest output difference 0" in done.stdout  # the same kernel: bit-identical
+
+
+def test_ab_dnnl_compares_the_plain_gemm_with_the_packed_product(tmp_path: Path) -> None:
+    from hetrix.backends.numpy_cpu.kernels import _dnnl, _library
+
+    if not _dnnl.available() or _library.torch_functional() is None:
+        pytest.skip("needs PyTorch and the onednn extra")
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.standard_normal((256, 4096)).astype(np.float32), "w")])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    script = SCRIPT.parent / "ab_dnnl.py"
+    done = subprocess.run([sys.executable, str(script), str(path), "--part", "gemm",
+                           "--runs", "3"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "1 nodes on the paths compared (gemm); gemm/packed" in done.stdout

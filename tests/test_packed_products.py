@@ -1,9 +1,12 @@
-"""float32 matrix products on a weight packed once for oneDNN (``_onednn.packed_linear``).
+"""float32 matrix products on a layer's constant weight: oneDNN's GEMM on the plain (K, N)
+weight (``_onednn.plain_gemm``), and oneDNN's inner product on a weight packed once
+(``_onednn.packed_linear``, for products with a fused activation, and bfloat16).
 
-What must hold: the packed path computes what the plain product does (against float64 NumPy);
-it is taken for a layer's constant weight that the node alone reads, whose original memory is
-then released; and nothing ever reads the released original: other row counts, and a library
-that refuses the product later, are served from the packed copy.
+What must hold: both compute what the plain product does (against float64 NumPy); a (K, N)
+weight is read in place, a (N, K) one or a packed one is copied once for a weight the node
+alone reads, whose original memory is then released; and nothing ever reads the released
+original: other row counts, and a library that refuses the product later, are served from the
+copy.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ def _close(got: np.ndarray, want: np.ndarray) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
-@pytest.mark.parametrize("form", ["MatMul+Add", "Gemm transB", "Gemm"])
-def test_layer_products_run_packed_and_release_the_original(form: str, tmp_path: Path) -> None:
+def _layer(form: str, tmp_path: Path) -> tuple:
+    """A one-layer model of ``form``: the session, the fused node's type, its weight and the
+    float64 reference for 64 rows of input."""
     w, bias, x = _weights()
     shape = None
     if form == "MatMul+Add":  # 3-D, as in transformers: FusedMatMul with the bias (2-D: Gemm)
@@ -66,13 +70,41 @@ def test_layer_products_run_packed_and_release_the_original(form: str, tmp_path:
         weights, op = {"w": np.ascontiguousarray(w.T) if transposed else w, "b": bias}, "Gemm"
     session = _session(tmp_path, nodes, weights, shape)
     want = x.astype(np.float64) @ w.astype(np.float64) + bias
+    return session, op, weights["w"], lambda rows: (x[:rows] if shape is None
+                                                   else x[None, :rows]), want
+
+
+@pytest.mark.parametrize("form", ["MatMul+Add", "Gemm transB", "Gemm"])
+def test_layer_products_run_on_the_plain_weight(form: str, tmp_path: Path) -> None:
+    if not _onednn._dnnl.available():
+        pytest.skip("oneDNN (the onednn extra) is not installed")
+    session, op, w, rows_of, want = _layer(form, tmp_path)
+    for rows in (64, 1, 7):
+        (y,) = session.run(None, {"x": rows_of(rows)})
+        _close(y.reshape(rows, N), want[:rows])
+    (cache,) = _caches(session, op)
+    assert "gemm_weight" in cache and "linear" not in cache
+    kept = cache["gemm_weight"][1]
+    if form == "Gemm transB":  # copied once as (K, N), the (N, K) original released
+        assert "linear_released" in cache
+        np.testing.assert_array_equal(_onednn.linear_weight(cache, cache["linear_released"]), w)
+    else:  # read in place
+        assert "linear_released" not in cache and np.shares_memory(kept, cache["gemm_weight"][0])
+    np.testing.assert_array_equal(kept, w.T if form == "Gemm transB" else w)
+
+
+@pytest.mark.parametrize("form", ["MatMul+Add", "Gemm transB", "Gemm"])
+def test_layer_products_run_packed_and_release_the_original(
+        form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_onednn, "PLAIN_GEMM", False)  # as without the onednn extra
+    session, op, w, rows_of, want = _layer(form, tmp_path)
     for rows in (64, 1, 7):  # packed for 64 rows, then other row counts on the same packing
-        (y,) = session.run(None, {"x": x[:rows] if shape is None else x[None, :rows]})
+        (y,) = session.run(None, {"x": rows_of(rows)})
         _close(y.reshape(rows, N), want[:rows])
     (cache,) = _caches(session, op)
     assert "linear" in cache and "linear_released" in cache
     stored = _onednn.linear_weight(cache, cache["linear_released"])
-    np.testing.assert_array_equal(stored, weights["w"])  # rebuilt exactly from the packed copy
+    np.testing.assert_array_equal(stored, w)  # rebuilt exactly from the packed copy
 
 
 def test_a_weight_two_nodes_read_is_not_packed(tmp_path: Path) -> None:
@@ -92,6 +124,7 @@ def test_a_library_refusing_later_is_served_from_the_packed_copy(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The original's memory is gone once packed: the fallback must read the packed copy, not
     the released pages (which read as zeros)."""
+    monkeypatch.setattr(_onednn, "PLAIN_GEMM", False)  # products without activation: packed too
     w, _, x = _weights(2)
     session = _session(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w},
                        [64, K])
@@ -154,7 +187,8 @@ def test_activation_after_a_reshape_runs_inside_the_packed_product(
     steps = [s.ctx.op_type for s in session._plan.steps]
     assert steps.count("Fused" + producer) == 1 and activation.split()[0] not in steps
     (cache,) = _caches(session, "Fused" + producer)
-    assert "linear" in cache
+    # with a post-op: the packed product; without, the product on either path, then the pass
+    assert "linear" in cache if post_op else ("linear" in cache or "gemm_weight" in cache)
 
 
 def test_an_activation_is_not_moved_across_a_reshape_others_read(tmp_path: Path) -> None:

@@ -111,9 +111,14 @@ class _Library:
         self.version = f"{version.major}.{version.minor}.{version.patch}"
         self.engine = self.new("dnnl_engine_create", ctypes.c_int(_ENGINE_CPU), ctypes.c_size_t(0))
         self.stream = self.new("dnnl_stream_create", self.engine, ctypes.c_uint(_STREAM_IN_ORDER))
+        lib.dnnl_sgemm.argtypes = [ctypes.c_char, ctypes.c_char, *[ctypes.c_int64] * 3,
+                                   ctypes.c_float, ctypes.c_void_p, ctypes.c_int64,
+                                   ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
+                                   ctypes.c_void_p, ctypes.c_int64]
         # looked up once: these run on every call
         self.set_handle = lib.dnnl_memory_set_data_handle
         self.execute = lib.dnnl_primitive_execute
+        self.sgemm = lib.dnnl_sgemm
 
     def check(self, name: str, *args: Any) -> None:
         status = getattr(self.lib, name)(*args)
@@ -201,6 +206,32 @@ def library() -> _Library | None:
 def available() -> bool:
     """Whether :class:`Conv2d` can be used in this process."""
     return library() is not None
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool,
+         b_transposed: bool = False) -> None:
+    """``out = a @ b (+ out when accumulate)`` by oneDNN's float32 GEMM (``dnnl_sgemm``), for
+    C-contiguous 2-D float32 arrays (M, K), (K, N), (M, N) (the caller checks); with
+    ``b_transposed``, ``b`` is (N, K) and read as its transpose.  Threads are OpenMP's, shared
+    with the primitives here and PyTorch.
+
+    Why not the inner-product primitive on a packed weight (PyTorch's call): alone, weights
+    evicted from cache as in a model run, 2 threads on this AMD EPYC, this GEMM on the plain
+    (K, N) weight took 261 vs 435 us (1 x 1280 @ 1280 x 1000, MobileNetV2's classifier), 400 vs
+    590 at 8 rows, 847 vs 1194 (128 x 768 @ 768 x 768, BERT's projections), and was level or
+    ahead on 768 x 3072 and 3072 x 768 up to 1024 rows (``benchmarks/RESULTS.md``); nothing to
+    pack, so the weight is read where the model keeps it.
+    """
+    lib = library()
+    if lib is None:
+        raise DnnlError("oneDNN is not available")
+    m, k = a.shape
+    n = b.shape[0] if b_transposed else b.shape[1]
+    status = lib.sgemm(b"N", b"T" if b_transposed else b"N", m, n, k, 1.0, a.ctypes.data, k,
+                       b.ctypes.data, k if b_transposed else n, 1.0 if accumulate else 0.0,
+                       out.ctypes.data, n)
+    if status != _SUCCESS:
+        raise DnnlError(f"dnnl_sgemm failed with oneDNN status {status}")
 
 
 def _element_strides(array: np.ndarray) -> tuple[int, ...] | None:

@@ -431,6 +431,74 @@ def packed_linear(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.
     return to_numpy(y.reshape(*a.shape[:-1], n))
 
 
+PLAIN_GEMM = True
+"""Whether :func:`plain_gemm` serves float32 products (``benchmarks/ab_dnnl.py --part gemm``
+switches it off for one arm)."""
+
+
+def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
+               *, transposed: bool, owns_weight: bool,
+               max_copy_bytes: int) -> np.ndarray | None:
+    """``a @ b + bias`` in float32 by oneDNN's GEMM on the weight as a plain (K, N) array
+    (:func:`._dnnl.gemm`, faster than the packed inner product here), or None where it does
+    not serve: no oneDNN library, another type, ``b`` not a constant 2-D weight, ``bias`` not N
+    constants, or a (N, K) weight (``transposed``) that this node does not own.
+
+    A (K, N) weight is read in place: no copy at all.  A (N, K) one (Gemm's ``transB=1``) that
+    this node owns is copied once into (K, N) and its original released, as packing does
+    (:func:`linear_weight` then gives the values back as a view of the copy): the GEMM on
+    (K, N) was faster from 16 rows up (128 x 3072 @ 3072 x 768: 3.1 vs 6.3 ms).  Others, and
+    those above ``max_copy_bytes`` (a copy would lift the load's peak by that much: AlexNet's
+    151 MiB classifier), are read in place as the transpose, as fast for a few rows.  The bias
+    fills the output first and the GEMM adds to it.  Activations are not fused here: callers
+    with one use :func:`packed_linear`, whose inner product applies it as a post-op.
+    """
+    if (not PLAIN_GEMM or a.dtype != _FLOAT32 or b.dtype != _FLOAT32 or b.ndim != 2
+            or a.ndim < 2 or b.flags.writeable or not b.flags.c_contiguous
+            or not _dnnl.available() or "linear" in cache):
+        return None
+    n, k = b.shape if transposed else b.shape[::-1]
+    if a.shape[-1] != k:
+        return None  # the general path reports the shape error
+    if bias is not None and (bias.flags.writeable or bias.size != n or bias.dtype != _FLOAT32
+                             or bias.shape[-1:] != (n,)):
+        return None
+    kept = cache.get("gemm_weight")
+    if kept is None or kept[0] is not b:
+        with _PACKING:  # one copy even when runs of a session start together
+            kept = cache.get("gemm_weight")
+            if kept is None or kept[0] is not b:
+                kept = _plain_weight(cache, b, transposed,
+                                     copy=owns_weight and b.nbytes <= max_copy_bytes)
+    x = np.ascontiguousarray(a.reshape(-1, k))
+    y = np.empty((x.shape[0], n), np.float32)
+    if bias is not None:
+        y[...] = bias.reshape(n)
+    _dnnl.gemm(x, kept[1], y, accumulate=bias is not None, b_transposed=kept[2])
+    return y.reshape(*a.shape[:-1], n)
+
+
+def _plain_weight(cache: dict[str, Any], b: np.ndarray, transposed: bool,
+                  copy: bool) -> tuple:
+    """Keep ``(b, the weight the GEMM reads, whether that is (N, K))`` in ``cache``: ``b``
+    itself, or with ``copy``, a (N, K) ``b`` copied into (K, N) and released; see
+    :func:`plain_gemm`."""
+    weight = b
+    if transposed and copy:
+        weight = np.ascontiguousarray(b.T)
+        weight.setflags(write=False)
+        if b.nbytes >= _RELEASE_MIN_BYTES:
+            from hetrix.runtime.memory import release_pages
+
+            if release_pages(b):
+                cache.update(linear_released=b, linear_dense=weight.T)
+    kept = (b, weight, weight is b and transposed)
+    cache["gemm_weight"] = kept
+    cache["library_kernel"] = ("oneDNN GEMM (dnnl_sgemm) on the plain weight"
+                               + (", read transposed" if kept[2] else ""))
+    return kept
+
+
 def _pack_linear(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
                  transposed: bool, owns_weight: bool) -> tuple:
     """Pack ``b`` as (N, K) in oneDNN's layout for about ``a``'s row count; cache and return

@@ -131,11 +131,20 @@ def activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
     return fn(ctx, y)
 
 
-def linear_post_op(ctx: NodeContext) -> tuple[str, list[float]]:
+_FEW_ROWS = 8
+"""Products of this many rows or fewer keep their activation out of the packed product: they
+are GEMVs bound by reading the weight, where oneDNN's GEMM on the plain weight is faster
+(``_onednn.plain_gemm``) and the separate activation pass touches a few thousand values."""
+
+
+def linear_post_op(ctx: NodeContext, a: np.ndarray | None = None) -> tuple[str, list[float]]:
     """The node's activation and its parameters when oneDNN's inner product applies it as a
-    post-op (``_onednn.linear_fuses``), else ``("", [])``: the kernel applies it after."""
+    post-op (``_onednn.linear_fuses``), else ``("", [])``: the kernel applies it after.  Given
+    the float32 input ``a``, a product of few rows keeps it out (see :data:`_FEW_ROWS`)."""
     name = activation_name(ctx)
     if not name or not _onednn.linear_fuses(name):
+        return "", []
+    if a is not None and a.size // max(a.shape[-1], 1) <= _FEW_ROWS and _onednn.PLAIN_GEMM:
         return "", []
     params = list(ctx.attrs.get("activation_params") or [])
     expected = _PARAM_COUNTS.get(name, 0)
@@ -186,7 +195,7 @@ def fused_gemm(
 ) -> np.ndarray:
     """Gemm, then the activation: inside oneDNN's product on a packed weight where it can, else
     in place on the product."""
-    fused, params = linear_post_op(ctx)
+    fused, params = linear_post_op(ctx, a)
     y = gemm_on_packed_weight(ctx, a, b, c, fused, params)
     if y is not None:
         return y if fused else activate(ctx, y)
@@ -198,7 +207,7 @@ def fused_matmul(
     ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None
 ) -> np.ndarray:
     """MatMul plus the bias along the last axis (inside the GEMM), then the activation."""
-    fused, params = linear_post_op(ctx)
+    fused, params = linear_post_op(ctx, a)
     y = on_packed_weight(ctx, a, b, bias, activation=fused, activation_params=params)
     if y is not None:
         return y if fused else activate(ctx, y)

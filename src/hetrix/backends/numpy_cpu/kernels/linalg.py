@@ -5,11 +5,17 @@ float32 matrix products of some size run in PyTorch's CPU libraries when PyTorch
 numbers; the operands are shared with torch, not copied, and so is the result):
 
 * ``(..., M, K) @ (K, N) (+ bias)`` on a constant 2-D weight (a layer's, in MatMul, Gemm or their
-  fused forms) of at least 2^20 multiply-adds: oneDNN's inner product on the weight packed once
-  per node (:func:`._onednn.packed_linear`, whose original is then released), the bias in the
-  same pass.  Unpacked, oneDNN reorders the weight on every call: packing took BERT's 768x3072
-  layer from 4.46 to 2.95 ms, and AlexNet's 9216x4096 one at batch 1 from 7.2 ms (OpenBLAS's
-  GEMV, one thread beside torch) to 4.3;
+  fused forms) of at least 2^20 multiply-adds, float32, with the ``onednn`` extra: oneDNN's GEMM
+  on the plain weight (:func:`._onednn.plain_gemm`: read in place, a (N, K) weight copied once
+  into (K, N)), the bias filled in first.  In the models (``benchmarks/ab_dnnl.py --part
+  gemm``) it beat the packed inner product below by 0.80x on AlexNet at batch 1, 0.96-0.99x on
+  GPT-2, BERT and MobileNetV2;
+* otherwise (bfloat16, an activation oneDNN fuses on more than 8 rows, no ``onednn`` extra):
+  oneDNN's inner product on the weight packed once per node
+  (:func:`._onednn.packed_linear`, whose original is then released), the bias and activation in
+  the same pass.  Unpacked, oneDNN reorders the weight on every call: packing took BERT's
+  768x3072 layer from 4.46 to 2.95 ms, and AlexNet's 9216x4096 one at batch 1 from 7.2 ms
+  (OpenBLAS's GEMV, one thread beside torch) to 4.3;
 * the same on a weight computed at run time, M > 1: oneDNN's inner product on the plain weight
   (``mkldnn._linear_pointwise``, which reads it as the transposed view it is).  On BERT's and
   GPT-2's shapes it beat both MKL's GEMM (by up to 1.9x on GPT-2's 50257-wide head, on an AMD
@@ -148,6 +154,12 @@ def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.nd
     docstring); ``activation`` one that ``_onednn.linear_fuses``, or empty.  Once a node has
     packed its weight every call comes here: the original's memory may be gone (callers that go
     on without it read ``_onednn.linear_weight``)."""
+    if not activation and (a.size // max(a.shape[-1], 1) * b.size >= _TORCH_MIN_MACS
+                           and _library.torch_functional() is not None):
+        y = _onednn.plain_gemm(ctx.cache, a, b, bias, transposed=transposed,
+                               owns_weight=1 in ctx.owned_inputs, max_copy_bytes=_PACK_MAX_BYTES)
+        if y is not None:
+            return y
     if "linear" not in ctx.cache and not (
         a.dtype == np.float32
         and b.dtype == np.float32
