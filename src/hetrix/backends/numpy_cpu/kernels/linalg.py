@@ -8,7 +8,7 @@ numbers; the operands are shared with torch, not copied, and so is the result):
   fused forms) of at least 2^20 multiply-adds, float32, with the ``onednn`` extra: oneDNN's GEMM
   on the plain weight (:func:`._onednn.plain_gemm`: read in place, a (N, K) weight copied once
   into (K, N)), the bias filled in first.  In the models (``benchmarks/ab_dnnl.py --part
-  gemm``) it beat the packed inner product below by 0.80x on AlexNet at batch 1, 0.96-0.99x on
+  gemm``) it ran in 0.80x the time of the packed product below on AlexNet at batch 1, 0.96-1.02x on
   GPT-2, BERT and MobileNetV2;
 * otherwise (bfloat16, an activation oneDNN fuses on more than 8 rows, no ``onednn`` extra):
   oneDNN's inner product on the weight packed once per node
