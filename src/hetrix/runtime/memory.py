@@ -20,6 +20,7 @@ import ctypes.util
 import functools
 import gc
 import logging
+import math
 import mmap
 import platform
 import sys
@@ -88,7 +89,7 @@ def recycled_empty(spare: list[np.ndarray], shape: tuple[int, ...],
     concurrent runs (``list.pop`` hands an array to one caller only), and an array still
     referenced (a view handed on, a graph output the caller keeps) is never reused.
     """
-    if int(np.prod(shape)) * np.dtype(dtype).itemsize < RECYCLE_MIN_BYTES:
+    if math.prod(shape) * dtype.itemsize < RECYCLE_MIN_BYTES:  # on every conv: kept cheap
         return np.empty(shape, dtype)
     try:
         kept = spare.pop()
