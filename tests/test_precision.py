@@ -414,3 +414,47 @@ def test_bf16_product_falls_back_when_onednn_refuses_the_inner_product(
         (y,) = session.run(None, {"x": x})
         np.testing.assert_allclose(y, expected, rtol=1e-2, atol=1e-2 * np.abs(expected).max())
     assert calls == [1]  # refused once, not asked again
+
+
+@pytest.mark.parametrize("form", ["Gemm transB + Relu", "Gemm", "MatMul"])
+def test_bfloat16_single_rows_on_the_bfloat16_gemm(form: str, tmp_path) -> None:
+    """A one-row layer product in bf16 runs on oneDNN's bfloat16 GEMM (a copy of the weight in
+    bfloat16), more rows on the packed product; both within bfloat16's precision of float64,
+    the activation applied before the one rounding."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hetrix.backends.numpy_cpu.kernels import _dnnl
+
+    if not _dnnl.available() or not _cpu_runs("bf16"):
+        pytest.skip("needs the onednn extra and a CPU with bfloat16")
+    rng = np.random.default_rng(9)
+    k, n = 512, 2048  # 2^20 multiply-adds per row: a layer product
+    w = (rng.standard_normal((k, n)) / k**0.5).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    transposed = form.startswith("Gemm transB")
+    if form == "MatMul":
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+        weights = {"w": w}
+    else:
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=int(transposed)),
+                 helper.make_node("Relu" if "Relu" in form else "Identity", ["g"], ["y"])]
+        weights = {"w": np.ascontiguousarray(w.T) if transposed else w, "b": bias}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, name) for name, v in weights.items()])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = rng.standard_normal((16, k)).astype(np.float32)
+    want = x.astype(np.float64) @ w.astype(np.float64) + (0 if form == "MatMul" else bias)
+    if "Relu" in form:
+        want = np.maximum(want, 0)
+    for rows, path_key in ((1, "gemm_weight_bf16"), (16, "linear")):
+        session = hetrix.InferenceSession(str(path), hetrix.SessionOptions(precision="bf16"))
+        (y,) = session.run(None, {"x": x[:rows]})
+        np.testing.assert_allclose(y, want[:rows], rtol=0,
+                                   atol=0.02 * float(np.abs(want).max()))
+        caches = [s.ctx.cache for s in session._plan.steps if "Gemm" in s.ctx.op_type
+                  or "MatMul" in s.ctx.op_type]
+        assert len(caches) == 1 and path_key in caches[0], (rows, list(caches[0]))

@@ -294,8 +294,12 @@ def _linear(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | N
 
     A product with few rows is bound by reading the weight; packed in the reduced type it is
     read at memory speed (AlexNet's 9216x4096 layer at batch 1: 3.3 ms, against 4.6 ms through
-    ``torch.matmul`` on the same bfloat16 weight; ``benchmarks/RESULTS.md``).
+    ``torch.matmul`` on the same bfloat16 weight; ``benchmarks/RESULTS.md``).  A single row goes
+    to oneDNN's bfloat16 GEMM instead (:func:`_onednn.bfloat16_row`, faster still).
     """
+    row = _onednn.bfloat16_row(ctx.cache, a, b, bias, transposed=transposed)
+    if row is not None:  # one row: the bfloat16 GEMM; activation in float32, one rounding
+        return (fused.activate(ctx, row) if activation else row).astype(a.dtype)
     return _onednn.packed_linear(ctx.cache, a, b, bias, transposed=transposed,
                                  activation=activation, activation_params=activation_params)
 

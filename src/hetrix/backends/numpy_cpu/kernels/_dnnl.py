@@ -119,6 +119,8 @@ class _Library:
         self.set_handle = lib.dnnl_memory_set_data_handle
         self.execute = lib.dnnl_primitive_execute
         self.sgemm = lib.dnnl_sgemm
+        lib.dnnl_gemm_bf16bf16f32.argtypes = lib.dnnl_sgemm.argtypes
+        self.gemm_bf16 = lib.dnnl_gemm_bf16bf16f32
 
     def check(self, name: str, *args: Any) -> None:
         status = getattr(self.lib, name)(*args)
@@ -210,10 +212,11 @@ def available() -> bool:
 
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool,
          b_transposed: bool = False) -> None:
-    """``out = a @ b (+ out when accumulate)`` by oneDNN's float32 GEMM (``dnnl_sgemm``), for
-    C-contiguous 2-D float32 arrays (M, K), (K, N), (M, N) (the caller checks); with
-    ``b_transposed``, ``b`` is (N, K) and read as its transpose.  Threads are OpenMP's, shared
-    with the primitives here and PyTorch.
+    """``out = a @ b (+ out when accumulate)`` by oneDNN's GEMM, for C-contiguous 2-D arrays
+    (M, K), (K, N), (M, N) (the caller checks): ``a`` and ``b`` float32 (``dnnl_sgemm``) or
+    both bfloat16 (``dnnl_gemm_bf16bf16f32``), ``out`` float32.  With ``b_transposed``, ``b``
+    is (N, K) and read as its transpose.  Threads are OpenMP's, shared with the primitives here
+    and PyTorch.
 
     Why not the inner-product primitive on a packed weight (PyTorch's call): alone, weights
     evicted from cache as in a model run, 2 threads on this AMD EPYC, this GEMM on the plain
@@ -227,11 +230,12 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool,
         raise DnnlError("oneDNN is not available")
     m, k = a.shape
     n = b.shape[0] if b_transposed else b.shape[1]
-    status = lib.sgemm(b"N", b"T" if b_transposed else b"N", m, n, k, 1.0, a.ctypes.data, k,
+    function = lib.sgemm if a.dtype == _FLOAT32 else lib.gemm_bf16
+    status = function(b"N", b"T" if b_transposed else b"N", m, n, k, 1.0, a.ctypes.data, k,
                        b.ctypes.data, k if b_transposed else n, 1.0 if accumulate else 0.0,
                        out.ctypes.data, n)
     if status != _SUCCESS:
-        raise DnnlError(f"dnnl_sgemm failed with oneDNN status {status}")
+        raise DnnlError(f"oneDNN's GEMM failed with status {status}")
 
 
 def _element_strides(array: np.ndarray) -> tuple[int, ...] | None:
