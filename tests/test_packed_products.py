@@ -205,3 +205,26 @@ def test_an_activation_is_not_moved_across_a_reshape_others_read(tmp_path: Path)
     product = x.astype(np.float64) @ w.astype(np.float64)
     _close(y[0], np.maximum(product, 0) - product)
     assert "Relu" in [s.ctx.op_type for s in session._plan.steps]
+
+
+def test_a_large_product_reuses_its_output_only_when_free(tmp_path: Path) -> None:
+    """GPT-2's logits at batch 8 are 206 MB: from 32 MiB up the node reuses its last output
+    (no fresh pages to fault in each run), never while the caller still holds it."""
+    if not _onednn._dnnl.available():
+        pytest.skip("oneDNN (the onednn extra) is not installed")
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((64, 8200)) / 8).astype(np.float32)
+    session = _session(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w},
+                       ["rows", 64])
+    x1, x2 = (rng.standard_normal((1024, 64)).astype(np.float32) for _ in range(2))
+    (first,) = session.run(None, {"x": x1})
+    assert first.nbytes >= 32 << 20
+    (second,) = session.run(None, {"x": x2})  # ``first`` still held: a new buffer
+    assert not np.shares_memory(first, second)
+    _close(first, x1.astype(np.float64) @ w)
+    _close(second, x2.astype(np.float64) @ w)
+    address = second.ctypes.data
+    del first, second
+    (third,) = session.run(None, {"x": x1})
+    assert third.ctypes.data == address
+    _close(third, x1.astype(np.float64) @ w)

@@ -36,6 +36,7 @@ import ml_dtypes
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels import _dnnl, _library
+from hetrix.runtime.memory import recycled_empty
 
 _UNARY_POST_OPS: dict[str, str] = {
     "": "none",
@@ -471,7 +472,8 @@ def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.nda
                 kept = _plain_weight(cache, b, transposed,
                                      copy=owns_weight and b.nbytes <= max_copy_bytes)
     x = np.ascontiguousarray(a.reshape(-1, k))
-    y = np.empty((x.shape[0], n), np.float32)
+    # a large output (GPT-2's logits) reuses the node's last one: see recycled_empty
+    y = recycled_empty(cache.setdefault("spare_outputs", []), (x.shape[0], n), _FLOAT32)
     if bias is not None:
         y[...] = bias.reshape(n)
     _dnnl.gemm(x, kept[1], y, accumulate=bias is not None, b_transposed=kept[2])
