@@ -342,3 +342,20 @@ def test_large_output_reused_only_when_free() -> None:
     third = conv(x, w, b, None)
     assert third is not None and third.ctypes.data == address
     np.testing.assert_allclose(third, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["plain", "read-only", "flipped", "bfloat16"])
+def test_channels_last_copy_of_a_first_conv_input(kind: str) -> None:
+    """A model's NCHW input is copied to NHWC memory before its first convolution (PyTorch's
+    copy where it can take the array, NumPy's otherwise): the same values, NHWC strides."""
+    from hetrix.backends.numpy_cpu.kernels import _onednn
+
+    x = np.random.default_rng(11).standard_normal((2, 3, 9, 7)).astype(
+        ml_dtypes.bfloat16 if kind == "bfloat16" else np.float32)
+    if kind == "read-only":
+        x.setflags(write=False)
+    if kind == "flipped":
+        x = x[:, :, ::-1]
+    y = _onednn._channels_last_copy(x)
+    assert y.shape == x.shape and y.strides[1] == y.itemsize and y.dtype == x.dtype
+    np.testing.assert_array_equal(y, x)

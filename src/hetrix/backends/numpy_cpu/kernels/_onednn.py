@@ -166,7 +166,7 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
     if x.shape[1] > 1 and x.strides[1] != x.itemsize:
         # oneDNN has only its reference kernel for NCHW sources (a model's first conv): the
         # copy to NHWC costs less than that, as in PyTorch's path
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        x = _channels_last_copy(x)
     key = (x.shape, x.strides, x.dtype,
            None if residual is None else (residual.shape, residual.strides, residual.dtype))
     convs = cache.setdefault("dnnl_convs", {})
@@ -195,6 +195,25 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
 _MAX_LAYOUTS = 4
 """Primitives one node keeps for different input layouts (a model fed varying batch sizes);
 past that they are dropped and made anew.  The packed weight is shared among them."""
+
+
+def _channels_last_copy(x: np.ndarray) -> np.ndarray:
+    """``x`` (N, C, H, W) copied into NHWC memory, handed back as the (N, C, H, W) view.
+
+    A model's first convolution gets its input in NCHW.  PyTorch's copy runs on the OpenMP
+    threads with a blocked transpose: 0.45 ms for 8 x 3 x 224 x 224 float32 against 1.55 ms for
+    NumPy's (``ascontiguousarray`` of the transposed view), 0.08 against 0.18 ms at batch 1.
+    Read-only, bfloat16 or negatively strided arrays take NumPy's copy (PyTorch would copy them
+    once more first).
+    """
+    n, c, h, w = x.shape
+    if x.flags.writeable and x.dtype == _FLOAT32 and min(x.strides) >= 0:
+        import torch
+
+        y = np.empty((n, h, w, c), x.dtype)
+        torch.from_numpy(y).permute(0, 3, 1, 2).copy_(torch.from_numpy(x))
+        return y.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
 def _release_packed(cache: dict[str, Any], w: np.ndarray, conv: _dnnl.Conv2d) -> None:
