@@ -461,8 +461,8 @@ def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.nda
                max_copy_bytes: int) -> np.ndarray | None:
     """``a @ b + bias`` in float32 by oneDNN's GEMM on the weight as a plain (K, N) array
     (:func:`._dnnl.gemm`, faster than the packed inner product here), or None where it does
-    not serve: no oneDNN library, another type, ``b`` not a constant 2-D weight, ``bias`` not N
-    constants, or a (N, K) weight (``transposed``) that this node does not own.
+    not serve: no oneDNN library, another type, ``b`` not a constant C-contiguous 2-D weight,
+    ``bias`` not N constants, or a node already on the packed product.
 
     A (K, N) weight is read in place: no copy at all.  A (N, K) one (Gemm's ``transB=1``) that
     this node owns is copied once into (K, N) and its original released, as packing does
@@ -523,7 +523,7 @@ def bfloat16_row(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.n
         with _PACKING:
             kept = cache.get("gemm_weight_bf16")
             if kept is None or kept[0] is not b:
-                weight = np.ascontiguousarray(b if transposed else b.T).astype(_BFLOAT16)
+                weight = (b if transposed else b.T).astype(_BFLOAT16, order="C")
                 kept = cache["gemm_weight_bf16"] = (b, weight)
                 cache["library_kernel"] = ("oneDNN bfloat16 GEMM (dnnl_gemm_bf16bf16f32) on a "
                                            "bfloat16 copy of the weight")
