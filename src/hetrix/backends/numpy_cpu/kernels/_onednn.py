@@ -456,6 +456,11 @@ PLAIN_GEMM = True
 switches it off for one arm)."""
 
 
+def plain_gemm_available() -> bool:
+    """Whether :func:`plain_gemm` can serve in this process (the ``onednn`` extra)."""
+    return _dnnl.available()
+
+
 def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
                *, transposed: bool, owns_weight: bool,
                max_copy_bytes: int) -> np.ndarray | None:

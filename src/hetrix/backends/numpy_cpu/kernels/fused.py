@@ -144,7 +144,8 @@ def linear_post_op(ctx: NodeContext, a: np.ndarray | None = None) -> tuple[str, 
     name = activation_name(ctx)
     if not name or not _onednn.linear_fuses(name):
         return "", []
-    if a is not None and a.size // max(a.shape[-1], 1) <= _FEW_ROWS and _onednn.PLAIN_GEMM:
+    if (a is not None and a.size // max(a.shape[-1], 1) <= _FEW_ROWS and _onednn.PLAIN_GEMM
+            and _onednn.plain_gemm_available()):
         return "", []
     params = list(ctx.attrs.get("activation_params") or [])
     expected = _PARAM_COUNTS.get(name, 0)
