@@ -141,6 +141,13 @@ def matmul_bias(a: np.ndarray, b: np.ndarray, bias: np.ndarray, op: str = "MatMu
     return y
 
 
+_GEMM_MIN_MACS = 1 << 19
+"""Multiply-adds from which a product without activation goes to oneDNN's GEMM
+(:func:`_onednn.plain_gemm`), called through ctypes at less cost per call than torch: one row
+of 544 x 1000 (ShuffleNet's classifier) took 36 us there against 43 on NumPy, 1024 x 1000
+(Inception's, DenseNet's) 40 against 58 (2 threads, weights in cache; medians of 100
+alternating calls); 512 x 512, 18 against 17.  Below it NumPy's call is the cheaper."""
+
 _PACK_MAX_BYTES = 64 << 20
 """Weights above this keep the unpacked paths: packing holds the original and the packed copy
 at once until the original is released, and VGG-19's 392 MiB layer would lift the peak by
@@ -154,7 +161,7 @@ def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.nd
     docstring); ``activation`` one that ``_onednn.linear_fuses``, or empty.  Once a node has
     packed its weight every call comes here: the original's memory may be gone (callers that go
     on without it read ``_onednn.linear_weight``)."""
-    if not activation and (a.size // max(a.shape[-1], 1) * b.size >= _TORCH_MIN_MACS
+    if not activation and (a.size // max(a.shape[-1], 1) * b.size >= _GEMM_MIN_MACS
                            and _library.torch_functional() is not None):
         y = _onednn.plain_gemm(ctx.cache, a, b, bias, transposed=transposed,
                                owns_weight=1 in ctx.owned_inputs, max_copy_bytes=_PACK_MAX_BYTES)
