@@ -1,7 +1,10 @@
 """A/B of the oneDNN primitives kept per node (``kernels/_dnnl.py``) in one process.
 
 With ``--part gemm``, of oneDNN's GEMM on the plain weight (``_onednn.plain_gemm``) against the
-packed inner product for float32 layer products (arm B turns only that path off).
+packed inner product for float32 layer products (arm B turns only that path off).  With
+``--part layout``, of that GEMM reading a (N, K) weight met with few rows as it is (transposed,
+the default below ``_onednn.COPY_MIN_ROWS`` rows) against the (K, N) copy made for more rows
+(arm B copies at any row count).
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -11,8 +14,8 @@ both arms are sessions of the same process, run alternately on the seeded inputs
 correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differences of its
 pooling into 0.12, see RESULTS.md).
 
-    python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm] [--runs 200] [--pause 0.1] [--batch N]
-                                            [--threads N]
+    python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout] [--runs 200] [--pause 0.1]
+                                            [--batch N] [--threads N]
 """
 
 from __future__ import annotations
@@ -54,19 +57,38 @@ def _plain_gemm(on: bool) -> Iterator[None]:
         _onednn.PLAIN_GEMM = saved
 
 
+@contextlib.contextmanager
+def _transposed_weights(on: bool) -> Iterator[None]:
+    """A (N, K) weight first met with few rows read as it is (on) or copied to (K, N) (off);
+    decided when the node first runs, so the switch matters while an arm is built."""
+    saved = _onednn.COPY_MIN_ROWS
+    _onednn.COPY_MIN_ROWS = saved if on else 0
+    try:
+        yield
+    finally:
+        _onednn.COPY_MIN_ROWS = saved
+
+
+_PARTS = {  # --part: (the switch, arm A's name, arm B's name)
+    "all": (_library, "kept", "pytorch"),
+    "gemm": (_plain_gemm, "gemm", "packed"),
+    "layout": (_transposed_weights, "transposed", "copied"),
+}
+
+
 def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
-    keys = ("gemm_weight",) if part == "gemm" else ("dnnl_convs", "dnnl_pool", "gemm_weight")
+    keys = ("dnnl_convs", "dnnl_pool", "gemm_weight") if part == "all" else ("gemm_weight",)
     return sum(1 for step in session._plan.steps if any(step.ctx.cache.get(k) for k in keys))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _ab.add_options(parser)
-    parser.add_argument("--part", choices=["all", "gemm"], default="all",
-                        help="all: every kept-primitive path; gemm: the plain-weight GEMM only")
+    parser.add_argument("--part", choices=list(_PARTS), default="all",
+                        help="all: every kept-primitive path; gemm: the plain-weight GEMM only; "
+                             "layout: a few-row product's weight read transposed or copied")
     args = parser.parse_args()
-    switch = _plain_gemm if args.part == "gemm" else _library
-    on_name, off_name = ("gemm", "packed") if args.part == "gemm" else ("kept", "pytorch")
+    switch, on_name, off_name = _PARTS[args.part]
     if not _dnnl.available():
         sys.exit("oneDNN's library is not installed (pip install 'hetrix[onednn]')")
 

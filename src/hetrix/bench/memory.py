@@ -7,12 +7,13 @@ The figures, in MiB of resident set size (RSS):
   Python APIs need it).  For ONNX Runtime the import is ``import onnxruntime``, which maps its
   whole native library.  For Hetrix it is ``import hetrix`` (onnx, onnx-ir) plus PyTorch when its
   CPU kernels will use it (they import it lazily).  First use is one load and run of a tiny model
-  (Conv, Relu, MaxPool, MatMul, Softmax; :func:`_warm_up`), the same for every runtime: start-up
-  work a runtime defers to its first session (Hetrix's kernel modules, oneDNN's and OpenMP's
-  set-up, about 17-19 MiB of RSS measured for Hetrix with PyTorch) then counts as the runtime's,
-  not as the first model's.
+  (Conv, Relu, MaxPool, a one-row MatMul of 2^19 multiply-adds, Softmax; :func:`_warm_up`), the
+  same for every runtime: start-up work a runtime defers to its first session (Hetrix's kernel
+  modules, oneDNN's and OpenMP's set-up, about 17-19 MiB of RSS measured for Hetrix with
+  PyTorch) then counts as the runtime's, not as the first model's.
 * **baseline**: RSS once the runtime is imported and has run the tiny model, after a garbage
-  collection.
+  collection and a heap trim (``malloc_trim``: what the tiny model freed is not lent to the
+  model measured).
 * **load growth**: RSS right after creating the session, minus the baseline.
 * **peak growth**: the highest RSS during session creation and ``runs`` runs, minus the baseline:
   a thread samples RSS with psutil every ``SAMPLE_INTERVAL_S``, and on Linux the kernel's own
@@ -134,6 +135,7 @@ def measure_in_child(
     importlib.import_module(module)
     imported = _rss() - start
     from hetrix.bench.runtimes import RUNTIMES  # imports hetrix for any runtime
+    from hetrix.runtime.memory import release_free_memory
 
     runtime = RUNTIMES[runtime_name]
     before_libraries = _rss()
@@ -141,6 +143,10 @@ def measure_in_child(
     _warm_up(runtime, threads, providers, precision)
     imported += _rss() - before_libraries
     gc.collect()
+    # what the tiny model freed goes back to the OS: an allocator told to keep freed memory
+    # (Hetrix's, see runtime.memory.retain_freed_memory) would otherwise lend it to the model
+    # measured next, whose growth would then look smaller than it is
+    release_free_memory()
     baseline = _rss()
     hwm_ok = _reset_high_water_mark()
     with _Sampler() as sampler:
@@ -166,7 +172,10 @@ def _warm_up(runtime: Any, threads: int, providers: Sequence[str] | None,
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weights = {"w": rng.standard_normal((8, 4, 3, 3)), "m": rng.standard_normal((128, 10))}
+    # a one-row product of 2^19 multiply-adds: every runtime takes its GEMM library's path
+    # (Hetrix's oneDNN GEMM starts there; its first call in a process generates 2.8 MiB of
+    # kernels, a start-up cost like oneDNN's convolution set-up)
+    weights = {"w": rng.standard_normal((8, 4, 3, 3)), "m": rng.standard_normal((128, 4096))}
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
          helper.make_node("Relu", ["c"], ["r"]),
@@ -175,7 +184,7 @@ def _warm_up(runtime: Any, threads: int, providers: Sequence[str] | None,
          helper.make_node("MatMul", ["f", "m"], ["l"]),
          helper.make_node("Softmax", ["l"], ["y"])],
         "warm_up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     feeds = {"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)}
