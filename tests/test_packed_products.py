@@ -94,20 +94,25 @@ def test_layer_products_run_on_the_plain_weight(form: str, tmp_path: Path) -> No
 
 
 
-def test_a_transposed_weight_first_met_with_few_rows_is_read_in_place(tmp_path: Path) -> None:
+def test_a_transposed_weight_is_read_in_place_for_few_rows_and_copied_for_many(
+        tmp_path: Path) -> None:
     """A CNN classifier at a small batch: the (N, K) weight stays as it is, read as the
-    transpose (faster for a few rows), and later calls with more rows read it the same way.
-    (8 rows: the fewest that come to the GEMM for this layer's size.)"""
+    transpose (faster for a few rows); the first call with 16 rows or more copies it to (K, N)
+    and releases the original, and every call computes the same product.  (8 rows: the fewest
+    that come to the GEMM for this layer's size.)"""
     if not _onednn._dnnl.available():
         pytest.skip("oneDNN (the onednn extra) is not installed")
     session, op, w, rows_of, want = _layer("Gemm transB", tmp_path)
-    for rows in (8, 64, 7):
+    (cache,) = _caches(session, op)
+    for rows, read_in_place in ((8, True), (7, True), (64, False), (8, False)):
         (y,) = session.run(None, {"x": rows_of(rows)})
         _close(y.reshape(rows, N), want[:rows])
-    (cache,) = _caches(session, op)
-    b, kept, read_transposed = cache["gemm_weight"]
-    assert read_transposed and kept is b and "linear_released" not in cache
-    np.testing.assert_array_equal(kept, w)  # the model's (N, K) weight, untouched
+        b, kept, read_transposed = cache["gemm_weight"]
+        assert read_transposed is read_in_place and (kept is b) is read_in_place
+        assert ("linear_released" in cache) is not read_in_place
+    np.testing.assert_array_equal(kept, w.T)  # the (K, N) copy of the model's (N, K) weight
+    np.testing.assert_array_equal(_onednn.linear_weight(cache, cache["linear_released"]), w)
+
 
 @pytest.mark.parametrize("form", ["MatMul+Add", "Gemm transB", "Gemm"])
 def test_layer_products_run_packed_and_release_the_original(

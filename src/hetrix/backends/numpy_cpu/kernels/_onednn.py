@@ -463,10 +463,11 @@ def plain_gemm_available() -> bool:
 
 COPY_MIN_ROWS = 16
 """Rows from which :func:`plain_gemm` copies a (N, K) weight into (K, N).  Measured alone
-(``dnnl_sgemm``, 2 threads, cache flushed before each call, medians of 40 alternating calls,
-AMD EPYC): one row, (N, K) read transposed against the (K, N) copy, 1024x1000 228 vs 239 us,
-2048x1000 316 vs 384, 4096x4096 2.90 vs 3.35 ms, 3072x768 521 vs 662; two rows 0.58-0.96 of
-the (K, N) time; eight rows 0.86-1.23; the copy wins from 16 rows (see :func:`plain_gemm`)."""
+(``python benchmarks/gemm_layouts.py``: ``dnnl_sgemm``, 2 threads, weight evicted before each
+call, medians of 40 alternating calls, AMD EPYC), the (N, K) weight read transposed against
+the (K, N) copy: one row 0.75-0.94 of the copy's time on the classifiers from 1024 x 1000 up
+(4096 x 4096: 2.43 vs 2.92 ms), 1.06-1.10 on 544 x 1000 and 768 x 3072; two rows 0.65-0.97;
+eight rows 0.80-1.10; sixteen rows 1.5-4.6 times the copy's."""
 
 
 def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
@@ -479,15 +480,15 @@ def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.nda
 
     A (K, N) weight is read in place: no copy at all.  A (N, K) one (Gemm's ``transB=1``) that
     this node owns is copied once into (K, N) and its original released, as packing does
-    (:func:`linear_weight` then gives the values back as a view of the copy), when the first
-    call has ``COPY_MIN_ROWS`` rows or more: the GEMM on (K, N) was faster from 16 rows up
-    (128 x 3072 @ 3072 x 768: 3.1 vs 6.3 ms).  Below that (a CNN's classifier at batch 1) the
-    (N, K) weight read as the transpose is the faster one: each thread streams whole rows of it,
-    where on (K, N) it reads a strided column block (see ``COPY_MIN_ROWS``).  Weights above
-    ``max_copy_bytes`` (a copy would lift the load's peak by that much: AlexNet's 151 MiB
-    classifier) are read in place as well.  The bias fills the output first and the GEMM adds to
-    it.  Activations are not fused here: callers with one use :func:`packed_linear`, whose inner
-    product applies it as a post-op.
+    (:func:`linear_weight` then gives the values back as a view of the copy) on the first call
+    with ``COPY_MIN_ROWS`` rows or more: from 16 rows the GEMM reading (N, K) as the transpose
+    is 1.5-4.6x slower than on (K, N).  Until then (a CNN's classifier at batch 1) the (N, K)
+    weight is read in place, the faster way for one or two rows: each thread streams whole
+    rows of it, where on (K, N) it reads a strided column block (see ``COPY_MIN_ROWS``).
+    Weights above ``max_copy_bytes`` (a copy would lift the load's peak by that much: AlexNet's
+    151 MiB classifier) and weights the node does not own are read in place at any row count.
+    The bias fills the output first and the GEMM adds to it.  Activations are not fused here:
+    callers with one use :func:`packed_linear`, whose inner product applies it as a post-op.
     """
     if (not PLAIN_GEMM or a.dtype != _FLOAT32 or b.dtype != _FLOAT32 or b.ndim != 2
             or a.ndim < 2 or b.flags.writeable or not b.flags.c_contiguous
@@ -499,15 +500,15 @@ def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.nda
     if bias is not None and (bias.flags.writeable or bias.size != n or bias.dtype != _FLOAT32
                              or bias.shape[-1:] != (n,)):
         return None
+    rows = a.size // k if k else 0
+    copy = owns_weight and b.nbytes <= max_copy_bytes and rows >= COPY_MIN_ROWS
     kept = cache.get("gemm_weight")
-    if kept is None or kept[0] is not b:
+    # kept[2]: the weight is read transposed in place; a call with many rows copies it then
+    if kept is None or kept[0] is not b or (copy and kept[2]):
         with _PACKING:  # one copy even when runs of a session start together
             kept = cache.get("gemm_weight")
-            if kept is None or kept[0] is not b:
-                x_rows = a.size // k if k else 0
-                kept = _plain_weight(cache, b, transposed,
-                                     copy=(owns_weight and b.nbytes <= max_copy_bytes
-                                           and x_rows >= COPY_MIN_ROWS))
+            if kept is None or kept[0] is not b or (copy and kept[2]):
+                kept = _plain_weight(cache, b, transposed, copy=copy)
     x = np.ascontiguousarray(a.reshape(-1, k))
     # a large output (GPT-2's logits) reuses the node's last one: see recycled_empty
     y = recycled_empty(cache.setdefault("spare_outputs", []), (x.shape[0], n), _FLOAT32)
