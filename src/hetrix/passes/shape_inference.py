@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import onnx
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class ShapeInferencePass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if call_onnx_api is None:  # pragma: no cover
-            return ir.passes.common.ShapeInferencePass(strict_mode=False)(model)
+            return common_passes.ShapeInferencePass(strict_mode=False)(model)
         infer = functools.partial(onnx.shape_inference.infer_shapes, check_type=True,
                                   strict_mode=False, data_prop=True)
         try:

@@ -479,12 +479,13 @@ def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.nda
     ``bias`` not N constants, or a node already on the packed product.
 
     A (K, N) weight is read in place: no copy at all.  A (N, K) one (Gemm's ``transB=1``) that
-    this node owns is copied once into (K, N) and its original released, as packing does
-    (:func:`linear_weight` then gives the values back as a view of the copy) on the first call
-    with ``COPY_MIN_ROWS`` rows or more: from 16 rows the GEMM reading (N, K) as the transpose
-    is 1.5-4.6x slower than on (K, N).  Until then (a CNN's classifier at batch 1) the (N, K)
-    weight is read in place, the faster way for one or two rows: each thread streams whole
-    rows of it, where on (K, N) it reads a strided column block (see ``COPY_MIN_ROWS``).
+    this node owns is copied once into (K, N) on the first call with ``COPY_MIN_ROWS`` rows or
+    more, and its original released as packing does (:func:`linear_weight` then gives the
+    values back as a view of the copy), unless earlier calls had fewer rows: then the original
+    stays, as a run on another thread may still be reading it.  From 16 rows the GEMM reading
+    (N, K) as the transpose is 1.5-4.6x slower than on (K, N); below (a CNN's classifier at
+    batch 1) the (N, K) weight read in place is the faster way: each thread streams whole rows
+    of it, where on (K, N) it reads a strided column block (see ``COPY_MIN_ROWS``).
     Weights above ``max_copy_bytes`` (a copy would lift the load's peak by that much: AlexNet's
     151 MiB classifier) and weights the node does not own are read in place at any row count.
     The bias fills the output first and the GEMM adds to it.  Activations are not fused here:
@@ -507,8 +508,10 @@ def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.nda
     if kept is None or kept[0] is not b or (copy and kept[2]):
         with _PACKING:  # one copy even when runs of a session start together
             kept = cache.get("gemm_weight")
-            if kept is None or kept[0] is not b or (copy and kept[2]):
-                kept = _plain_weight(cache, b, transposed, copy=copy)
+            first = kept is None or kept[0] is not b
+            if first or (copy and kept[2]):
+                # a later copy keeps the original: a run on another thread may be reading it
+                kept = _plain_weight(cache, b, transposed, copy=copy, release=first)
     x = np.ascontiguousarray(a.reshape(-1, k))
     # a large output (GPT-2's logits) reuses the node's last one: see recycled_empty
     y = recycled_empty(cache.setdefault("spare_outputs", []), (x.shape[0], n), _FLOAT32)
@@ -555,15 +558,15 @@ def bfloat16_row(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.n
 
 
 def _plain_weight(cache: dict[str, Any], b: np.ndarray, transposed: bool,
-                  copy: bool) -> tuple:
+                  copy: bool, release: bool = True) -> tuple:
     """Keep ``(b, the weight the GEMM reads, whether that is (N, K))`` in ``cache``: ``b``
-    itself, or with ``copy``, a (N, K) ``b`` copied into (K, N) and released; see
-    :func:`plain_gemm`."""
+    itself, or with ``copy``, a (N, K) ``b`` copied into (K, N) and, with ``release``,
+    released; see :func:`plain_gemm`."""
     weight = b
     if transposed and copy:
         weight = np.ascontiguousarray(b.T)
         weight.setflags(write=False)
-        if b.nbytes >= _RELEASE_MIN_BYTES:
+        if release and b.nbytes >= _RELEASE_MIN_BYTES:
             from hetrix.runtime.memory import release_pages
 
             if release_pages(b):
