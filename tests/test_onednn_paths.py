@@ -1054,6 +1054,28 @@ def test_pools_with_nan_in_a_window(op: str, route: Route) -> None:
     assert bool(route.kept_pools) == (route.library and _dnnl.available())  # (with warm-up)
 
 
+@pytest.mark.parametrize("hw", [6, 96], ids=["numpy_copy", "torch_cat"])
+def test_channel_concat_of_nhwc_arrays_keeps_the_layout(hw: int) -> None:
+    """Small outputs are copied by NumPy, large ones (over NUMPY_CONCAT_MAX_BYTES) by torch.cat:
+    the values are np.concatenate's either way and the result stays channels-last."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((2, hw, hw, c), dtype=np.float32).transpose(0, 3, 1, 2)
+              for c in (24, 40, 8)]
+    nbytes = 2 * 72 * hw * hw * 4
+    assert (nbytes > _onednn.NUMPY_CONCAT_MAX_BYTES) == (hw == 96)
+    y = _onednn.concat_channels(arrays)
+    np.testing.assert_array_equal(y, np.concatenate(arrays, axis=1))
+    assert _onednn.is_channels_last(y)
+
+
+def test_channel_concat_refuses_inputs_of_other_spatial_sizes() -> None:
+    """A 1-pixel input would broadcast into the slice of a larger one: refused, not copied."""
+    big = np.zeros((1, 4, 4, 8), np.float32).transpose(0, 3, 1, 2)
+    small = np.zeros((1, 1, 1, 8), np.float32).transpose(0, 3, 1, 2)
+    with pytest.raises(ValueError, match="other than the channels"):
+        _onednn.concat_channels([big, small])
+
+
 def test_concat_chain_appends_into_one_buffer_and_branches_stay_apart(
         route: Route, rng: np.random.Generator) -> None:
     """DenseNet's pattern: each Concat appends a conv's channels to the previous Concat's
