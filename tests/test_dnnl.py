@@ -359,3 +359,37 @@ def test_channels_last_copy_of_a_first_conv_input(kind: str) -> None:
     y = _onednn._channels_last_copy(x)
     assert y.shape == x.shape and y.strides[1] == y.itemsize and y.dtype == x.dtype
     np.testing.assert_array_equal(y, x)
+
+
+def _shuffled(x: np.ndarray, groups: int) -> np.ndarray:
+    n, c = x.shape[:2]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw", "nhwc_strided_width"])
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("groups", [3, 4])
+def test_channel_shuffle_matches_numpy(layout: str, dtype: Any, groups: int) -> None:
+    rng = np.random.default_rng(groups)
+    if layout == "nchw":
+        x = rng.standard_normal((2, 24, 5, 7)).astype(dtype)
+    else:
+        nhwc = rng.standard_normal((2, 5, 14, 24)).astype(dtype)
+        x = (nhwc[:, :, ::2] if layout == "nhwc_strided_width" else nhwc).transpose(0, 3, 1, 2)
+    shuffle = _dnnl.create_shuffle(x, groups)
+    assert shuffle is not None and not shuffle.implementation.startswith("ref")
+    y = shuffle(x)
+    np.testing.assert_array_equal(y, _shuffled(x, groups))  # a copy: exact in every type
+    assert y.dtype == x.dtype
+    # the input's memory order kept (a dense copy of a strided view)
+    order = (0, 1, 2, 3) if layout == "nchw" else (0, 2, 3, 1)
+    dense = np.ascontiguousarray(x.transpose(order)).transpose(np.argsort(order))
+    assert y.strides == dense.strides
+    assert shuffle(x[:1]) is None  # another shape: refused, the caller's path serves it
+
+
+def test_channel_shuffle_refuses_what_it_does_not_serve() -> None:
+    x = np.zeros((1, 6, 2, 2), np.float32)
+    assert _dnnl.create_shuffle(x, 4) is None  # 6 channels do not form 4 groups
+    assert _dnnl.create_shuffle(x[0], 2) is None  # not 4-D
+    assert _dnnl.create_shuffle(np.broadcast_to(x[:, :, :1], (1, 6, 2, 2)), 2) is None

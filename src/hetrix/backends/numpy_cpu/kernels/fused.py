@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hetrix.backends.numpy_cpu.kernels import _onednn, activations, normalization
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn, activations, normalization
 from hetrix.backends.numpy_cpu.kernels import attention as attention_kernels
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.kernels.conv import conv_fused
@@ -243,13 +243,18 @@ def attention(
 def channel_shuffle(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """The channels (axis 1) of ``x`` regrouped: ``[N, g, C/g, ...]`` -> ``[N, C/g, g, ...]``.
 
-    PyTorch's kernel keeps a convolution's channels-last layout in one pass (ShuffleNet's
-    112-channel 28x28 shuffle: 23 us, against 54 us for NumPy's two copies, whose NCHW result
-    the next convolution would convert back); NumPy's reshapes serve the other cases."""
+    A 4-D input goes to a oneDNN reorder the node keeps (:class:`._dnnl.ChannelShuffle`),
+    which keeps a convolution's channels-last layout in one pass; otherwise PyTorch's kernel
+    does (ShuffleNet's 112-channel 28x28 shuffle: 23 us, against 54 us for NumPy's two copies,
+    whose NCHW result the next convolution would convert back); NumPy's reshapes serve the
+    other cases."""
     groups = int(ctx.attrs.get("groups", 1))
     if x.ndim < 3 or groups < 1 or x.shape[1] % groups:
         raise ValueError(f"ChannelShuffle '{ctx.name}': {x.shape[1] if x.ndim > 1 else '?'} "
                          f"channels of a {x.ndim}-D input cannot form {groups} groups")
+    y = _kept_shuffle(ctx, x, groups)
+    if y is not None:
+        return y
     if x.dtype in _onednn.SUPPORTED_DTYPES and x.size and _onednn.available():
         import torch
 
@@ -257,3 +262,23 @@ def channel_shuffle(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     n, channels = x.shape[:2]
     grouped = x.reshape(n, groups, channels // groups, *x.shape[2:]).swapaxes(1, 2)
     return np.ascontiguousarray(grouped).reshape(x.shape)
+
+
+def _kept_shuffle(ctx: NodeContext, x: np.ndarray, groups: int) -> np.ndarray | None:
+    """The shuffle by the oneDNN reorder this node keeps, or None where that path does not
+    serve (no library, not 4-D, a refused layout: the callers' paths then do)."""
+    kept = ctx.cache.get("dnnl_shuffle")
+    if kept is not None:
+        y = kept(x)
+        if y is not None:
+            return y
+    if (x.ndim != 4 or ctx.cache.get("dnnl_shuffle_refused") == (x.shape, x.strides)
+            or not _onednn.available() or not _dnnl.available()):
+        return None
+    kept = _dnnl.create_shuffle(x, groups)
+    if kept is None:
+        ctx.cache["dnnl_shuffle_refused"] = (x.shape, x.strides)
+        return None
+    ctx.cache["dnnl_shuffle"] = kept
+    ctx.cache["library_kernel"] = f"oneDNN reorder {kept.implementation}, kept primitive"
+    return kept(x)
