@@ -277,6 +277,13 @@ class _Primitive:
     and call :meth:`_finish`.
     """
 
+    shape: tuple[int, ...]
+    """The source's shape, strides (bytes) and type the primitive was made for, and its
+    destination's shape in memory order (set by each subclass)."""
+    x_strides: tuple[int, ...]
+    dtype: np.dtype
+    out_shape: tuple[int, ...]
+
     def __init__(self, lib: _Library) -> None:
         self.lib = lib
         self._descs: list[_Handle] = []
@@ -350,6 +357,16 @@ class _Primitive:
         memory = self.lib.memory(desc, address)
         self._memories.append(memory)
         self.constant_args.append((arg, memory))
+
+    def _run_one(self, x: np.ndarray) -> np.ndarray | None:
+        """For a primitive of one source made for ``x``'s shape, strides and type (kept as
+        ``shape``, ``x_strides``, ``dtype``): run it into a new array of ``out_shape`` (its
+        memory order) and return that, or None for another ``x``."""
+        if x.shape != self.shape or x.strides != self.x_strides or x.dtype != self.dtype:
+            return None
+        y = recycled_empty(self._spare, self.out_shape, self.dtype)
+        self._execute((x.ctypes.data, y.ctypes.data))
+        return y
 
     def _execute(self, addresses: tuple[int, ...]) -> None:
         """Run on the arrays at ``addresses`` (one per ``runtime_args`` entry)."""
@@ -531,11 +548,10 @@ class Pool2d(_Primitive):
 
     def __call__(self, x: np.ndarray) -> np.ndarray | None:
         """The pooled array, or None when ``x`` is not what the primitive was made for."""
-        if x.shape != self.shape or x.strides != self.x_strides or x.dtype != self.dtype:
-            return None
-        y = recycled_empty(self._spare, self.out_shape, self.dtype)
-        self._execute((x.ctypes.data, y.ctypes.data))
-        return y.transpose(0, 3, 1, 2) if self.channels_last else y
+        y = self._run_one(x)
+        if y is None or not self.channels_last:
+            return y
+        return y.transpose(0, 3, 1, 2)
 
 
 class ChannelShuffle(_Primitive):
@@ -580,11 +596,8 @@ class ChannelShuffle(_Primitive):
 
     def __call__(self, x: np.ndarray) -> np.ndarray | None:
         """The shuffled array, or None when ``x`` is not what the primitive was made for."""
-        if x.shape != self.shape or x.strides != self.x_strides or x.dtype != self.dtype:
-            return None
-        y = recycled_empty(self._spare, self.out_shape, self.dtype)
-        self._execute((x.ctypes.data, y.ctypes.data))
-        return y.transpose(self.inverse)
+        y = self._run_one(x)
+        return None if y is None else y.transpose(self.inverse)
 
 
 def create_shuffle(x: np.ndarray, groups: int) -> ChannelShuffle | None:
