@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 try:  # onnx-ir's helper that leaves the large weights out of the serialized copy
     from onnx_ir.passes.common._c_api_utils import call_onnx_api
 except ImportError:  # pragma: no cover - an onnx-ir without it: its own pass serves
-    call_onnx_api = None
+    call_onnx_api = None  # type: ignore[assignment]
 
 
 class ShapeInferencePass(ir.passes.InPlacePass):

@@ -509,9 +509,10 @@ def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.nda
         with _PACKING:  # one copy even when runs of a session start together
             kept = cache.get("gemm_weight")
             first = kept is None or kept[0] is not b
-            if first or (copy and kept[2]):
+            if first or (copy and kept is not None and kept[2]):
                 # a later copy keeps the original: a run on another thread may be reading it
                 kept = _plain_weight(cache, b, transposed, copy=copy, release=first)
+    assert kept is not None  # made above, or by an earlier call
     x = np.ascontiguousarray(a.reshape(-1, k))
     # a large output (GPT-2's logits) reuses the node's last one: see recycled_empty
     y = recycled_empty(cache.setdefault("spare_outputs", []), (x.shape[0], n), _FLOAT32)
