@@ -161,7 +161,8 @@ def summary_lines(result: BenchResult) -> list[str]:
     if any(r.memory for r in result.runtimes):
         lines.append("memory: RSS growth, each runtime in a fresh process, over a baseline taken "
                      "once the runtime and the libraries it computes with are imported and have "
-                     "run a tiny model (load = after creating the session, peak = during "
+                     "run a tiny model, and the heap is trimmed (load = after creating the "
+                     "session, peak = during "
                      "creation + runs); import = what importing those and that first run cost, "
                      "over Python + NumPy")
     return lines
