@@ -24,7 +24,8 @@ import argparse
 import contextlib
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import _ab  # benchmarks/_ab.py, beside this script
 import numpy as np
@@ -34,45 +35,30 @@ from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn
 from hetrix.bench.inputs import make_feeds, model_inputs
 
 
-@contextlib.contextmanager
-def _library(on: bool) -> Iterator[None]:
-    """The kept-primitive paths on or off for what runs inside (the primitives an arm made
-    already hold the library themselves)."""
-    saved = _dnnl._LIBRARY
-    _dnnl._LIBRARY = saved if on else None
-    try:
-        yield
-    finally:
-        _dnnl._LIBRARY = saved
+def _switch(module: Any, name: str, off: Any) -> Callable[[bool], Any]:
+    """A context manager factory: ``switch(False)`` sets ``module.name`` to ``off`` for what
+    runs inside, ``switch(True)`` leaves it as it is."""
 
+    @contextlib.contextmanager
+    def switch(on: bool) -> Iterator[None]:
+        saved = getattr(module, name)
+        setattr(module, name, saved if on else off)
+        try:
+            yield
+        finally:
+            setattr(module, name, saved)
 
-@contextlib.contextmanager
-def _plain_gemm(on: bool) -> Iterator[None]:
-    """oneDNN's GEMM on the plain weight on or off (off: the packed inner product)."""
-    saved = _onednn.PLAIN_GEMM
-    _onednn.PLAIN_GEMM = saved and on
-    try:
-        yield
-    finally:
-        _onednn.PLAIN_GEMM = saved
-
-
-@contextlib.contextmanager
-def _transposed_weights(on: bool) -> Iterator[None]:
-    """A (N, K) weight first met with few rows read as it is (on) or copied to (K, N) (off);
-    decided when the node first runs, so the switch matters while an arm is built."""
-    saved = _onednn.COPY_MIN_ROWS
-    _onednn.COPY_MIN_ROWS = saved if on else 0
-    try:
-        yield
-    finally:
-        _onednn.COPY_MIN_ROWS = saved
+    return switch
 
 
 _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
-    "all": (_library, "kept", "pytorch"),
-    "gemm": (_plain_gemm, "gemm", "packed"),
-    "layout": (_transposed_weights, "transposed", "copied"),
+    # the kept-primitive paths (the primitives an arm made already hold the library themselves)
+    "all": (_switch(_dnnl, "_LIBRARY", None), "kept", "pytorch"),
+    # oneDNN's GEMM on the plain weight (off: the packed inner product)
+    "gemm": (_switch(_onednn, "PLAIN_GEMM", False), "gemm", "packed"),
+    # a (N, K) weight met with few rows read as it is or copied to (K, N); decided when the
+    # node first runs, so the switch matters while an arm is built
+    "layout": (_switch(_onednn, "COPY_MIN_ROWS", 0), "transposed", "copied"),
 }
 
 

@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import ml_dtypes
@@ -598,6 +599,31 @@ class ChannelShuffle(_Primitive):
         """The shuffled array, or None when ``x`` is not what the primitive was made for."""
         y = self._run_one(x)
         return None if y is None else y.transpose(self.inverse)
+
+
+def run_kept(cache: dict[str, Any], name: str, label: str, x: np.ndarray,
+             make: Callable[[], Any]) -> np.ndarray | None:
+    """``x`` through the one-source primitive (pooling, channel shuffle) a node keeps in
+    ``cache[name]``, made by ``make()`` when none serves ``x``'s layout yet; None where this
+    module does not serve it (``make`` gave None: remembered for that layout, so the refused
+    creation is not tried again on every run)."""
+    kept = cache.get(name)
+    if kept is not None:
+        y = kept(x)
+        if y is not None:
+            return y
+    layout = (x.shape, x.strides, x.dtype)
+    if cache.get(f"{name}_refused") == layout or library() is None:
+        return None
+    kept = make()
+    if kept is None:
+        cache[f"{name}_refused"] = layout
+        return None
+    cache[name] = kept
+    cache["library_kernel"] = f"oneDNN {label} {kept.implementation}, kept primitive"
+    y = kept(x)
+    assert y is not None  # made for this very x
+    return y
 
 
 def create_shuffle(x: np.ndarray, groups: int) -> ChannelShuffle | None:

@@ -267,18 +267,7 @@ def channel_shuffle(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 def _kept_shuffle(ctx: NodeContext, x: np.ndarray, groups: int) -> np.ndarray | None:
     """The shuffle by the oneDNN reorder this node keeps, or None where that path does not
     serve (no library, not 4-D, a refused layout: the callers' paths then do)."""
-    kept = ctx.cache.get("dnnl_shuffle")
-    if kept is not None:
-        y = kept(x)
-        if y is not None:
-            return y
-    if (x.ndim != 4 or ctx.cache.get("dnnl_shuffle_refused") == (x.shape, x.strides)
-            or not _onednn.available() or not _dnnl.available()):
+    if x.ndim != 4 or not _onednn.available():
         return None
-    kept = _dnnl.create_shuffle(x, groups)
-    if kept is None:
-        ctx.cache["dnnl_shuffle_refused"] = (x.shape, x.strides)
-        return None
-    ctx.cache["dnnl_shuffle"] = kept
-    ctx.cache["library_kernel"] = f"oneDNN reorder {kept.implementation}, kept primitive"
-    return kept(x)
+    return _dnnl.run_kept(ctx.cache, "dnnl_shuffle", "reorder", x,
+                          lambda: _dnnl.create_shuffle(x, groups))

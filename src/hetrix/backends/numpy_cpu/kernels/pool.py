@@ -190,33 +190,21 @@ def _kept_pool(ctx: NodeContext, x: np.ndarray, kind: str,
     NumPy's give NaN, ONNX Runtime's and ONNX's reference evaluator either, by the NaN's place
     in the window (``test_pools_with_nan_in_a_window`` pins each route's answer).
     """
-    kept = ctx.cache.get("dnnl_pool")
-    if kept is not None:
-        y = kept(x)
-        if y is not None:
-            return y
-    if (
-        x.ndim != 4
-        or ctx.cache.get("dnnl_pool_refused") == x.shape
-        or not _onednn.available()  # a library route: not with HETRIX_NUMPY_ONLY, as for convs
-        or not _dnnl.available()
-    ):
+    if x.ndim != 4 or not _onednn.available():  # a library route: not with HETRIX_NUMPY_ONLY
         return None
-    if win is None:
-        kernel, strides, dilations = list(x.shape[2:]), [1, 1], [1, 1]
-        begin, end, out = [0, 0], [0, 0], [1, 1]
-    else:
-        kernel, strides, dilations, begin, out = (win.kernel, win.strides, win.dilations,
-                                                  win.begin, win.out)
-        end = [e + extra for e, extra in zip(win.end, win.extra, strict=True)]
-    kept = _dnnl.create_pool(x, kind=kind, kernel=kernel, strides=strides, dilations=dilations,
-                             pads_begin=begin, pads_end=end, out=out)
-    if kept is None:
-        ctx.cache["dnnl_pool_refused"] = x.shape
-        return None
-    ctx.cache["dnnl_pool"] = kept
-    ctx.cache["library_kernel"] = f"oneDNN pooling {kept.implementation}, kept primitive"
-    return kept(x)
+
+    def make() -> _dnnl.Pool2d | None:
+        if win is None:
+            kernel, strides, dilations = list(x.shape[2:]), [1, 1], [1, 1]
+            begin, end, out = [0, 0], [0, 0], [1, 1]
+        else:
+            kernel, strides, dilations, begin, out = (win.kernel, win.strides, win.dilations,
+                                                      win.begin, win.out)
+            end = [e + extra for e, extra in zip(win.end, win.extra, strict=True)]
+        return _dnnl.create_pool(x, kind=kind, kernel=kernel, strides=strides,
+                                 dilations=dilations, pads_begin=begin, pads_end=end, out=out)
+
+    return _dnnl.run_kept(ctx.cache, "dnnl_pool", "pooling", x, make)
 
 
 def _max_pool(ctx: NodeContext, x: np.ndarray) -> tuple[np.ndarray, ...] | np.ndarray:
