@@ -207,6 +207,29 @@ def test_concurrent_calls_from_threads() -> None:
     assert not failures
 
 
+def test_primitives_of_a_thread_share_one_scratchpad_that_grows() -> None:
+    """Kept primitives run on one thread use one scratchpad buffer; when one needs more, the
+    buffer grows and a primitive bound to the old one moves to it on its next call, still
+    computing the convolution (a stale binding would write into a freed buffer)."""
+    rng = np.random.default_rng(8)
+    x1, w1, b1, g1 = case("1x1", rng)
+    x2, w2, b2, g2 = case("depthwise", rng)
+    first, second = make(x1, w1, b1, g1), make(x2, w2, b2, g2)
+    assert first.scratchpad_bytes > 0 and second.scratchpad_bytes > 0
+    assert first(x1, w1, b1, None) is not None and second(x2, w2, b2, None) is not None
+    shared = _dnnl._SCRATCHPAD.buffer
+    assert first._local.bindings.scratchpad is shared
+    assert second._local.bindings.scratchpad is shared
+    assert shared is not None and shared.nbytes >= max(first.scratchpad_bytes,
+                                                       second.scratchpad_bytes)
+    _dnnl._SCRATCHPAD.fit(_dnnl._SCRATCHPAD.nbytes + (1 << 16))  # as a larger primitive would
+    grown = _dnnl._SCRATCHPAD.buffer
+    assert grown is not shared
+    y = first(x1, w1, b1, None)
+    assert first._local.bindings.scratchpad is grown
+    np.testing.assert_allclose(y, reference(x1, w1, b1, **g1), rtol=1e-4, atol=1e-4)
+
+
 def test_switched_off_or_missing_library(monkeypatch: pytest.MonkeyPatch,
                                          caplog: pytest.LogCaptureFixture) -> None:
     """``HETRIX_DNNL=0`` turns the path off; a ``HETRIX_DNNL_LIBRARY`` that cannot be loaded

@@ -377,27 +377,61 @@ class _Primitive:
         set_handle = self.lib.set_handle
         for memory, address in zip(bindings.runtime, addresses, strict=True):
             set_handle(memory, address)
+        if bindings.scratchpad is not _SCRATCHPAD.buffer:  # another primitive grew it
+            bindings.point_scratchpad()
         status = self.lib.execute(self.primitive, self.lib.stream, bindings.count,
                                   bindings.args_address)
         if status != _SUCCESS:
             raise DnnlError(f"oneDNN {self.implementation} failed with status {status}")
 
 
+class _ThreadScratchpad(threading.local):
+    """This thread's scratchpad, shared by every kept primitive that runs on it.
+
+    oneDNN uses a primitive's scratchpad only inside one execute call, and one thread runs one
+    primitive at a time, so a buffer per thread serves them all (oneDNN's own "library" mode
+    does the same).  One buffer per primitive held 0.3-1.4 MiB on the suite's CNNs (a few KiB
+    each, 30-126 primitives); shared, it is the largest one.  It only grows: the primitives
+    bound to a smaller one are pointed at the new one on their next call.
+    """
+
+    buffer: np.ndarray | None = None
+    address = 0
+    nbytes = -1
+
+    def fit(self, nbytes: int) -> None:
+        if nbytes > self.nbytes:
+            self.buffer, self.address = _aligned_empty(nbytes)
+            self.nbytes = nbytes
+
+
+_SCRATCHPAD = _ThreadScratchpad()
+
+
 class _Bindings:
-    """One thread's memory objects for one primitive's per-call arrays, and its scratchpad."""
+    """One thread's memory objects for one primitive's per-call arrays and its scratchpad."""
 
     def __init__(self, primitive: _Primitive) -> None:
         lib = primitive.lib
+        self.lib, self.scratchpad_bytes = lib, primitive.scratchpad_bytes
         self.runtime = [lib.memory(desc, None) for _, desc in primitive.runtime_args]
-        self.scratchpad, address = _aligned_empty(primitive.scratchpad_bytes)
-        scratchpad = lib.memory(primitive.scratchpad_desc, address)
+        self.scratchpad_memory = lib.memory(primitive.scratchpad_desc, None)
+        self.scratchpad: np.ndarray | None = None  # the thread's buffer it points at
+        self.point_scratchpad()
         args = [(arg, memory) for (arg, _), memory in zip(primitive.runtime_args, self.runtime,
                                                           strict=True)]
-        args += [*primitive.constant_args, (_ARG_SCRATCHPAD, scratchpad)]
+        args += [*primitive.constant_args, (_ARG_SCRATCHPAD, self.scratchpad_memory)]
         self.count = len(args)
         self.args = (_ExecArg * len(args))(*(_ExecArg(a, m) for a, m in args))
         self.args_address = ctypes.addressof(self.args)
-        weakref.finalize(self, _destroy, lib.lib, [], [*self.runtime, scratchpad], [], [])
+        weakref.finalize(self, _destroy, lib.lib, [], [*self.runtime, self.scratchpad_memory],
+                         [], [])
+
+    def point_scratchpad(self) -> None:
+        """Bind the scratchpad to this thread's shared buffer, grown to fit first."""
+        _SCRATCHPAD.fit(self.scratchpad_bytes)
+        self.lib.set_handle(self.scratchpad_memory, _SCRATCHPAD.address)
+        self.scratchpad = _SCRATCHPAD.buffer
 
 
 def _nhwc(c: int, h: int, w: int) -> tuple[int, ...]:
