@@ -87,6 +87,9 @@ def test_metadata_and_providers(session) -> None:
     assert meta.producer_name == "hetrix-tests"
     assert meta.version == 7
     assert meta.custom_metadata_map == {"purpose": "unit test"}
+    meta.custom_metadata_map["purpose"] = "changed by the caller"
+    assert session.get_modelmeta().custom_metadata_map == {"purpose": "unit test"}
+    assert session.model_proto.producer_name == "hetrix-tests"
     assert session.get_providers() == ["numpy:cpu"]
     assert "numpy:cpu" in hetrix.get_available_providers()
 

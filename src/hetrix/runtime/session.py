@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -197,13 +197,25 @@ class InferenceSession:
 
     def _release_model_copies(self) -> None:
         """Keep one copy of the weights (the plan's): drop the IR and the parsed protobuf, whose
-        arena holds the file's tensor bytes, keeping a structure-only proto for metadata (the
-        memory is handed back to the OS when ``__init__`` returns: ``collects_load_garbage``)."""
+        arena holds the file's tensor bytes.  What stays is the metadata and the structure as
+        serialized bytes (parsed again when :attr:`model_proto` is asked for: a parsed
+        protobuf of the 1,200-node small_ops model held 0.7 MiB, its bytes 76 KiB).  The
+        memory is handed back to the OS when ``__init__`` returns (``collects_load_garbage``).
+        """
         del self._model
-        _drop_weight_bytes(self._loaded.proto)
-        structure = onnx.ModelProto()
-        structure.CopyFrom(self._loaded.proto)
-        self._loaded.proto = structure  # the last reference: the old arena is freed here
+        proto = self._loaded.proto
+        self._metadata = ModelMetadata(
+            producer_name=proto.producer_name,
+            graph_name=proto.graph.name,
+            domain=proto.domain,
+            description=proto.doc_string,
+            graph_description=proto.graph.doc_string,
+            version=proto.model_version,
+            custom_metadata_map={p.key: p.value for p in proto.metadata_props},
+        )
+        _drop_weight_bytes(proto)
+        self._structure = proto.SerializeToString()
+        del self._loaded, proto  # the last references: the arena is freed here
 
     def _can_run(self, domain: str, op_type: str, opset: int) -> bool:
         return any(
@@ -411,16 +423,8 @@ class InferenceSession:
         return self._options
 
     def get_modelmeta(self) -> ModelMetadata:
-        proto = self._loaded.proto
-        return ModelMetadata(
-            producer_name=proto.producer_name,
-            graph_name=proto.graph.name,
-            domain=proto.domain,
-            description=proto.doc_string,
-            graph_description=proto.graph.doc_string,
-            version=proto.model_version,
-            custom_metadata_map={p.key: p.value for p in proto.metadata_props},
-        )
+        metadata = self._metadata  # the map is the caller's to change
+        return replace(metadata, custom_metadata_map=dict(metadata.custom_metadata_map))
 
     def get_placement(self) -> list[Placement]:
         """Where each top-level node runs, with the reason for every fallback.
@@ -497,8 +501,9 @@ class InferenceSession:
         """The model's structure as planned (defaults filled, functions expanded).
 
         Initializers keep their name, type and shape but not their data, which lives in the plan.
+        Each access parses a new copy (the session keeps only the serialized bytes).
         """
-        return self._loaded.proto
+        return onnx.ModelProto.FromString(self._structure)
 
     # -- feed checks ---------------------------------------------------------------------------
 
