@@ -4,7 +4,9 @@ With ``--part gemm``, of oneDNN's GEMM on the plain weight (``_onednn.plain_gemm
 packed inner product for float32 layer products (arm B turns only that path off).  With
 ``--part layout``, of that GEMM reading a (N, K) weight met with few rows as it is (transposed,
 the default below ``_onednn.COPY_MIN_ROWS`` rows) against the (K, N) copy made for more rows
-(arm B copies at any row count).
+(arm B copies at any row count).  With ``--part direct``, of the steps that call their kept
+primitive directly once their plan has run (``NodeContext.direct``) against the same steps
+calling their kernels (arm B's plans never switch).
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -14,7 +16,7 @@ both arms are sessions of the same process, run alternately on the seeded inputs
 correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differences of its
 pooling into 0.12, see RESULTS.md).
 
-    python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout] [--runs 200] [--pause 0.1]
+    python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct] [--runs 200]
                                             [--batch N] [--threads N]
 """
 
@@ -33,6 +35,8 @@ import numpy as np
 import hetrix
 from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn
 from hetrix.bench.inputs import make_feeds, model_inputs
+from hetrix.runtime import executor
+from hetrix.runtime.plan import Plan
 
 
 def _switch(module: Any, name: str, off: Any) -> Callable[[bool], Any]:
@@ -51,6 +55,11 @@ def _switch(module: Any, name: str, off: Any) -> Callable[[bool], Any]:
     return switch
 
 
+def _never_bound(plan: Plan) -> int:
+    plan.direct_calls_bound = True  # looked at: it stays on its kernel calls
+    return 0
+
+
 _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     # the kept-primitive paths (the primitives an arm made already hold the library themselves)
     "all": (_switch(_dnnl, "_LIBRARY", None), "kept", "pytorch"),
@@ -59,10 +68,17 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     # a (N, K) weight met with few rows read as it is or copied to (K, N); decided when the
     # node first runs, so the switch matters while an arm is built
     "layout": (_switch(_onednn, "COPY_MIN_ROWS", 0), "transposed", "copied"),
+    # a plan's steps switched to their kept primitives' direct calls after its first run
+    "direct": (_switch(executor, "bind_direct_calls", _never_bound), "direct", "kernel"),
 }
 
 
 def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
+    if part == "direct":  # the steps the most recently built plan switched
+        plans = [session._plan, *(session._specializer._plans.values()
+                                  if session._specializer else ())]
+        return max(sum(1 for lean in plan.lean_steps if lean[-1].ctx.direct is not None
+                       and lean[0] is lean[-1].ctx.direct.call) for plan in plans)
     keys = ("dnnl_convs", "dnnl_pool", "gemm_weight") if part == "all" else ("gemm_weight",)
     return sum(1 for step in session._plan.steps if any(step.ctx.cache.get(k) for k in keys))
 
@@ -72,7 +88,8 @@ def main() -> None:
     _ab.add_options(parser)
     parser.add_argument("--part", choices=list(_PARTS), default="all",
                         help="all: every kept-primitive path; gemm: the plain-weight GEMM only; "
-                             "layout: a few-row product's weight read transposed or copied")
+                             "layout: a few-row product's weight read transposed or copied; "
+                             "direct: the kept primitives called directly or by their kernels")
     args = parser.parse_args()
     switch, on_name, off_name = _PARTS[args.part]
     if not _dnnl.available():

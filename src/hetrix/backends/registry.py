@@ -27,6 +27,28 @@ from typing import Any
 Kernel = Callable[..., Any]
 
 
+@dataclass(frozen=True)
+class DirectCall:
+    """A shorter call a kernel offers for its node once its set-up has settled (a library
+    primitive made for the inputs' layout), which the run loop then makes instead of the kernel.
+
+    ``call`` takes only the inputs at ``positions``, in order; every other input is the constant
+    at its position in ``constants`` (None for an omitted one), the value the kernel was called
+    with.  ``call`` gives the kernel's answer for any arrays: what it was not made for (another
+    layout, another thread than ``owner``) it hands to the kernel.  A plan switches a step to it
+    after the plan's first run, where the step's kernel is ``kernel`` and its other inputs are
+    exactly those constants (:func:`hetrix.runtime.plan.bind_direct_calls`).  ``source`` is
+    what ``call`` runs, so that a kernel offers anew only for a new one.
+    """
+
+    call: Callable[..., Any]
+    positions: tuple[int, ...]
+    constants: tuple[Any, ...]
+    kernel: Kernel
+    owner: int
+    source: Any = None
+
+
 @dataclass
 class NodeContext:
     """What a kernel knows about its node, fixed when the session is planned.
@@ -55,6 +77,8 @@ class NodeContext:
     not graph outputs, not read by another node).  A kernel that keeps its own exact copy of such
     a weight (packed for a library) may release the original's memory (see
     :func:`hetrix.runtime.memory.release_pages`); it must then never read the original again."""
+    direct: DirectCall | None = None
+    """The kernel's shorter call for this node, once it offers one (see :class:`DirectCall`)."""
 
     def attr(self, name: str, default: Any = None) -> Any:
         """The attribute ``name``, or ``default`` when the node does not set it."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from hetrix.errors import ExecutionError, HetrixError
 from hetrix.runtime.flops import node_flops
-from hetrix.runtime.plan import Plan, Step
+from hetrix.runtime.plan import Plan, Step, bind_direct_calls
 
 
 @dataclass
@@ -61,6 +61,8 @@ def execute(
     with np.errstate(all="ignore"):
         if record is None and timings is None and watch is None:
             _walk_lean(plan, slots)
+            if not plan.direct_calls_bound:  # the kernels have made their primitives now
+                bind_direct_calls(plan)
         else:
             _walk(plan, slots, record, timings, watch)
     slots[0] = None  # an omitted optional output of a step may have written the None slot
@@ -84,7 +86,7 @@ def _walk_lean(plan: Plan, slots: list[Any]) -> None:
         except HetrixError:
             raise
         except Exception as exc:
-            args = [slots[i] for i in inputs]
+            args = [slots[i] for i in step.inputs]  # all of them (a direct call takes fewer)
             raise ExecutionError(_failure_message(step, args, exc)) from exc
         if type(result) is tuple:
             for slot, value in zip(outputs, result):

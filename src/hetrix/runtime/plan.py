@@ -80,6 +80,8 @@ class Plan:
     output_memory: list[str] = field(default_factory=list)
     """Memory space of each output: a top-level plan leaves outputs where they were computed,
     and the session brings them to the host unless the caller keeps them on the device."""
+    direct_calls_bound: bool = False
+    """Whether :func:`bind_direct_calls` has looked at this plan (after its first run)."""
 
 
 class KernelChooser:
@@ -260,6 +262,44 @@ def lean_step(step: Step) -> tuple[Any, ...]:
         step.frees,
         step,
     )
+
+
+def bind_direct_calls(plan: Plan) -> int:
+    """Switch each step whose kernel offers a direct call (``NodeContext.direct``) to it, where
+    the plan fixes what the call leaves out: the step still runs that kernel, and each input
+    the call does not take is a constant of this plan (no feed may replace it) and the very
+    value the kernel saw.  Once per plan, after its first run, when the kernels have made their
+    library primitives; returns the number of steps switched.
+
+    The plan is in use meanwhile (other threads may be running it): each entry of
+    ``lean_steps`` is replaced whole, which a running loop sees either before or after.
+    """
+    plan.direct_calls_bound = True
+    fed = {*plan.input_slots, *plan.captured_slots}
+    switched = 0
+    for index, lean in enumerate(plan.lean_steps):
+        step: Step = lean[-1]
+        direct = step.ctx.direct
+        if (direct is None or lean[0] is direct.call or step.kernel is not direct.kernel
+                or len(direct.constants) != len(step.inputs)):
+            continue
+        runtime = tuple(step.inputs[position] for position in direct.positions)
+        fixed = (
+            slot not in fed and plan.initial_slots[slot] is direct.constants[position]
+            for position, slot in enumerate(step.inputs) if position not in direct.positions
+        )
+        if not runtime or not all(fixed):
+            continue
+        plan.lean_steps[index] = (
+            direct.call,
+            len(runtime),
+            runtime[0],
+            runtime[1] if len(runtime) > 1 else 0,
+            runtime,
+            *lean[5:],
+        )
+        switched += 1
+    return switched
 
 
 def _nodes_in_order(graph: ir.Graph, scope: _Scope, initializers: set[str]) -> list[ir.Node]:

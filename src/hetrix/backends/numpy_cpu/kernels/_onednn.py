@@ -36,6 +36,7 @@ import ml_dtypes
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels import _dnnl, _library
+from hetrix.backends.registry import Kernel, NodeContext
 from hetrix.runtime.memory import recycled_empty
 
 _UNARY_POST_OPS: dict[str, str] = {
@@ -143,6 +144,29 @@ def conv2d(
 
 
 _PREPARED_DTYPES = frozenset({_FLOAT32, _BFLOAT16})
+
+
+def offer_direct_conv(ctx: NodeContext, kernel: Kernel, inputs: tuple[Any, ...]) -> None:
+    """Offer the node's kept convolution primitive as its direct call (see
+    :func:`._dnnl.offer_direct`) when it has just computed ``kernel(ctx, *inputs)`` whole: made
+    for these very arrays (not for a channels-last copy of the input), with the residual, the
+    bias and the activation in it."""
+    conv = ctx.cache.get("onednn_prepared")
+    if not isinstance(conv, _dnnl.Conv2d):
+        return
+    x, w = inputs[0], inputs[1]
+    b = inputs[2] if len(inputs) > 2 else None
+    residual = inputs[3] if len(inputs) > 3 else None
+    if (
+        not isinstance(x, np.ndarray)
+        or conv.w is not w
+        or conv.b is not b
+        or (x.shape, x.strides, x.dtype) != (conv.shape, conv.x_strides, conv.dtype)
+        or (residual is None) != (conv.residual is None)
+    ):
+        return
+    _dnnl.offer_direct(ctx, kernel, conv, inputs, (0,) if residual is None else (0, 3))
+
 
 
 def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None,

@@ -284,7 +284,9 @@ def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 @kernel("Conv", since=1)
 def conv(ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """N-d grouped, dilated, strided, padded convolution with optional bias."""
-    return conv_fused(ctx, x, w, b)[0]
+    y = conv_fused(ctx, x, w, b)[0]
+    _onednn.offer_direct_conv(ctx, conv, (x, w, b)[:ctx.num_inputs])
+    return y
 
 
 def conv_fused(

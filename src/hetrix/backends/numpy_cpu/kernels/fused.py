@@ -167,7 +167,10 @@ def fused_conv(
     """``activation(Conv(x, w, b) + z)``: oneDNN applies both as post-ops where it can."""
     name = activation_name(ctx)
     y, applied = conv_fused(ctx, x, w, b, residual=z, activation=name)
-    return y if applied else activate(ctx, y)
+    if not applied:
+        return activate(ctx, y)
+    _onednn.offer_direct_conv(ctx, fused_conv, (x, w, b, z)[:ctx.num_inputs])
+    return y
 
 
 @kernel("FusedBatchNormalization", since=1, domain="hetrix")
@@ -269,5 +272,5 @@ def _kept_shuffle(ctx: NodeContext, x: np.ndarray, groups: int) -> np.ndarray | 
     serve (no library, not 4-D, a refused layout: the callers' paths then do)."""
     if x.ndim != 4 or not _onednn.available():
         return None
-    return _dnnl.run_kept(ctx.cache, "dnnl_shuffle", "reorder", x,
-                          lambda: _dnnl.create_shuffle(x, groups))
+    return _dnnl.run_kept(ctx, "dnnl_shuffle", "reorder", x,
+                          lambda: _dnnl.create_shuffle(x, groups), kernel=channel_shuffle)

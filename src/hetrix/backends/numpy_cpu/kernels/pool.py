@@ -22,6 +22,7 @@ import numpy as np
 from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.kernels.conv import pad_spatial, resolve_pads, spatial_ints
+from hetrix.backends.registry import Kernel
 
 
 @dataclass
@@ -178,10 +179,11 @@ def _torch_pool(pool: str, x: np.ndarray, win: _Window, **options: object) -> np
     return _onednn.to_numpy(y)
 
 
-def _kept_pool(ctx: NodeContext, x: np.ndarray, kind: str,
-               win: _Window | None) -> np.ndarray | None:
+def _kept_pool(ctx: NodeContext, x: np.ndarray, kind: str, win: _Window | None,
+               node_kernel: Kernel) -> np.ndarray | None:
     """The pooling by a oneDNN primitive the node keeps (:mod:`._dnnl`), or None where that
     path does not serve it.  ``win`` None: a global pool (the window is the whole image).
+    ``node_kernel``: the node's kernel, which returns this result as it is.
 
     Why: PyTorch's pooling call costs tens of microseconds of setup around the work, and its
     channels-last max pooling ran 4x slower than oneDNN's (SqueezeNet's first MaxPool, 64
@@ -204,13 +206,13 @@ def _kept_pool(ctx: NodeContext, x: np.ndarray, kind: str,
         return _dnnl.create_pool(x, kind=kind, kernel=kernel, strides=strides,
                                  dilations=dilations, pads_begin=begin, pads_end=end, out=out)
 
-    return _dnnl.run_kept(ctx.cache, "dnnl_pool", "pooling", x, make)
+    return _dnnl.run_kept(ctx, "dnnl_pool", "pooling", x, make, kernel=node_kernel)
 
 
 def _max_pool(ctx: NodeContext, x: np.ndarray) -> tuple[np.ndarray, ...] | np.ndarray:
     win = _window(ctx, x)
     if ctx.num_outputs < 2:
-        y = _kept_pool(ctx, x, "max", win)
+        y = _kept_pool(ctx, x, "max", win, max_pool)
         if y is not None:
             return y
     if ctx.num_outputs < 2 and _torch_pool_fits(x, win, asymmetric_ok=True):
@@ -266,7 +268,8 @@ def average_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     # oneDNN's mean with pads divides by the whole kernel: ONNX's too, unless the ceil mode
     # extends windows past the explicit pads (those extra taps do not count)
     if not (include_pad and any(win.extra)):
-        y = _kept_pool(ctx, x, "average_with_pads" if include_pad else "average", win)
+        y = _kept_pool(ctx, x, "average_with_pads" if include_pad else "average", win,
+                       average_pool)
         if y is not None:
             return y
     if _torch_pool_fits(x, win) and not any(win.extra) and all(d == 1 for d in win.dilations):
@@ -324,7 +327,7 @@ def _spatial_axes(ctx: NodeContext, x: np.ndarray) -> tuple[int, ...]:
 @kernel("GlobalAveragePool", since=1)
 def global_average_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Mean over all spatial axes, kept as size-1 axes."""
-    y = _kept_pool(ctx, x, "average", None)
+    y = _kept_pool(ctx, x, "average", None, global_average_pool)
     if y is not None:
         return y
     if x.ndim == 4 and x.dtype in _onednn.SUPPORTED_DTYPES and _onednn.available():
@@ -340,7 +343,7 @@ def global_average_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 @kernel("GlobalMaxPool", since=1)
 def global_max_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Max over all spatial axes, kept as size-1 axes."""
-    y = _kept_pool(ctx, x, "max", None)
+    y = _kept_pool(ctx, x, "max", None, global_max_pool)
     if y is not None:
         return y
     return np.max(x, axis=_spatial_axes(ctx, x), keepdims=True)

@@ -1,0 +1,135 @@
+"""Direct calls: once a plan has run, a step whose kernel keeps a oneDNN primitive calls that
+primitive without the kernel's own layers (``NodeContext.direct``, ``plan.bind_direct_calls``).
+
+What must hold, checked against ONNX Runtime (graph optimizations off): the switch happens (a
+count of the switched steps, so that the test fails if it quietly stops); results stay the
+model's on later runs, at another batch size and from another thread (the direct call hands
+what it was not made for to the kernel); and a weight the caller may feed is never fixed into
+a direct call.  Skipped where the ``onednn`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import hetrix
+from hetrix.backends.numpy_cpu.kernels import _dnnl
+from hetrix.runtime.plan import Plan
+
+pytestmark = pytest.mark.skipif(not _dnnl.available(), reason="the onednn extra is not installed")
+
+CHANNELS = 8
+
+
+def make_model(batch: int | str = 1, feedable_weight: bool = False) -> onnx.ModelProto:
+    """Conv+Relu -> MaxPool -> Conv, + the pooled input, Relu -> GlobalAveragePool: after the
+    graph passes a FusedConv, a pool, a FusedConv with its residual and a global pool."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.standard_normal((CHANNELS, 3, 3, 3)) * 0.3,
+        "b1": rng.standard_normal(CHANNELS),
+        "w2": rng.standard_normal((CHANNELS, CHANNELS, 3, 3)) * 0.2,
+        "b2": rng.standard_normal(CHANNELS),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "p"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])]
+    if feedable_weight:  # an initializer that is also a graph input: a feed may replace it
+        inputs.append(helper.make_tensor_value_info("w2", TensorProto.FLOAT,
+                                                    [CHANNELS, CHANNELS, 3, 3]))
+    graph = helper.make_graph(
+        nodes, "direct_calls", inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, CHANNELS, 1, 1])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def plans(session: hetrix.InferenceSession) -> list[Plan]:
+    specializer = session._specializer
+    return [session._plan, *(specializer._plans.values() if specializer else [])]
+
+
+def switched(plan: Plan) -> list[str]:
+    """The op types of the plan's steps that run their direct call."""
+    return [lean[-1].ctx.op_type for lean in plan.lean_steps
+            if lean[-1].ctx.direct is not None and lean[0] is lean[-1].ctx.direct.call]
+
+
+def feeds_for(batch: int, seed: int) -> dict[str, np.ndarray]:
+    x = np.random.default_rng(seed).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+    return {"x": x}
+
+
+def test_steps_switch_after_the_first_run_and_keep_the_results() -> None:
+    model = make_model()
+    options = hetrix.SessionOptions()
+    options.warm_up = False
+    session = hetrix.InferenceSession(model.SerializeToString(), options)
+    assert switched(session._plan) == []
+    session.run(None, feeds_for(1, 0))
+    # the first conv reads a channels-last copy of the NCHW input: no direct call for it
+    assert sorted(switched(session._plan)) == ["FusedConv", "GlobalAveragePool", "MaxPool"]
+    for seed in range(1, 4):
+        feeds = feeds_for(1, seed)
+        np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_other_batch_sizes_and_threads_reach_the_kernels() -> None:
+    model = make_model(batch="N")
+    session = hetrix.InferenceSession(model.SerializeToString())
+    for _ in range(4):  # generic plan, then the batch-1 plan the specializer makes
+        session.run(None, feeds_for(1, 0))
+    assert all(len(switched(plan)) >= 3 for plan in plans(session) if plan.direct_calls_bound)
+    for batch in (3, 1, 2):
+        feeds = feeds_for(batch, batch)
+        np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
+                                   rtol=1e-4, atol=1e-5)
+    results: dict[int, np.ndarray] = {}
+
+    def run(batch: int) -> None:
+        results[batch] = session.run(None, feeds_for(batch, 10 + batch))[0]
+
+    threads = [threading.Thread(target=run, args=(batch,)) for batch in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for batch, result in results.items():
+        np.testing.assert_allclose(result, ort_run(model, feeds_for(batch, 10 + batch)),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_a_weight_the_caller_may_feed_is_not_fixed() -> None:
+    model = make_model(feedable_weight=True)
+    session = hetrix.InferenceSession(model.SerializeToString())
+    feeds = feeds_for(1, 0)
+    session.run(None, feeds)
+    session.run(None, feeds)
+    assert "FusedConv" not in switched(session._plan)  # its weight is a graph input
+    assert "MaxPool" in switched(session._plan)
+    other = (np.random.default_rng(5).standard_normal((CHANNELS, CHANNELS, 3, 3)) * 0.2
+             ).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {**feeds, "w2": other})[0],
+                               ort_run(model, {**feeds, "w2": other}), rtol=1e-4, atol=1e-5)
