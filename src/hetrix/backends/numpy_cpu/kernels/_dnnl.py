@@ -706,7 +706,7 @@ def run_kept(ctx: NodeContext, name: str, label: str, x: np.ndarray,
     creation is not tried again on every run).  ``kernel``: the node's kernel, which returns
     this result as it is, so the primitive may be its direct call (:func:`offer_direct`)."""
     cache = ctx.cache
-    kept = cache.get(name)
+    kept: Any = cache.get(name)
     y = None if kept is None else kept(x)
     if y is None:
         layout = (x.shape, x.strides, x.dtype)
