@@ -113,8 +113,9 @@ print(json.dumps({"before": before, "main": tasks.pop(threading.get_native_id())
 """
 
 
-def _binding_in_fresh_process(extra_env: dict[str, str]) -> dict:
-    """Run the probe in a new interpreter (OpenMP binds only when it starts) and read its report."""
+def _binding_in_fresh_process(extra_env: dict[str, str], prelude: str = "") -> dict:
+    """Run the probe in a new interpreter (OpenMP binds only when it starts) and read its report;
+    ``prelude`` runs first (what loads libgomp first decides its set-up)."""
     import json
     import os
     import subprocess
@@ -127,13 +128,25 @@ def _binding_in_fresh_process(extra_env: dict[str, str]) -> dict:
            if k not in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY",
                         "OMP_NUM_THREADS")}
     env.update(extra_env)
-    done = subprocess.run([sys.executable, "-c", _BINDING_PROBE], env=env, capture_output=True,
-                          text=True, timeout=120, check=True)
+    done = subprocess.run([sys.executable, "-c", prelude + _BINDING_PROBE], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_openmp_workers_are_bound_and_the_main_thread_is_not() -> None:
-    report = _binding_in_fresh_process({})
+_DNNL_FIRST = """
+from hetrix.backends.numpy_cpu.kernels import _dnnl
+assert _dnnl.library() is not None  # oneDNN's library loads libgomp before PyTorch does
+"""
+
+
+@pytest.mark.parametrize("first", ["torch", "onednn"])
+def test_openmp_workers_are_bound_and_the_main_thread_is_not(first: str) -> None:
+    if first == "onednn":
+        from hetrix.backends.numpy_cpu.kernels import _dnnl
+
+        if not _dnnl.available():
+            pytest.skip("the onednn extra is not installed")
+    report = _binding_in_fresh_process({}, _DNNL_FIRST if first == "onednn" else "")
     assert report["main"] == report["before"]  # the user's thread keeps its own affinity
     assert report["env"] == []  # child processes of the user's inherit nothing
     if report["threads"] > 1:

@@ -35,6 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from hetrix.backends.registry import DirectCall, Kernel, NodeContext
+from hetrix.backends.torch_setup import openmp_set_up
 from hetrix.runtime.memory import recycled_empty
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,9 @@ def library() -> _Library | None:
             path = None if os.environ.get("HETRIX_DNNL") == "0" else _library_path()
             if path is not None:
                 try:
-                    _LIBRARY = _Library(ctypes.CDLL(path))
+                    with openmp_set_up():  # it may be the first to load libgomp
+                        loaded = ctypes.CDLL(path)
+                    _LIBRARY = _Library(loaded)
                 except (OSError, DnnlError, AttributeError) as exc:
                     logger.warning("oneDNN at %s not used: %s", path, exc)
             _LOADED = True
