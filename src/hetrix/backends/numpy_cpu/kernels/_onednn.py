@@ -28,6 +28,7 @@ uses to reach the AMX units.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -616,7 +617,7 @@ def _pack_linear(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.n
     source = _library.as_tensor(dense) if dense.dtype != _BFLOAT16 else as_tensor(dense)
     with torch.no_grad():
         packed = torch.ops.mkldnn._reorder_linear_weight(
-            (source if transposed else source.t()).to(dtype), int(np.prod(a.shape[:-1])))
+            (source if transposed else source.t()).to(dtype), math.prod(a.shape[:-1]))
     tail = None if bias is None else as_tensor(bias.reshape(n)).to(dtype)
     cached = (b, bias, a.dtype, packed, tail)
     cache["linear"] = cached

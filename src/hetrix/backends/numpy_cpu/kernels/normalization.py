@@ -10,6 +10,7 @@ BatchNormalization keeps a convolution's channels-last layout: 2-4x faster on De
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ def _bn_param(op: str, name: str, p: np.ndarray, x: np.ndarray, spatial: bool) -
     if spatial:
         _check_channel_param(op, name, p, x.shape[1])
         return p.reshape(_channel_shape(x))
-    size = int(np.prod(x.shape[1:]))
+    size = math.prod(x.shape[1:])
     if p.size != size:
         raise ValueError(f"{op}: non-spatial {name} must have C*D1*..*Dn = {size} elements")
     return p.reshape(x.shape[1:])
@@ -386,7 +387,7 @@ def _numpy_layer_norm(
     bias: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Y, mean, inv_std) in NumPy, statistics in ``wd``; Y in X's dtype."""
-    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    rows = math.prod(x.shape[:axis])
     x2 = _as_work(x, wd).reshape(rows, -1)
     y, mean, inv_std = _standardize_rows(x2, eps)
     y = y.reshape(x.shape)
@@ -403,7 +404,7 @@ def rms_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray) -> np.ndarray:
     axis = _trailing_axis(op, ctx.attrs.get("axis", -1), x.ndim)
     stash = tensor_dtype_to_np_dtype(ctx.attrs.get("stash_type", 1))
     wd = _work_dtype(x.dtype, stash)
-    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    rows = math.prod(x.shape[:axis])
     x2 = _as_work(x, wd).reshape(rows, -1)
     ms = np.einsum("ij,ij->i", x2, x2)[:, None] / max(x2.shape[1], 1)
     y = x2 * (1.0 / np.sqrt(ms + ctx.attrs.get("epsilon", 1e-5))).astype(wd)

@@ -7,6 +7,7 @@ Both forms share one reduction function per operator.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -98,7 +99,7 @@ def _mean(x: np.ndarray, axes: Axes, keep: bool) -> np.ndarray:
 
 
 def _count(x: np.ndarray, axes: Axes) -> int:
-    return max(int(np.prod([x.shape[a] for a in axes])), 1)
+    return max(math.prod(x.shape[a] for a in axes), 1)
 
 
 def _prod(x: np.ndarray, axes: Axes, keep: bool) -> np.ndarray:

@@ -8,6 +8,7 @@ over the whole flattened second dimension; from opset 13 they work on the single
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -80,7 +81,7 @@ def _coerced_2d(ctx: NodeContext, x: np.ndarray, fn: AxisFn) -> np.ndarray:
     axis = axis + x.ndim if axis < 0 else axis
     if x.size == 0:
         return x.copy()
-    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    rows = math.prod(x.shape[:axis])
     y = fn(x.reshape(rows, -1), 1)
     return y.reshape(x.shape).astype(x.dtype, copy=False)
 
