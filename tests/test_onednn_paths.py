@@ -1097,7 +1097,9 @@ def test_concat_chain_appends_into_one_buffer_and_branches_stay_apart(
         features, channels = f"c{layer}", channels + 4
     # a branch: c1 extended a second time, after c2 extended it
     nodes.append(helper.make_node("Concat", ["c1", "n0"], ["branch"], axis=1))
-    nodes.append(helper.make_node("Relu", ["branch"], ["branch_out"]))
+    # (read by Abs: an activation such as Relu would fuse with it into a FusedConcat, which
+    # always copies into a new buffer)
+    nodes.append(helper.make_node("Abs", ["branch"], ["branch_out"]))
     outputs = ["c0", "c1", "c2", "c3", "branch_out"]
     compared = Compared(make_model(nodes, {"x": [2, 8, 6, 6]}, outputs, weights))
     appended, buffers = [], []

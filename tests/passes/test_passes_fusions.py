@@ -554,6 +554,60 @@ def test_batchnorm_read_by_two_nodes_keeps_its_activation_apart() -> None:
     assert _optimized_ops(model) == {"BatchNormalization", "Relu", "Add"}
 
 
+# --------------------------------------------------------------------------- concat + activation
+
+
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize(("activation", "reference"), [
+    ("Relu", lambda y: np.maximum(y, 0)),
+    ("Clip", lambda y: np.clip(y, -0.5, 0.5)),
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channels_last_large"])
+def test_concat_activation_becomes_fused_concat(activation: str, reference: object,
+                                                layout: str) -> None:
+    # ShuffleNet's downsampling unit ends in Concat(pooled shortcut, branch) then Relu; a Relu
+    # over channels-last inputs is applied in the copy (NumPy's slices, or torch.cat above 2 MiB)
+    shape = [1, 160, 64, 32] if layout == "channels_last_large" else [2, 4, 5, 7]
+    extra = {"min": -0.5, "max": 0.5} if activation == "Clip" else {}
+    nodes = [helper.make_node("Concat", ["x", "x2"], ["c"], axis=1),
+             helper.make_node(activation, ["c"], ["y"], **extra)]
+    model = make_model(nodes, {"x": shape, "x2": shape}, ["y"], opset=6 if extra else 17)
+    x, x2 = _f32(*shape, low=-3, high=3), _f32(*shape, low=-3, high=3)
+    x[0, 0, 0, :2] = [np.nan, -np.inf]  # Relu and Clip keep NaN; -inf goes to 0 / the bound
+    if layout != "nchw":  # as convolution outputs arrive on the oneDNN path
+        x, x2 = _channels_last(x), _channels_last(x2)
+    result = optimize_and_run(model, {"x": x, "x2": x2})
+    assert result.ops() == {"hetrix::FusedConcat": 1}
+    expected = reference(np.concatenate([x, x2], axis=1).astype(np.float64))
+    np.testing.assert_allclose(result.actual[0], expected, rtol=1e-6, atol=0)
+    assert np.isnan(result.actual[0][0, 0, 0, 0])
+    np.testing.assert_array_equal(x[0, 0, 0, :2], [np.nan, -np.inf])  # its inputs untouched
+
+
+def test_concat_read_elsewhere_keeps_its_activation_apart() -> None:
+    nodes = [helper.make_node("Concat", ["x", "x2"], ["c"], axis=1),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Add", ["c", "r"], ["y"])]
+    model = make_model(nodes, {"x": [1, 4, 3, 3], "x2": [1, 4, 3, 3]}, ["y"])
+    assert _optimized_ops(model) == {"Concat", "Relu", "Add"}
+
+
+def test_fused_concat_of_one_input_does_not_write_into_it() -> None:
+    # the passes drop a one-input Concat; the kernel, called on one, must still copy it
+    from hetrix.backends.numpy_cpu.kernels import fused
+    from hetrix.backends.registry import NodeContext
+
+    ctx = NodeContext("FusedConcat", "hetrix", "c", 1, {"axis": 1, "activation": "Relu",
+                                                      "activation_params": []}, 1, 1)
+    x = _channels_last(_f32(1, 4, 3, 3, low=-3, high=3))
+    before = x.copy()
+    y = fused.fused_concat(ctx, x)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(y, np.maximum(before, 0))
+
+
 # --------------------------------------------------------------------------- channel shuffle
 
 

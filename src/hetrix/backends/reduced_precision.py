@@ -497,6 +497,7 @@ _KERNELS: dict[tuple[str, str], Kernel] = {
     ("", "AveragePool"): pool.average_pool,
     ("", "GlobalAveragePool"): pool.global_average_pool,
     ("", "Concat"): tensor.concat,
+    ("hetrix", "FusedConcat"): fused.fused_concat,
     ("", "Flatten"): tensor.flatten,
     ("", "LRN"): _in_float32(normalization.lrn),
     # the transformer ops between the matrix products

@@ -18,6 +18,8 @@
   becomes ``hetrix.FusedBatchNormalization``: the pre-activation BN + Relu of DenseNet-style blocks
   (BN over a concatenation, so nothing to fold it into), where the activation then runs in place
   instead of writing one more full tensor.
+* A ``Concat`` followed by one of them becomes ``hetrix.FusedConcat``: ShuffleNet's downsampling
+  units end in Concat then Relu, which the kernel applies while it copies the inputs.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from hetrix.passes import _ir
 from hetrix.passes.rewrite import Reject, RewriteContext, RewritePass, Rule
 
 FUSED_OP = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul",
-            "BatchNormalization": "FusedBatchNormalization"}
+            "BatchNormalization": "FusedBatchNormalization", "Concat": "FusedConcat"}
 """The hetrix op a producer becomes when an activation is fused into it."""
 
 _FLOAT_MAX = float(np.finfo(np.float32).max)
@@ -192,9 +194,10 @@ class ActivationFusionRule(Rule):
             # MLP, which takes its 3-D input through 2-D Gemms) becomes FusedGemm -> Reshape
             assert producer is not None
             reshape, producer = producer, _ir.producer(producer.inputs[0])
-        if not (_ir.is_op(producer, "Conv", "Gemm", "MatMul") or _is_plain_fused(producer)
-                or _is_inference_batch_norm(producer, ctx)):
-            raise Reject("input is not produced by Conv, Gemm, MatMul or BatchNormalization")
+        if not (_ir.is_op(producer, "Conv", "Gemm", "MatMul", "Concat")
+                or _is_plain_fused(producer) or _is_inference_batch_norm(producer, ctx)):
+            raise Reject("input is not produced by Conv, Gemm, MatMul, Concat or "
+                         "BatchNormalization")
         assert producer is not None
         reader = node if reshape is None else reshape
         if _ir.sole_consumer(producer.outputs[0]) is not reader:

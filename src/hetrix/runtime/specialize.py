@@ -62,7 +62,8 @@ _STRUCTURAL = (
 SHAPE_ONLY_OPS: frozenset[tuple[str, str]] = frozenset(
     {("", op) for op in (_ELEMENTWISE + " " + _STRUCTURAL).split()}
     | {("hetrix", op) for op in ("Attention", "FusedConv", "FusedGemm", "FusedMatMul", "Gelu",
-                                 "LayerNormalization", "Copy", "FusedBatchNormalization")}
+                                 "LayerNormalization", "Copy", "FusedBatchNormalization",
+                                 "FusedConcat")}
 )
 """``(domain, op)`` whose output shapes follow from input shapes and attributes alone."""
 

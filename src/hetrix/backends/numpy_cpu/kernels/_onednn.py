@@ -713,8 +713,10 @@ alternating, 0.1 s pause, batch 1): SqueezeNet 0.93-0.97x, ShuffleNet 0.97-0.98x
 v1/v2 level; SqueezeNet at batch 8 (12 MiB outputs) 1.12x slower on NumPy, hence the bound."""
 
 
-def concat_channels(arrays: tuple[np.ndarray, ...] | list[np.ndarray]) -> np.ndarray:
-    """Concatenation along the channels of NHWC-laid-out arrays, keeping that layout.
+def concat_channels(arrays: tuple[np.ndarray, ...] | list[np.ndarray],
+                    relu: bool = False) -> np.ndarray:
+    """Concatenation along the channels of NHWC-laid-out arrays, keeping that layout; with
+    ``relu``, max(x, 0) of it (NaN stays NaN), applied as the inputs are copied.
 
     NumPy's concatenate would write a C-ordered (NCHW) result that the next convolution must
     transpose back.  Up to :data:`NUMPY_CONCAT_MAX_BYTES` each input is copied into its channel
@@ -730,11 +732,16 @@ def concat_channels(arrays: tuple[np.ndarray, ...] | list[np.ndarray]) -> np.nda
     if n * channels * h * w * arrays[0].itemsize > NUMPY_CONCAT_MAX_BYTES:
         import torch
 
-        return to_numpy(torch.cat([as_tensor(a) for a in arrays], dim=1))
+        joined = torch.cat([as_tensor(a) for a in arrays], dim=1)
+        return to_numpy(joined.relu_() if relu else joined)
     buffer = np.empty((n, h, w, channels), arrays[0].dtype)
     start = 0
     for array in arrays:
-        buffer[..., start:start + array.shape[1]] = array.transpose(0, 2, 3, 1)
+        target = buffer[..., start:start + array.shape[1]]
+        if relu:
+            np.maximum(array.transpose(0, 2, 3, 1), 0, out=target)
+        else:
+            target[...] = array.transpose(0, 2, 3, 1)
         start += array.shape[1]
     return buffer.transpose(0, 3, 1, 2)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn, activations, normalization
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn, activations, normalization, tensor
 from hetrix.backends.numpy_cpu.kernels import attention as attention_kernels
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.kernels.conv import conv_fused
@@ -171,6 +171,17 @@ def fused_conv(
         return activate(ctx, y)
     _onednn.offer_direct_conv(ctx, fused_conv, (x, w, b, z)[:ctx.num_inputs])
     return y
+
+
+@kernel("FusedConcat", since=1, domain="hetrix")
+def fused_concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
+    """``activation(Concat(inputs))``.  A Relu over channels-last inputs is applied as they are
+    copied into the result: one pass over the data where Concat then Relu make two (ShuffleNet's
+    downsampling units end so); other activations and layouts run on the fresh result in place.
+    """
+    y, applied = tensor.concatenate(ctx, inputs[: ctx.num_inputs],
+                                    relu=activation_name(ctx) == "Relu")
+    return y if applied else activate(ctx, y)
 
 
 @kernel("FusedBatchNormalization", since=1, domain="hetrix")

@@ -287,11 +287,26 @@ def transpose(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 @kernel("Concat", since=1)
 def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
     """Join the inputs along ``axis`` (default 1 before opset 4)."""
-    inputs = inputs[: ctx.num_inputs]
+    return _concatenate(ctx, inputs[: ctx.num_inputs], chained=True, relu=False)[0]
+
+
+def concatenate(ctx: NodeContext, inputs: tuple[np.ndarray, ...],
+                relu: bool = False) -> tuple[np.ndarray, bool]:
+    """Concat's result as a new array that shares memory with nothing (a copy of a single
+    input), for a caller that writes to it; with ``relu``, max(x, 0) is applied as channels-last
+    inputs are copied, and the flag returned says whether it was."""
+    y, applied = _concatenate(ctx, inputs, chained=False, relu=relu)
+    return (y.copy() if y is inputs[0] else y), applied
+
+
+def _concatenate(ctx: NodeContext, inputs: tuple[np.ndarray, ...], *, chained: bool,
+                 relu: bool) -> tuple[np.ndarray, bool]:
+    """Concat's result and whether ``relu`` was applied; ``chained``: a channel concatenation
+    may extend an earlier one's buffer (see below), sharing memory with its result."""
     first = inputs[0]
     axis = _axis(ctx.attrs.get("axis", 1), first.ndim, "Concat")
     if len(inputs) == 1:
-        return first
+        return first, False
     for other in inputs[1:]:
         if other.dtype != first.dtype or other.ndim != first.ndim:
             raise ValueError(
@@ -299,12 +314,14 @@ def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
                 f"{other.dtype}{list(other.shape)})"
             )
     if axis == 1 and first.ndim == 4 and _onednn.all_channels_last(inputs):
-        y = _appended(inputs)
+        y = _appended(inputs) if chained else None
         if y is None:
-            y = _onednn.concat_channels(inputs)
-            _remember(_CONCATENATED, y, 0)
-        return y
-    return np.concatenate(inputs, axis=axis)
+            y = _onednn.concat_channels(inputs, relu=relu)
+            if chained:
+                _remember(_CONCATENATED, y, 0)
+            return y, relu
+        return y, False
+    return np.concatenate(inputs, axis=axis), False
 
 
 # Channel concatenation chains (DenseNet: each layer's Concat appends 32 channels to the
