@@ -378,6 +378,7 @@ class _Primitive:
         return y
 
     def _thread_bindings(self) -> _Bindings:
+        """The calling thread's memory objects for this primitive, made on its first call."""
         bindings: _Bindings | None = getattr(self._local, "bindings", None)
         if bindings is None:  # this thread's first call
             bindings = self._local.bindings = _Bindings(self)
