@@ -90,12 +90,14 @@ def main() -> None:
                         help="all: every kept-primitive path; gemm: the plain-weight GEMM only; "
                              "layout: a few-row product's weight read transposed or copied; "
                              "direct: the kept primitives called directly or by their kernels")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the sessions' SessionOptions.precision")
     args = parser.parse_args()
     switch, on_name, off_name = _PARTS[args.part]
     if not _dnnl.available():
         sys.exit("oneDNN's library is not installed (pip install 'hetrix[onednn]')")
 
-    options = hetrix.SessionOptions(intra_op_num_threads=args.threads)
+    options = hetrix.SessionOptions(intra_op_num_threads=args.threads, precision=args.precision)
     feeds = make_feeds(model_inputs(args.model), args.batch, {})
     arms: dict[str, tuple[hetrix.InferenceSession, bool]] = {}
     outputs = {}

@@ -133,3 +133,23 @@ def test_a_weight_the_caller_may_feed_is_not_fixed() -> None:
              ).astype(np.float32)
     np.testing.assert_allclose(session.run(None, {**feeds, "w2": other})[0],
                                ort_run(model, {**feeds, "w2": other}), rtol=1e-4, atol=1e-5)
+
+
+def test_reduced_precision_convolutions_switch_too() -> None:
+    pytest.importorskip("torch")
+    from hetrix.errors import HetrixError
+
+    model = make_model()
+    options = hetrix.SessionOptions(precision="bf16")
+    options.warm_up = False
+    try:
+        session = hetrix.InferenceSession(model.SerializeToString(), options)
+    except HetrixError as exc:  # a CPU without bfloat16 convolutions
+        pytest.skip(str(exc))
+    session.run(None, feeds_for(1, 0))
+    assert "FusedConv" in switched(session._plan)
+    for seed in (1, 2):
+        feeds = feeds_for(1, seed)
+        expected = ort_run(model, feeds)
+        np.testing.assert_allclose(session.run(None, feeds)[0].astype(np.float32), expected,
+                                   rtol=0.05, atol=0.05 * np.abs(expected).max())

@@ -209,7 +209,10 @@ def _torch() -> Any:
 def _conv(ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
           z: np.ndarray | None = None) -> np.ndarray:
     y, applied = conv_fused(ctx, x, w, b, residual=z, activation=fused.activation_name(ctx))
-    return y if applied else _reduced_result(fused.activate, ctx, y)
+    if not applied:
+        return _reduced_result(fused.activate, ctx, y)
+    _onednn.offer_direct_conv(ctx, _conv, (x, w, b, z)[:ctx.num_inputs])  # as float32's does
+    return y
 
 
 def _reduced_result(fn: Any, ctx: NodeContext, *arrays: np.ndarray) -> np.ndarray:
