@@ -153,3 +153,32 @@ def test_reduced_precision_convolutions_switch_too() -> None:
         expected = ort_run(model, feeds)
         np.testing.assert_allclose(session.run(None, feeds)[0].astype(np.float32), expected,
                                    rtol=0.05, atol=0.05 * np.abs(expected).max())
+
+
+def test_profiled_runs_time_the_direct_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile times what a run makes: the switched steps' direct calls, not their kernels
+    (only the first convolution, which reads a copy of the NCHW input, goes through the
+    general oneDNN path)."""
+    from hetrix.backends.numpy_cpu.kernels import _onednn
+
+    model = make_model()
+    options = hetrix.SessionOptions(enable_profiling=True)
+    options.warm_up = False
+    session = hetrix.InferenceSession(model.SerializeToString(), options)
+    session.run(None, feeds_for(1, 0))
+    assert sorted(switched(session._plan)) == ["FusedConv", "GlobalAveragePool", "MaxPool"]
+    general_calls = []
+    conv2d = _onednn.conv2d
+
+    def counted(*args: object, **kwargs: object) -> object:
+        general_calls.append(1)
+        return conv2d(*args, **kwargs)
+
+    monkeypatch.setattr(_onednn, "conv2d", counted)
+    session._timings.clear()
+    feeds = feeds_for(1, 1)
+    np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
+                               rtol=1e-4, atol=1e-5)
+    assert len(general_calls) == 1
+    assert {row["op_type"] for row in session.profile_nodes()} == {
+        "FusedConv", "MaxPool", "GlobalAveragePool"}

@@ -61,10 +61,10 @@ def execute(
     with np.errstate(all="ignore"):
         if record is None and timings is None and watch is None:
             _walk_lean(plan, slots)
-            if not plan.direct_calls_bound:  # the kernels have made their primitives now
-                bind_direct_calls(plan)
         else:
             _walk(plan, slots, record, timings, watch)
+        if not plan.direct_calls_bound:  # the kernels have made their primitives now
+            bind_direct_calls(plan)
     slots[0] = None  # an omitted optional output of a step may have written the None slot
     return [slots[slot] for slot in plan.output_slots]
 
@@ -104,12 +104,17 @@ def _walk(
     timings: list[tuple[Step, float, int | None]] | None,
     watch: Watch | None = None,
 ) -> None:
-    """The run loop: for each step, call its kernel, store its outputs, drop dead values."""
-    for step in plan.steps:
+    """The run loop: for each step, call its kernel (or the direct call the lean loop makes
+    instead, so that a profile times what runs), store its outputs, drop dead values."""
+    for step, lean in zip(plan.steps, plan.lean_steps, strict=True):
         args = [slots[i] for i in step.inputs]
+        direct = step.ctx.direct
         started = time.perf_counter() if timings is not None else 0.0
         try:
-            result = step.kernel(step.ctx, *args)
+            if direct is not None and lean[0] is direct.call:
+                result = direct.call(*[slots[i] for i in lean[4]])
+            else:
+                result = step.kernel(step.ctx, *args)
             if timings is not None:
                 seconds = time.perf_counter() - started
                 work = node_flops(step.ctx.op_type, step.ctx.attrs, args, result)
