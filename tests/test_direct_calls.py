@@ -182,3 +182,23 @@ def test_profiled_runs_time_the_direct_calls(monkeypatch: pytest.MonkeyPatch) ->
     assert len(general_calls) == 1
     assert {row["op_type"] for row in session.profile_nodes()} == {
         "FusedConv", "MaxPool", "GlobalAveragePool"}
+
+
+def test_slices_with_constant_bounds_switch_and_follow_the_input_size() -> None:
+    """Slice's direct call indexes with the bounds the kernel resolved once: negative starts,
+    ends past the end and steps must give ORT's answer at every input size."""
+    consts = {"starts": [-3, 1], "ends": [100, -1], "axes": [1, 2], "steps": [1, 2]}
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["s"]),
+             helper.make_node("Slice", ["s", "starts", "ends", "axes", "steps"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "slices", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b", "c"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = hetrix.SessionOptions(enable_shape_specialization=False)
+    session = hetrix.InferenceSession(model.SerializeToString(), options)
+    rng = np.random.default_rng(3)
+    for shape in [(2, 9, 11), (2, 9, 11), (1, 4, 30), (3, 2, 5)]:
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        np.testing.assert_array_equal(session.run(None, feeds)[0], ort_run(model, feeds))
+    assert switched(session._plan) == ["Slice", "Slice"]

@@ -20,6 +20,7 @@ the node's domain, like ONNX's own versioning: a kernel registered ``since=13`` 
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,30 @@ class NodeContext:
     def attr(self, name: str, default: Any = None) -> Any:
         """The attribute ``name``, or ``default`` when the node does not set it."""
         return self.attrs.get(name, default)
+
+
+def offer_direct(ctx: NodeContext, kernel: Kernel, inputs: tuple[Any, ...],
+                 sources: tuple[int, ...], make_call: Callable[[Callable[..., Any]], Any],
+                 source: Any) -> None:
+    """Offer, as the node's direct call (:class:`DirectCall`), ``make_call(fallback)``: a call
+    of the inputs at ``sources`` that gives what ``kernel(ctx, *inputs)`` gives with the other
+    inputs as they are now, and hands what it was not made for to ``fallback`` (the kernel, on
+    the same arrays and those constants).  ``source`` is what the call runs (a library
+    primitive, an index): nothing changes where the node offers it already, or offered one
+    from another thread (a call may hold that thread's library objects)."""
+    offered = ctx.direct
+    owner = threading.get_ident()
+    if offered is not None and (offered.source is source or offered.owner != owner):
+        return
+    constants = tuple(None if i in sources else value for i, value in enumerate(inputs))
+
+    def fallback(*arrays: Any) -> Any:
+        full = list(constants)
+        for position, array in zip(sources, arrays, strict=True):
+            full[position] = array
+        return kernel(ctx, *full)
+
+    ctx.direct = DirectCall(make_call(fallback), sources, constants, kernel, owner, source)
 
 
 @dataclass(frozen=True)

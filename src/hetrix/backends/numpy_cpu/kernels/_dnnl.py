@@ -34,7 +34,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from hetrix.backends.registry import DirectCall, Kernel, NodeContext
+from hetrix.backends import registry
+from hetrix.backends.registry import Kernel, NodeContext
 from hetrix.backends.torch_setup import openmp_set_up
 from hetrix.runtime.memory import recycled_empty
 
@@ -732,10 +733,9 @@ def run_kept(ctx: NodeContext, name: str, label: str, x: np.ndarray,
 def offer_direct(ctx: NodeContext, kernel: Kernel, primitive: _Primitive,
                  inputs: tuple[Any, ...], sources: tuple[int, ...]) -> None:
     """Offer ``primitive``, which has just computed ``kernel(ctx, *inputs)`` whole, as the
-    node's direct call (:class:`~hetrix.backends.registry.DirectCall`): it reads the inputs at
-    ``sources`` per call, the others are its constants.  Nothing changes where the node offers
-    this primitive already, or offered one from another thread (each thread binds its own
-    memory objects: the first thread's call stays, and serves that thread).
+    node's direct call (:func:`~hetrix.backends.registry.offer_direct`): it reads the inputs at
+    ``sources`` per call, the others are its constants.  Each thread binds its own memory
+    objects, so the first thread's call stays, and serves that thread.
 
     Why: a kernel reaches its kept primitive through a few Python layers that check what the
     plan has fixed (weights, attributes, post-ops), and in a run each short layer costs far
@@ -743,20 +743,7 @@ def offer_direct(ctx: NodeContext, kernel: Kernel, primitive: _Primitive,
     batch 1 took 0.89-0.91 of the time on ShuffleNet (69 of 79 steps direct), 0.95-0.96 on
     MobileNetV2, 0.96-0.97 on SqueezeNet, 0.98-1.00 on Inception v2 (one process, two sessions,
     40 alternating runs each after a 0.1 s pause, medians, two repeats)."""
-    offered = ctx.direct
-    owner = threading.get_ident()
-    if offered is not None and (offered.source is primitive or offered.owner != owner):
-        return
-    constants = tuple(None if i in sources else value for i, value in enumerate(inputs))
-
-    def fallback(*arrays: Any) -> Any:
-        full = list(constants)
-        for position, array in zip(sources, arrays, strict=True):
-            full[position] = array
-        return kernel(ctx, *full)
-
-    ctx.direct = DirectCall(primitive.direct(fallback), sources, constants, kernel, owner,
-                            primitive)
+    registry.offer_direct(ctx, kernel, inputs, sources, primitive.direct, primitive)
 
 
 def create_shuffle(x: np.ndarray, groups: int) -> ChannelShuffle | None:

@@ -7,8 +7,10 @@ copies; kernels never write into their inputs, so sharing memory is safe.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ from onnx.helper import tensor_dtype_to_np_dtype
 
 from hetrix.backends.numpy_cpu.kernels import _library, _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+from hetrix.backends.registry import offer_direct
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -475,7 +478,23 @@ def slice_(
         index = _slice_index(x.ndim, starts_l, ends.tolist(),
                              axes.tolist() if axes is not None else None, steps_l)
         ctx.cache["slice"] = (x.ndim, operands, index)
+        # constant operands: the step may take x alone (a shape-arithmetic chain of many small
+        # Slices spent half its time passing the four constants and comparing them)
+        offer_direct(ctx, slice_, (x, *operands)[: ctx.num_inputs], (0,),
+                     functools.partial(_direct_slice, x.ndim, index), index)
     return y
+
+
+def _direct_slice(ndim: int, index: tuple[slice, ...],
+                  fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Slice's direct call: ``x[index]`` for an array of rank ``ndim``, else the kernel."""
+
+    def call(x: Any) -> Any:
+        if type(x) is not np.ndarray or x.ndim != ndim:
+            return fallback(x)
+        return x[index]
+
+    return call
 
 
 # --------------------------------------------------------------------------------------------------
