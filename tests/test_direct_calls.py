@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hetrix
 from hetrix.backends.numpy_cpu.kernels import _dnnl
+from hetrix.errors import ExecutionError
 from hetrix.runtime.plan import Plan
 
 pytestmark = pytest.mark.skipif(not _dnnl.available(), reason="the onednn extra is not installed")
@@ -202,3 +203,22 @@ def test_slices_with_constant_bounds_switch_and_follow_the_input_size() -> None:
         feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
         np.testing.assert_array_equal(session.run(None, feeds)[0], ort_run(model, feeds))
     assert switched(session._plan) == ["Slice", "Slice"]
+
+
+def test_concats_of_vectors_switch_and_report_bad_inputs_by_name() -> None:
+    nodes = [helper.make_node("Concat", ["a", "b", "c"], ["y"], axis=0)]
+    graph = helper.make_graph(
+        nodes, "concat", [helper.make_tensor_value_info(n, TensorProto.INT64, None)
+                          for n in "abc"],  # no declared shapes: the kernel checks them
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = hetrix.SessionOptions(enable_shape_specialization=False)
+    session = hetrix.InferenceSession(model.SerializeToString(), options)
+    for p, q in [(3, 1), (3, 1), (0, 5), (7, 2)]:
+        feeds = {"a": np.arange(p), "b": np.arange(q) * 10, "c": np.array([-1, -2])}
+        np.testing.assert_array_equal(session.run(None, feeds)[0], ort_run(model, feeds))
+    assert switched(session._plan) == ["Concat"]
+    with pytest.raises(ExecutionError, match=r"b: int64\[2, 2\].*differ in type or rank"):
+        # the kernel's message, reached through the direct call's fallback
+        session.run(None, {"a": np.arange(2), "b": np.ones((2, 2), np.int64),
+                           "c": np.array([-1, -2])})

@@ -290,7 +290,34 @@ def transpose(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 @kernel("Concat", since=1)
 def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
     """Join the inputs along ``axis`` (default 1 before opset 4)."""
-    return _concatenate(ctx, inputs[: ctx.num_inputs], chained=True, relu=False)[0]
+    inputs = inputs[: ctx.num_inputs]
+    y = _concatenate(ctx, inputs, chained=True, relu=False)[0]
+    first = inputs[0]
+    axis = _axis(ctx.attrs.get("axis", 1), first.ndim, "Concat")
+    if len(inputs) > 1 and (first.ndim != 4 or axis != 1):
+        # never a channel concatenation (whose buffers may chain): NumPy's concatenate, which
+        # the step may call directly (shape arithmetic joins many short vectors)
+        offer_direct(ctx, concat, inputs, tuple(range(len(inputs))),
+                     functools.partial(_direct_concatenate, axis, first.dtype, first.ndim),
+                     _direct_concatenate)
+    return y
+
+
+def _direct_concatenate(axis: int, dtype: np.dtype, ndim: int,
+                        fallback: Callable[..., Any]) -> Callable[..., Any]:
+    """Concat's direct call: ``np.concatenate`` of arrays of the type and rank seen, else (or
+    on an error, which the kernel reports by name) the kernel."""
+
+    def call(*arrays: Any) -> Any:
+        for array in arrays:
+            if type(array) is not np.ndarray or array.dtype != dtype or array.ndim != ndim:
+                return fallback(*arrays)
+        try:
+            return np.concatenate(arrays, axis=axis)
+        except ValueError:
+            return fallback(*arrays)
+
+    return call
 
 
 def concatenate(ctx: NodeContext, inputs: tuple[np.ndarray, ...],
