@@ -222,3 +222,27 @@ def test_concats_of_vectors_switch_and_report_bad_inputs_by_name() -> None:
         # the kernel's message, reached through the direct call's fallback
         session.run(None, {"a": np.arange(2), "b": np.ones((2, 2), np.int64),
                            "c": np.array([-1, -2])})
+
+
+def test_arithmetic_ops_switch_and_broadcast_as_the_kernel_does() -> None:
+    nodes = [helper.make_node("Add", ["x", "c"], ["s"]), helper.make_node("Mul", ["s", "x"], ["m"]),
+             helper.make_node("Sub", ["c", "m"], ["d"]), helper.make_node("Div", ["d", "c"], ["y"])]
+    for dtype, onnx_type in ((np.float32, TensorProto.FLOAT), (np.int64, TensorProto.INT64)):
+        graph = helper.make_graph(
+            nodes, "arithmetic", [helper.make_tensor_value_info("x", onnx_type, None)],
+            [helper.make_tensor_value_info("y", onnx_type, None)],
+            [numpy_helper.from_array(np.array([3, -2, 5], dtype), "c")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                  ir_version=8)
+        options = hetrix.SessionOptions(enable_shape_specialization=False)
+        session = hetrix.InferenceSession(model.SerializeToString(), options)
+        rng = np.random.default_rng(4)
+        for shape in [(2, 3), (2, 3), (3,), (4, 1, 3), ()]:
+            feeds = {"x": np.asarray(rng.standard_normal(shape) * 10, dtype)}
+            result = session.run(None, feeds)[0]
+            expected = ort_run(model, feeds)
+            assert result.dtype == expected.dtype and result.shape == expected.shape
+            np.testing.assert_allclose(result, expected, rtol=1e-6)
+        assert sorted(switched(session._plan)) == ["Add", "Div", "Mul", "Sub"]
+        with pytest.raises(ExecutionError, match=r"x: .*\[2, 4\]"):  # through the fallback
+            session.run(None, {"x": np.ones((2, 4), dtype)})

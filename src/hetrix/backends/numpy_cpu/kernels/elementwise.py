@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+from hetrix.backends.registry import offer_direct
 
 Ufunc = Callable[..., np.ndarray]
 
@@ -307,6 +308,25 @@ def _binary(
     return _out(y, dtype)
 
 
+def _direct_binary(fn: Ufunc, dtype: np.dtype,
+                   fallback: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """An arithmetic op's direct call: ``fn(a, b)`` for two arrays of ``dtype``, as the kernel's
+    lean case computes it; anything else (or a shape error, which the kernel reports by name)
+    goes to the kernel."""
+
+    def call(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != dtype or (
+                b.dtype != dtype):
+            return fallback(a, b)
+        try:
+            y = fn(a, b)
+        except ValueError:
+            return fallback(a, b)
+        return y if type(y) is np.ndarray else np.asarray(y)
+
+    return call
+
+
 def _register_binary(op: str, since: int, fn: Ufunc, bool_out: bool, doc: str) -> None:
     """Register ``op`` from ``since``; ops that exist at opset 1 get a legacy kernel until 7.
 
@@ -314,7 +334,13 @@ def _register_binary(op: str, since: int, fn: Ufunc, bool_out: bool, doc: str) -
     """
 
     def run(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return _binary(ctx, fn, a, b, np.dtype(bool) if bool_out else a.dtype)
+        y = _binary(ctx, fn, a, b, np.dtype(bool) if bool_out else a.dtype)
+        if (not bool_out and type(a) is np.ndarray and type(b) is np.ndarray
+                and a.dtype == b.dtype and a.dtype.kind in "fiub"):
+            # the lean case of _binary: the step may call the ufunc directly
+            offer_direct(ctx, run, (a, b), (0, 1),
+                         functools.partial(_direct_binary, fn, a.dtype), fn)
+        return y
 
     def run_legacy(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return run(ctx, a, _legacy_operands(ctx, a, b))
