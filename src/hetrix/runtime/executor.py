@@ -104,17 +104,14 @@ def _walk(
     timings: list[tuple[Step, float, int | None]] | None,
     watch: Watch | None = None,
 ) -> None:
-    """The run loop: for each step, call its kernel (or the direct call the lean loop makes
-    instead, so that a profile times what runs), store its outputs, drop dead values."""
+    """The run loop: for each step, make the call the lean loop makes (its kernel, or the direct
+    call it was switched to: a profile times what runs), store its outputs, drop dead values."""
     for step, lean in zip(plan.steps, plan.lean_steps, strict=True):
+        call, call_inputs = lean[0], lean[4]  # see lean_step: the call and the slots it takes
         args = [slots[i] for i in step.inputs]
-        direct = step.ctx.direct
         started = time.perf_counter() if timings is not None else 0.0
         try:
-            if direct is not None and lean[0] is direct.call:
-                result = direct.call(*[slots[i] for i in lean[4]])
-            else:
-                result = step.kernel(step.ctx, *args)
+            result = call(*[slots[i] for i in call_inputs])
             if timings is not None:
                 seconds = time.perf_counter() - started
                 work = node_flops(step.ctx.op_type, step.ctx.attrs, args, result)

@@ -402,10 +402,19 @@ class _Primitive:
         """This primitive as a plain function of the arrays it reads per call (the source, and
         the residual where it has one), for the calling thread: what a call returns, with no
         check but the arrays' layout; any other call (another layout or type, another thread)
-        goes to ``fallback`` with the same arguments.  A node's direct call (see
-        :func:`offer_direct`): one Python call and three library calls per run.  The function
-        holds this object (its ``primitive`` attribute), whose handles it uses: a plan keeps
-        the call after the node has dropped the primitive for one of another layout."""
+        goes to ``fallback`` with the same arguments: a node's direct call
+        (:func:`~hetrix.backends.registry.offer_direct`), one Python call and three library
+        calls per run.  The function holds this object (its ``primitive`` attribute), whose
+        handles it uses: a plan keeps the call after the node has dropped the primitive for one
+        of another layout.  Each thread binds its own memory objects, so the call serves the
+        thread that made it.
+
+        Why: a kernel reaches its kept primitive through a few Python layers that check what
+        the plan has fixed (weights, attributes, post-ops), and in a run each short layer costs
+        far more than alone (its code comes back from memory after every large op).  Called
+        directly, batch 1 took 0.89-0.91 of the time on ShuffleNet (69 of 79 steps direct),
+        0.95-0.96 on MobileNetV2, 0.96-0.97 on SqueezeNet, 0.98-1.00 on Inception v2 (one
+        process, two sessions, 40 alternating runs each after a 0.1 s pause, medians)."""
         lib, primitive, spare = self.lib, self.primitive, self._spare
         set_handle, execute, stream = lib.set_handle, lib.execute, lib.stream
         bindings = self._thread_bindings()
@@ -709,7 +718,7 @@ def run_kept(ctx: NodeContext, name: str, label: str, x: np.ndarray,
     ``ctx.cache[name]``, made by ``make()`` when none serves ``x``'s layout yet; None where this
     module does not serve it (``make`` gave None: remembered for that layout, so the refused
     creation is not tried again on every run).  ``kernel``: the node's kernel, which returns
-    this result as it is, so the primitive may be its direct call (:func:`offer_direct`)."""
+    this result as it is, so the primitive may be its direct call (:meth:`_Primitive.direct`)."""
     cache = ctx.cache
     kept: Any = cache.get(name)
     y = None if kept is None else kept(x)
@@ -726,24 +735,8 @@ def run_kept(ctx: NodeContext, name: str, label: str, x: np.ndarray,
         y = kept(x)
         assert y is not None  # made for this very x
     if kernel is not None:
-        offer_direct(ctx, kernel, kept, (x,), (0,))
+        registry.offer_direct(ctx, kernel, (x,), (0,), kept.direct, kept)
     return y
-
-
-def offer_direct(ctx: NodeContext, kernel: Kernel, primitive: _Primitive,
-                 inputs: tuple[Any, ...], sources: tuple[int, ...]) -> None:
-    """Offer ``primitive``, which has just computed ``kernel(ctx, *inputs)`` whole, as the
-    node's direct call (:func:`~hetrix.backends.registry.offer_direct`): it reads the inputs at
-    ``sources`` per call, the others are its constants.  Each thread binds its own memory
-    objects, so the first thread's call stays, and serves that thread.
-
-    Why: a kernel reaches its kept primitive through a few Python layers that check what the
-    plan has fixed (weights, attributes, post-ops), and in a run each short layer costs far
-    more than alone (its code comes back from memory after every large op).  Called directly,
-    batch 1 took 0.89-0.91 of the time on ShuffleNet (69 of 79 steps direct), 0.95-0.96 on
-    MobileNetV2, 0.96-0.97 on SqueezeNet, 0.98-1.00 on Inception v2 (one process, two sessions,
-    40 alternating runs each after a 0.1 s pause, medians, two repeats)."""
-    registry.offer_direct(ctx, kernel, inputs, sources, primitive.direct, primitive)
 
 
 def create_shuffle(x: np.ndarray, groups: int) -> ChannelShuffle | None:

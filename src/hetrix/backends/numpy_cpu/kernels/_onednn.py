@@ -36,6 +36,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from hetrix.backends import registry
 from hetrix.backends.numpy_cpu.kernels import _dnnl, _library
 from hetrix.backends.registry import Kernel, NodeContext
 from hetrix.runtime.memory import recycled_empty
@@ -149,7 +150,7 @@ _PREPARED_DTYPES = frozenset({_FLOAT32, _BFLOAT16})
 
 def offer_direct_conv(ctx: NodeContext, kernel: Kernel, inputs: tuple[Any, ...]) -> None:
     """Offer the node's kept convolution primitive as its direct call (see
-    :func:`._dnnl.offer_direct`) when it has just computed ``kernel(ctx, *inputs)`` whole: made
+    :meth:`._dnnl._Primitive.direct`) when it has just computed ``kernel(ctx, *inputs)`` whole: made
     for these very arrays (not for a channels-last copy of the input), with the residual, the
     bias and the activation in it."""
     conv = ctx.cache.get("onednn_prepared")
@@ -166,7 +167,8 @@ def offer_direct_conv(ctx: NodeContext, kernel: Kernel, inputs: tuple[Any, ...])
         or (residual is None) != (conv.residual is None)
     ):
         return
-    _dnnl.offer_direct(ctx, kernel, conv, inputs, (0,) if residual is None else (0, 3))
+    registry.offer_direct(ctx, kernel, inputs, (0,) if residual is None else (0, 3), conv.direct,
+                          conv)
 
 
 

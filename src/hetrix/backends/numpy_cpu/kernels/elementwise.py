@@ -335,8 +335,8 @@ def _register_binary(op: str, since: int, fn: Ufunc, bool_out: bool, doc: str) -
 
     def run(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         y = _binary(ctx, fn, a, b, np.dtype(bool) if bool_out else a.dtype)
-        if (not bool_out and type(a) is np.ndarray and type(b) is np.ndarray
-                and a.dtype == b.dtype and a.dtype.kind in "fiub"):
+        if (ctx.direct is None and not bool_out and type(a) is np.ndarray
+                and type(b) is np.ndarray and a.dtype == b.dtype and a.dtype.kind in "fiub"):
             # the lean case of _binary: the step may call the ufunc directly
             offer_direct(ctx, run, (a, b), (0, 1),
                          functools.partial(_direct_binary, fn, a.dtype), fn)

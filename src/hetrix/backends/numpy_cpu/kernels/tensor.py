@@ -291,14 +291,13 @@ def transpose(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
 def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
     """Join the inputs along ``axis`` (default 1 before opset 4)."""
     inputs = inputs[: ctx.num_inputs]
-    y = _concatenate(ctx, inputs, chained=True, relu=False)[0]
-    first = inputs[0]
-    axis = _axis(ctx.attrs.get("axis", 1), first.ndim, "Concat")
-    if len(inputs) > 1 and (first.ndim != 4 or axis != 1):
-        # never a channel concatenation (whose buffers may chain): NumPy's concatenate, which
-        # the step may call directly (shape arithmetic joins many short vectors)
+    y, _, plain_axis = _concatenate(ctx, inputs, chained=True, relu=False)
+    if plain_axis is not None and ctx.direct is None:
+        # NumPy's concatenate, which the step may call directly (shape arithmetic joins many
+        # short vectors)
+        first = inputs[0]
         offer_direct(ctx, concat, inputs, tuple(range(len(inputs))),
-                     functools.partial(_direct_concatenate, axis, first.dtype, first.ndim),
+                     functools.partial(_direct_concatenate, plain_axis, first.dtype, first.ndim),
                      _direct_concatenate)
     return y
 
@@ -325,33 +324,37 @@ def concatenate(ctx: NodeContext, inputs: tuple[np.ndarray, ...],
     """Concat's result as a new array that shares memory with nothing (a copy of a single
     input), for a caller that writes to it; with ``relu``, max(x, 0) is applied as channels-last
     inputs are copied, and the flag returned says whether it was."""
-    y, applied = _concatenate(ctx, inputs, chained=False, relu=relu)
+    y, applied, _ = _concatenate(ctx, inputs, chained=False, relu=relu)
     return (y.copy() if y is inputs[0] else y), applied
 
 
 def _concatenate(ctx: NodeContext, inputs: tuple[np.ndarray, ...], *, chained: bool,
-                 relu: bool) -> tuple[np.ndarray, bool]:
-    """Concat's result and whether ``relu`` was applied; ``chained``: a channel concatenation
-    may extend an earlier one's buffer (see below), sharing memory with its result."""
+                 relu: bool) -> tuple[np.ndarray, bool, int | None]:
+    """Concat's result, whether ``relu`` was applied, and the axis when the inputs can never be
+    a channel concatenation (not 4-D, or not along the channels), which NumPy's concatenate
+    then serves on every call (else None); ``chained``: a channel concatenation may extend an
+    earlier one's buffer (see below), sharing memory with its result."""
     first = inputs[0]
     axis = _axis(ctx.attrs.get("axis", 1), first.ndim, "Concat")
     if len(inputs) == 1:
-        return first, False
+        return first, False, None
     for other in inputs[1:]:
         if other.dtype != first.dtype or other.ndim != first.ndim:
             raise ValueError(
                 f"Concat: inputs differ in type or rank ({first.dtype}{list(first.shape)} vs "
                 f"{other.dtype}{list(other.shape)})"
             )
-    if axis == 1 and first.ndim == 4 and _onednn.all_channels_last(inputs):
-        y = _appended(inputs) if chained else None
-        if y is None:
-            y = _onednn.concat_channels(inputs, relu=relu)
-            if chained:
-                _remember(_CONCATENATED, y, 0)
-            return y, relu
-        return y, False
-    return np.concatenate(inputs, axis=axis), False
+    if axis == 1 and first.ndim == 4:
+        if _onednn.all_channels_last(inputs):
+            y = _appended(inputs) if chained else None
+            if y is None:
+                y = _onednn.concat_channels(inputs, relu=relu)
+                if chained:
+                    _remember(_CONCATENATED, y, 0)
+                return y, relu, None
+            return y, False, None
+        return np.concatenate(inputs, axis=axis), False, None
+    return np.concatenate(inputs, axis=axis), False, axis
 
 
 # Channel concatenation chains (DenseNet: each layer's Concat appends 32 channels to the
