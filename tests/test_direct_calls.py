@@ -246,3 +246,52 @@ def test_arithmetic_ops_switch_and_broadcast_as_the_kernel_does() -> None:
         assert sorted(switched(session._plan)) == ["Add", "Div", "Mul", "Sub"]
         with pytest.raises(ExecutionError, match=r"x: .*\[2, 4\]"):  # through the fallback
             session.run(None, {"x": np.ones((2, 4), dtype)})
+
+
+def test_channel_concats_switch_to_their_kept_primitive_and_chains_keep_appending() -> None:
+    """A Concat of two convolutions' channels-last outputs runs its kept oneDNN concatenation
+    directly after the first run; a Concat that extends that output (DenseNet's chain) stays on
+    its kernel, which appends into a buffer with room.  Results are ORT's on later runs and at
+    other batch sizes (the direct call hands other layouts to the kernel)."""
+    from hetrix.backends.numpy_cpu.kernels import tensor
+
+    rng = np.random.default_rng(1)
+    weights = {"wa": rng.standard_normal((8, 3, 3, 3)) * 0.3,
+               "wb": rng.standard_normal((6, 3, 3, 3)) * 0.3,
+               "wd": rng.standard_normal((4, 14, 3, 3)) * 0.2}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wb"], ["b"], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+        helper.make_node("Conv", ["c", "wd"], ["d"], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["c", "d"], ["e"], axis=1),  # extends c: a chain's link
+        helper.make_node("Abs", ["e"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "channel_concats",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 18, 16, 16])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = hetrix.SessionOptions(enable_shape_specialization=False)
+    session = hetrix.InferenceSession(model.SerializeToString(), options)
+    appended = []
+    append = tensor._appended
+
+    def counted_append(inputs: tuple[np.ndarray, ...]) -> np.ndarray | None:
+        result = append(inputs)
+        appended.append(result is not None)
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tensor, "_appended", counted_append)
+        for batch in (1, 1, 1, 2, 1):
+            feeds = {"x": rng.standard_normal((batch, 3, 16, 16)).astype(np.float32)}
+            np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
+                                       rtol=1e-4, atol=1e-5)
+    concats = [lean[-1].ctx for lean in session._plan.lean_steps
+               if lean[-1].ctx.op_type == "Concat"]
+    assert [ctx.direct is not None and isinstance(ctx.direct.source, _dnnl.Concat)
+            for ctx in concats] == [True, False]
+    # the link appends in every run: the first Concat's output, direct or not, starts a chain
+    assert appended.count(True) == 5

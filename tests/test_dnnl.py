@@ -416,3 +416,32 @@ def test_channel_shuffle_refuses_what_it_does_not_serve() -> None:
     assert _dnnl.create_shuffle(x, 4) is None  # 6 channels do not form 4 groups
     assert _dnnl.create_shuffle(x[0], 2) is None  # not 4-D
     assert _dnnl.create_shuffle(np.broadcast_to(x[:, :, :1], (1, 6, 2, 2)), 2) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("layouts", [("nhwc", "nhwc", "nhwc"), ("nhwc", "nhwc_strided", "nhwc")])
+def test_channel_concatenation_matches_numpy(dtype: Any, layouts: tuple[str, ...]) -> None:
+    """Channels-last sources (a strided view among them) joined along the channels into an
+    NHWC array with NumPy's values; another layout is refused."""
+    rng = np.random.default_rng(7)
+    arrays = []
+    for channels, layout in zip((8, 24, 5), layouts, strict=True):
+        nhwc = rng.standard_normal((2, 5, 12, channels)).astype(dtype)
+        view = nhwc[:, :, ::2] if layout == "nhwc_strided" else nhwc[:, :, :6]
+        arrays.append(view.transpose(0, 3, 1, 2))
+    concat = _dnnl.create_concat(arrays)
+    assert concat is not None and not concat.implementation.startswith("ref")
+    y = concat(arrays)
+    np.testing.assert_array_equal(y, np.concatenate(arrays, axis=1))  # a copy: exact
+    assert y.dtype == arrays[0].dtype and y.shape == (2, 37, 5, 6)
+    assert y.strides == np.empty((2, 5, 6, 37), dtype).transpose(0, 3, 1, 2).strides
+    assert concat([a[:1] for a in arrays]) is None  # another batch: refused
+    assert concat(arrays[:2]) is None
+
+
+def test_channel_concatenation_refuses_what_it_does_not_serve() -> None:
+    a = np.zeros((1, 4, 3, 3), np.float32)
+    assert _dnnl.create_concat([a, np.zeros((1, 4, 3, 2), np.float32)]) is None  # spatial sizes
+    assert _dnnl.create_concat([a, np.zeros((2, 4, 3, 3), np.float32)]) is None  # batch
+    assert _dnnl.create_concat([a, a.astype(np.float64)]) is None  # types
+    assert _dnnl.create_concat([a[0], a[0]]) is None  # not 4-D

@@ -1123,9 +1123,69 @@ def test_concat_chain_appends_into_one_buffer_and_branches_stay_apart(
     if route.library:
         # per run: c0 copies (its first input is a conv's); c1 starts a buffer with room; of c2,
         # c3 and the branch, two append in place and one (c2 or the branch, whichever runs
-        # second) finds c1's channels taken and starts a buffer of its own
-        assert appended == [False, True, True, True, True] * 2
+        # second) finds c1's channels taken and starts a buffer of its own; with oneDNN's
+        # library, c0 calls its kept concatenation directly from the second run on
+        second = [True] * 4 if _dnnl.available() else [False, True, True, True, True]
+        assert appended == [False, True, True, True, True] + second
         assert len(buffers) == 4
     else:
         assert not any(appended)
     route.check_convs()
+
+
+@pytest.mark.parametrize("winner", ["torch", "kept"])
+def test_a_measured_convolution_keeps_the_faster_library(
+        winner: str, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A convolution whose kept primitive is not on oneDNN's current kernels is timed against
+    PyTorch's call in its first run (``_onednn._choose_library``); here every one is, and the
+    margin decides the winner.  The node then stays on the winner, holds only the winner's
+    packed weight, says in its label what was measured, and its outputs stay ORT's, also when
+    a later run takes the NumPy path and rebuilds the released weight from the winner's copy."""
+    if not (_dnnl.available() and _onednn.available()):
+        pytest.skip("needs oneDNN's library and PyTorch")
+    monkeypatch.setattr(_onednn, "CURRENT_KERNELS", ())
+    monkeypatch.setattr(_onednn, "TUNE_MARGIN", 1e9 if winner == "torch" else 0.0)
+    big = (64, 64, 3, 3)  # above the size worth releasing
+    weights = {**conv_weights(rng, "a", big), **conv_weights(rng, "b", big)}
+    model = make_model([conv("a", "x", "a", **PAD1), conv("b", "a", "y", **PAD1)],
+                       {"x": [1, 64, 8, 8]}, ["y"], weights)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    compared = Compared(model)
+    compared.ours = hetrix.InferenceSession(str(path))
+    for _ in range(3):
+        compared.check({"x": f32(rng, 1, 64, 8, 8)})
+    caches = [step.ctx.cache for step in compared.ours._plan.steps
+              if step.ctx.op_type in ("Conv", "FusedConv")]
+    assert len(caches) == 2
+    for cache in caches:
+        assert cache["conv_library"] == winner
+        assert "measured" in cache["library_kernel"]
+        assert ("dnnl_convs" in cache) == (winner == "kept")
+        assert ("onednn_weight" in cache) == (winner == "torch")
+        assert "onednn_dense" not in cache  # the copy PyTorch's packing read is dropped
+    assert len(_released_weights(compared.ours)) == 2
+    monkeypatch.setattr(_library, "_FUNCTIONAL", False)  # NumPy's conv: rebuilt weights
+    compared.check({"x": f32(rng, 1, 64, 8, 8)})
+
+
+def test_convolutions_on_current_kernels_are_not_measured(rng: np.random.Generator,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a kept primitive outside ``CURRENT_KERNELS`` is timed: with every name counted as
+    current, no node measures, and every one stays on its kept primitive."""
+    if not (_dnnl.available() and _onednn.available()):
+        pytest.skip("needs oneDNN's library and PyTorch")
+    monkeypatch.setattr(_onednn, "CURRENT_KERNELS", ("",))  # every name starts with ""
+    monkeypatch.setattr(_onednn, "TUNE_MARGIN", 1e9)  # PyTorch would win any measurement
+    measured = []
+    torch_conv = _onednn._torch_conv
+    monkeypatch.setattr(_onednn, "_torch_conv",
+                        lambda *a, **k: measured.append(1) or torch_conv(*a, **k))
+    model = make_model([conv("a", "x", "y", **PAD1)], {"x": [1, 16, 8, 8]}, ["y"],
+                       conv_weights(rng, "a", (16, 16, 3, 3)))
+    compared = Compared(model)
+    for _ in range(2):
+        compared.check({"x": f32(rng, 1, 16, 8, 8)})
+    (cache,) = [step.ctx.cache for step in compared.ours._plan.steps]
+    assert cache["conv_library"] == "kept" and not measured

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from hetrix.backends.numpy_cpu.kernels import _library, _onednn
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _library, _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.registry import offer_direct
 
@@ -292,14 +292,53 @@ def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
     """Join the inputs along ``axis`` (default 1 before opset 4)."""
     inputs = inputs[: ctx.num_inputs]
     y, _, plain_axis = _concatenate(ctx, inputs, chained=True, relu=False)
-    if plain_axis is not None and ctx.direct is None:
-        # NumPy's concatenate, which the step may call directly (shape arithmetic joins many
-        # short vectors)
-        first = inputs[0]
-        offer_direct(ctx, concat, inputs, tuple(range(len(inputs))),
-                     functools.partial(_direct_concatenate, plain_axis, first.dtype, first.ndim),
-                     _direct_concatenate)
+    if ctx.direct is None:
+        everything = tuple(range(len(inputs)))
+        if plain_axis is not None:
+            # NumPy's concatenate, which the step may call directly (shape arithmetic joins many
+            # short vectors)
+            first = inputs[0]
+            offer_direct(ctx, concat, inputs, everything,
+                         functools.partial(_direct_concatenate, plain_axis, first.dtype,
+                                           first.ndim),
+                         _direct_concatenate)
+        else:
+            kept = ctx.cache.get("dnnl_concat")
+            if kept is not None and _dnnl_serves(kept, inputs) and not _chained(inputs[0]):
+                offer_direct(ctx, concat, inputs, everything,
+                             functools.partial(_direct_channel_concatenate, kept), kept)
     return y
+
+
+def _dnnl_serves(kept: _dnnl.Concat, inputs: tuple[np.ndarray, ...]) -> bool:
+    """Whether the node's kept concatenation was made for these arrays' layouts."""
+    return len(inputs) == len(kept.layouts) and all(
+        a.dtype == kept.dtype and (a.shape, a.strides) == layout
+        for a, layout in zip(inputs, kept.layouts, strict=True))
+
+
+def _direct_channel_concatenate(kept: _dnnl.Concat,
+                                fallback: Callable[..., Any]) -> Callable[..., Any]:
+    """Concat's direct call on its kept oneDNN primitive: a chain's link (see below) goes to
+    the kernel, which appends to the chain's buffer; the result is remembered as a chain's
+    possible start, as the kernel does."""
+    join = kept.direct(fallback)
+
+    def call(*arrays: Any) -> Any:
+        if _chained(arrays[0]):
+            return fallback(*arrays)
+        y = join(*arrays)
+        _remember(_CONCATENATED, y, 0)
+        return y
+
+    return call
+
+
+def _chained(first: Any) -> bool:
+    """Whether ``first`` is a channel Concat's output, which a Concat reading it extends."""
+    base = getattr(first, "base", None)
+    return (_registered(_CONCATENATED, first) is not None
+            or (base is not None and _registered(_ROOMY, base) is not None))
 
 
 def _direct_concatenate(axis: int, dtype: np.dtype, ndim: int,
@@ -348,13 +387,36 @@ def _concatenate(ctx: NodeContext, inputs: tuple[np.ndarray, ...], *, chained: b
         if _onednn.all_channels_last(inputs):
             y = _appended(inputs) if chained else None
             if y is None:
-                y = _onednn.concat_channels(inputs, relu=relu)
+                y = None if relu else _kept_concatenation(ctx, inputs)
+                if y is None:
+                    y = _onednn.concat_channels(inputs, relu=relu)
                 if chained:
                     _remember(_CONCATENATED, y, 0)
                 return y, relu, None
             return y, False, None
         return np.concatenate(inputs, axis=axis), False, None
     return np.concatenate(inputs, axis=axis), False, axis
+
+
+def _kept_concatenation(ctx: NodeContext, inputs: tuple[np.ndarray, ...]) -> np.ndarray | None:
+    """The channel concatenation of channels-last ``inputs`` by the oneDNN primitive the node
+    keeps (:class:`._dnnl.Concat`, made on the first call for a layout), or None where oneDNN's
+    library does not serve it (remembered per layout)."""
+    cache = ctx.cache
+    kept = cache.get("dnnl_concat")
+    y = None if kept is None else kept(inputs)
+    if y is None:
+        layouts = tuple((a.shape, a.strides, a.dtype) for a in inputs)
+        if cache.get("dnnl_concat_refused") == layouts:
+            return None
+        kept = _dnnl.create_concat(inputs)
+        if kept is None:
+            cache["dnnl_concat_refused"] = layouts
+            return None
+        cache["dnnl_concat"] = kept
+        cache["library_kernel"] = f"oneDNN concatenation {kept.implementation}, kept primitive"
+        y = kept(inputs)
+    return y
 
 
 # Channel concatenation chains (DenseNet: each layer's Concat appends 32 channels to the
