@@ -10,6 +10,8 @@ calling their kernels (arm B's plans never switch).  With ``--part library``, of
 convolution's library chosen by timing in its first run (``_onednn._choose_library``) against
 the kept primitive wherever oneDNN's library makes one.  With ``--part concat``, of channel
 concatenations on a kept oneDNN primitive against NumPy's copies (torch.cat for large outputs).
+With ``--part staged``, of a first convolution reading the NCHW input into a blocked layout
+reordered to NHWC against reading an NHWC copy of the input.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -19,8 +21,8 @@ both arms are sessions of the same process, run alternately on the seeded inputs
 correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differences of its
 pooling into 0.12, see RESULTS.md).
 
-    python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|library|concat] [--runs 200]
-                                            [--batch N] [--threads N]
+    python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|library|concat|staged]
+                                            [--runs 200] [--batch N] [--threads N]
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     "library": (_switch(_onednn, "TUNE_MARGIN", 0.0), "chosen", "kept"),
     # channel concatenations on a kept oneDNN primitive (off: NumPy's copies or torch.cat)
     "concat": (_switch(_dnnl, "create_concat", lambda arrays: None), "kept", "copies"),
+    # a first convolution reading the NCHW input itself, into a blocked layout reordered to
+    # NHWC (off: the input copied to NHWC first); decided when the node first runs
+    "staged": (_switch(_onednn, "STAGED_MAX_CHANNELS", 0), "staged", "copied"),
 }
 
 
@@ -87,6 +92,9 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                                   if session._specializer else ())]
         return max(sum(1 for lean in plan.lean_steps if lean[-1].ctx.direct is not None
                        and lean[0] is lean[-1].ctx.direct.call) for plan in plans)
+    if part == "staged":
+        return sum(1 for step in session._plan.steps for conv in
+                   step.ctx.cache.get("dnnl_convs", {}).values() if conv.staged is not None)
     if part == "concat":
         return sum(1 for step in session._plan.steps if step.ctx.cache.get("dnnl_concat"))
     if part == "library":  # the convolutions that chose PyTorch's call
@@ -104,7 +112,8 @@ def main() -> None:
                              "layout: a few-row product's weight read transposed or copied; "
                              "direct: the kept primitives called directly or by their kernels; "
                              "library: each convolution's library chosen by timing or kept; "
-                             "concat: channel concatenations on a kept primitive or copied")
+                             "concat: channel concatenations on a kept primitive or copied; "
+                             "staged: a first conv on the NCHW input or an NHWC copy")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="the sessions' SessionOptions.precision")
     args = parser.parse_args()

@@ -135,18 +135,32 @@ def test_bfloat16_within_its_precision() -> None:
     np.testing.assert_allclose(y.astype(np.float32), want, rtol=0.05, atol=0.05)
 
 
-def test_nchw_source_is_refused_not_run_slowly() -> None:
-    """oneDNN has only its reference kernel for an NCHW source of few channels; the module
-    refuses it (the caller converts to NHWC first) instead of running that kernel."""
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_nchw_source_is_staged_through_a_blocked_layout(dtype: Any) -> None:
+    """An NCHW source (a model's input image) is read as it is: the primitive writes a blocked
+    layout that a reorder turns into the NHWC output, on every call and from a direct call,
+    with the values of the NHWC path.  With a residual it is refused (the caller converts to
+    NHWC first)."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
-    w = constant(rng.standard_normal((8, 3, 3, 3)).astype(np.float32))
+    x = rng.standard_normal((2, 3, 32, 32)).astype(dtype)
+    w = constant(rng.standard_normal((24, 3, 3, 3)).astype(np.float32))
+    b = constant(rng.standard_normal(24).astype(np.float32))
     geometry = dict(strides=[2, 2], dilations=[1, 1], pads=[1, 1], group=1)
-    assert _dnnl.create(x, w, w, None, activation="", activation_params=[], residual=None,
+    staged = make(x, w, b, geometry, activation="Relu")
+    assert staged.staged is not None and not staged.staged.implementation.startswith("ref")
+    want = np.maximum(reference(x.astype(np.float32), w, b, **geometry), 0)
+    tolerance = 1e-4 if dtype == np.float32 else 0.05
+    for y in (staged(x, w, b, None), staged.direct(lambda *a: None)(x)):
+        assert y.strides == np.empty((2, 16, 16, 24), dtype).transpose(0, 3, 1, 2).strides
+        np.testing.assert_allclose(y.astype(np.float32), want, rtol=tolerance, atol=tolerance)
+    nhwc = make(channels_last(x), w, b, geometry, activation="Relu")
+    assert nhwc.staged is None
+    if dtype == np.float32:
+        np.testing.assert_allclose(staged(x, w, b, None), nhwc(channels_last(x), w, b, None),
+                                   rtol=1e-5, atol=1e-5)
+    residual = channels_last(np.ones((2, 24, 16, 16), dtype))
+    assert _dnnl.create(x, w, w, None, activation="", activation_params=[], residual=residual,
                         weights=[], **geometry) is None
-    conv = make(channels_last(x), w, None, geometry)
-    np.testing.assert_allclose(conv(channels_last(x), w, None, None),
-                               reference(x, w, None, **geometry), rtol=1e-4, atol=1e-4)
 
 
 def test_a_different_call_is_refused() -> None:

@@ -294,6 +294,11 @@ class _Primitive:
     """The transpose that turns the destination (memory order) into what a call returns."""
     residual: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     """A second source read per call (a convolution's residual): its shape and strides."""
+    staged: _Primitive | None = None
+    """A reorder run after the primitive, from the layout it computes its destination in (a
+    blocked one, ``staged_bytes`` in this thread's staging buffer) to the array handed out;
+    None where the primitive writes that array itself."""
+    staged_bytes = 0
 
     def __init__(self, lib: _Library) -> None:
         self.lib = lib
@@ -390,6 +395,11 @@ class _Primitive:
         """Run on the arrays at ``addresses`` (one per ``runtime_args`` entry)."""
         bindings = self._thread_bindings()
         set_handle = self.lib.set_handle
+        if self.staged is not None:  # the destination goes through the staging buffer
+            _STAGE.fit(self.staged_bytes)
+            stage_address = _STAGE.address
+            output = addresses[1]
+            addresses = (addresses[0], stage_address, *addresses[2:])
         for memory, address in zip(bindings.runtime, addresses, strict=True):
             set_handle(memory, address)
         if bindings.scratchpad is not _SCRATCHPAD.buffer:  # another primitive grew it
@@ -398,6 +408,8 @@ class _Primitive:
                                   bindings.args_address)
         if status != _SUCCESS:
             raise DnnlError(f"oneDNN {self.implementation} failed with status {status}")
+        if self.staged is not None:
+            self.staged._execute((stage_address, output))
 
     def direct(self, fallback: Callable[..., Any]) -> Callable[..., Any]:
         """This primitive as a plain function of the arrays it reads per call (the source, and
@@ -425,15 +437,23 @@ class _Primitive:
         out_shape, axes, label = self.out_shape, self.out_axes, self.implementation
         owner = threading.get_ident()
         get_ident = threading.get_ident
+        staged, staged_bytes, stage = self.staged, self.staged_bytes, _STAGE
 
         def run(x: np.ndarray, y: np.ndarray) -> np.ndarray:
             set_handle(source, x.ctypes.data)
-            set_handle(target, y.ctypes.data)
+            if staged is None:
+                set_handle(target, y.ctypes.data)
+            else:
+                stage.fit(staged_bytes)
+                stage_address = stage.address
+                set_handle(target, stage_address)
             if bindings.scratchpad is not _SCRATCHPAD.buffer:
                 bindings.point_scratchpad()
             status = execute(primitive, stream, count, args)
             if status != _SUCCESS:
                 raise DnnlError(f"oneDNN {label} failed with status {status}")
+            if staged is not None:
+                staged._execute((stage_address, y.ctypes.data))
             return y if axes is None else y.transpose(axes)
 
         if self.residual is None:
@@ -481,6 +501,9 @@ class _ThreadScratchpad(threading.local):
 
 
 _SCRATCHPAD = _ThreadScratchpad()
+_STAGE = _ThreadScratchpad()
+"""This thread's buffer for the blocked destinations of staged convolutions (see
+``_Primitive.staged``), shared as the scratchpad is: used only inside one call."""
 
 
 class _Bindings:
@@ -542,7 +565,11 @@ class Conv2d(_Primitive):
         weight_shape = (group, k // group, c // group, kh, kw) if group > 1 else (k, c, kh, kw)
         self.weight_shape = weight_shape
         src = self._desc((n, c, h, wd), x_strides, data_type)
-        dst = self._desc((n, k, oh, ow), _nhwc(k, oh, ow), data_type)
+        nhwc = self._desc((n, k, oh, ow), _nhwc(k, oh, ow), data_type)
+        # an NCHW source (a model's input image): oneDNN's kernels for it write a blocked
+        # layout, reordered into NHWC after each call (see :func:`create`)
+        staged = residual is None and c > 1 and x_strides[1] != 1
+        dst = self._desc((n, k, oh, ow), None, data_type) if staged else nhwc
         bias = None if b is None else self._desc((k,), (1,), _DATA_TYPES[_FLOAT32])
         post_ops: list[tuple[str, tuple[Any, ...]]] = []
         self.runtime_args = [(_ARG_SRC, src), (_ARG_DST, dst)]
@@ -560,6 +587,12 @@ class Conv2d(_Primitive):
             src, self._desc(weight_shape, None, data_type), bias, dst, _Dims(*strides),
             _Dims(*dilate), _Dims(*pads), _Dims(*pads))
         self._finish(pd)
+        if staged:
+            chosen = _Handle(lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD,
+                                                                   _ARG_DST))
+            self.runtime_args[1] = (_ARG_DST, chosen)  # owned by pd, which this object keeps
+            self.staged_bytes = int(lib.lib.dnnl_memory_desc_get_size(chosen))
+            self.staged = _Reorder(lib, chosen, nhwc)
         self.weights = self._packed(pd, dense, weight_shape, weights)
         self.constant_args.append((_ARG_WEIGHTS, self.weights.memory))
         if b is not None and bias is not None:
@@ -620,6 +653,23 @@ class Conv2d(_Primitive):
         else:
             self._execute((x.ctypes.data, y.ctypes.data, residual.ctypes.data))
         return y.transpose(0, 3, 1, 2)
+
+
+class _Reorder(_Primitive):
+    """A copy of an array from one layout to another (``source`` and ``target`` descriptors,
+    kept alive by the caller), e.g. a convolution's blocked destination into NHWC."""
+
+    def __init__(self, lib: _Library, source: _Handle, target: _Handle) -> None:
+        super().__init__(lib)
+        self.runtime_args = [(_ARG_SRC, source), (_ARG_DST, target)]
+        attr = self._attr()
+        try:
+            pd = lib.new("dnnl_reorder_primitive_desc_create", source, lib.engine, target,
+                         lib.engine, attr)
+        finally:
+            lib.lib.dnnl_primitive_attr_destroy(attr)
+        self._pds.append(pd)
+        self._finish(pd)
 
 
 POOLINGS = {"max": 0x1FF, "average_with_pads": 0x2FF, "average": 0x3FF}
