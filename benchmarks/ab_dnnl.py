@@ -6,9 +6,7 @@ packed inner product for float32 layer products (arm B turns only that path off)
 the default below ``_onednn.COPY_MIN_ROWS`` rows) against the (K, N) copy made for more rows
 (arm B copies at any row count).  With ``--part direct``, of the steps that call their kept
 primitive directly once their plan has run (``NodeContext.direct``) against the same steps
-calling their kernels (arm B's plans never switch).  With ``--part library``, of each
-convolution's library chosen by timing in its first run (``_onednn._choose_library``) against
-the kept primitive wherever oneDNN's library makes one.  With ``--part concat``, of channel
+calling their kernels (arm B's plans never switch).  With ``--part concat``, of channel
 concatenations on a kept oneDNN primitive against NumPy's copies (torch.cat for large outputs).
 With ``--part staged``, of a first convolution reading the NCHW input into a blocked layout
 reordered to NHWC against reading an NHWC copy of the input.
@@ -21,7 +19,7 @@ both arms are sessions of the same process, run alternately on the seeded inputs
 correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differences of its
 pooling into 0.12, see RESULTS.md).
 
-    python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|library|concat|staged]
+    python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -75,9 +73,6 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     "layout": (_switch(_onednn, "COPY_MIN_ROWS", 0), "transposed", "copied"),
     # a plan's steps switched to their kept primitives' direct calls after its first run
     "direct": (_switch(executor, "bind_direct_calls", _never_bound), "direct", "kernel"),
-    # each convolution's library chosen by timing both in the first run (off: the kept
-    # primitive wherever it is made); decided when the node first runs
-    "library": (_switch(_onednn, "TUNE_MARGIN", 0.0), "chosen", "kept"),
     # channel concatenations on a kept oneDNN primitive (off: NumPy's copies or torch.cat)
     "concat": (_switch(_dnnl, "create_concat", lambda arrays: None), "kept", "copies"),
     # a first convolution reading the NCHW input itself, into a blocked layout reordered to
@@ -97,9 +92,6 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                    step.ctx.cache.get("dnnl_convs", {}).values() if conv.staged is not None)
     if part == "concat":
         return sum(1 for step in session._plan.steps if step.ctx.cache.get("dnnl_concat"))
-    if part == "library":  # the convolutions that chose PyTorch's call
-        return sum(1 for step in session._plan.steps
-                   if step.ctx.cache.get("conv_library") == "torch")
     keys = ("dnnl_convs", "dnnl_pool", "gemm_weight") if part == "all" else ("gemm_weight",)
     return sum(1 for step in session._plan.steps if any(step.ctx.cache.get(k) for k in keys))
 
@@ -111,7 +103,6 @@ def main() -> None:
                         help="all: every kept-primitive path; gemm: the plain-weight GEMM only; "
                              "layout: a few-row product's weight read transposed or copied; "
                              "direct: the kept primitives called directly or by their kernels; "
-                             "library: each convolution's library chosen by timing or kept; "
                              "concat: channel concatenations on a kept primitive or copied; "
                              "staged: a first conv on the NCHW input or an NHWC copy")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",

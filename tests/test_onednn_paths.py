@@ -1133,59 +1133,29 @@ def test_concat_chain_appends_into_one_buffer_and_branches_stay_apart(
     route.check_convs()
 
 
-@pytest.mark.parametrize("winner", ["torch", "kept"])
-def test_a_measured_convolution_keeps_the_faster_library(
-        winner: str, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> None:
-    """A convolution whose kept primitive is not on oneDNN's current kernels is timed against
-    PyTorch's call in its first run (``_onednn._choose_library``); here every one is, and the
-    margin decides the winner.  The node then stays on the winner, holds only the winner's
-    packed weight, says in its label what was measured, and its outputs stay ORT's, also when
-    a later run takes the NumPy path and rebuilds the released weight from the winner's copy."""
+def test_first_convolution_reads_nchw_up_to_a_staging_size(rng: np.random.Generator,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A convolution of an NCHW input with few channels runs on the input as it is (its output
+    staged through a blocked layout) while that staging buffer is small; above
+    ``STAGED_MAX_BYTES`` it reads an NHWC copy instead.  NumPy's float64 result either way."""
     if not (_dnnl.available() and _onednn.available()):
         pytest.skip("needs oneDNN's library and PyTorch")
-    monkeypatch.setattr(_onednn, "CURRENT_KERNELS", ())
-    monkeypatch.setattr(_onednn, "TUNE_MARGIN", 1e9 if winner == "torch" else 0.0)
-    big = (64, 64, 3, 3)  # above the size worth releasing
-    weights = {**conv_weights(rng, "a", big), **conv_weights(rng, "b", big)}
-    model = make_model([conv("a", "x", "a", **PAD1), conv("b", "a", "y", **PAD1)],
-                       {"x": [1, 64, 8, 8]}, ["y"], weights)
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    compared = Compared(model)
-    compared.ours = hetrix.InferenceSession(str(path))
-    for _ in range(3):
-        compared.check({"x": f32(rng, 1, 64, 8, 8)})
-    caches = [step.ctx.cache for step in compared.ours._plan.steps
-              if step.ctx.op_type in ("Conv", "FusedConv")]
-    assert len(caches) == 2
-    for cache in caches:
-        assert cache["conv_library"] == winner
-        assert "measured" in cache["library_kernel"]
-        assert ("dnnl_convs" in cache) == (winner == "kept")
-        assert ("onednn_weight" in cache) == (winner == "torch")
-        assert "onednn_dense" not in cache  # the copy PyTorch's packing read is dropped
-    assert len(_released_weights(compared.ours)) == 2
-    monkeypatch.setattr(_library, "_FUNCTIONAL", False)  # NumPy's conv: rebuilt weights
-    compared.check({"x": f32(rng, 1, 64, 8, 8)})
-
-
-def test_convolutions_on_current_kernels_are_not_measured(rng: np.random.Generator,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only a kept primitive outside ``CURRENT_KERNELS`` is timed: with every name counted as
-    current, no node measures, and every one stays on its kept primitive."""
-    if not (_dnnl.available() and _onednn.available()):
-        pytest.skip("needs oneDNN's library and PyTorch")
-    monkeypatch.setattr(_onednn, "CURRENT_KERNELS", ("",))  # every name starts with ""
-    monkeypatch.setattr(_onednn, "TUNE_MARGIN", 1e9)  # PyTorch would win any measurement
-    measured = []
-    torch_conv = _onednn._torch_conv
-    monkeypatch.setattr(_onednn, "_torch_conv",
-                        lambda *a, **k: measured.append(1) or torch_conv(*a, **k))
-    model = make_model([conv("a", "x", "y", **PAD1)], {"x": [1, 16, 8, 8]}, ["y"],
-                       conv_weights(rng, "a", (16, 16, 3, 3)))
-    compared = Compared(model)
-    for _ in range(2):
-        compared.check({"x": f32(rng, 1, 16, 8, 8)})
-    (cache,) = [step.ctx.cache for step in compared.ours._plan.steps]
-    assert cache["conv_library"] == "kept" and not measured
+    w = f32(rng, 16, 3, 3, 3)
+    w.setflags(write=False)
+    geometry = dict(strides=[1, 1], dilations=[1, 1], pads=[1, 1], group=1)
+    staged_sizes = []
+    for batch in (1, 4):
+        x = f32(rng, batch, 3, 20, 20)
+        assert _onednn._staged_bytes(x, w, **{k: geometry[k] for k in
+                                              ("strides", "dilations", "pads")}) == (
+            batch * 16 * 20 * 20 * 4)
+        monkeypatch.setattr(_onednn, "STAGED_MAX_BYTES", 16 * 20 * 20 * 4 * 2)  # up to batch 2
+        cache: dict[str, Any] = {}
+        y = _onednn.conv2d(cache, x, w, None, **geometry)
+        (conv,) = cache["dnnl_convs"].values()
+        staged_sizes.append(conv.staged is not None)
+        want = np.einsum("nchwij,kcij->nkhw", np.lib.stride_tricks.sliding_window_view(
+            np.pad(x.astype(np.float64), [(0, 0), (0, 0), (1, 1), (1, 1)]), (3, 3), axis=(2, 3)),
+            w.astype(np.float64))
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+    assert staged_sizes == [True, False]

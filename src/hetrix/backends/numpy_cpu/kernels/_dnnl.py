@@ -296,8 +296,8 @@ class _Primitive:
     """A second source read per call (a convolution's residual): its shape and strides."""
     staged: _Primitive | None = None
     """A reorder run after the primitive, from the layout it computes its destination in (a
-    blocked one, ``staged_bytes`` in this thread's staging buffer) to the array handed out;
-    None where the primitive writes that array itself."""
+    blocked one, in a buffer of ``staged_bytes`` made per call) to the array handed out; None
+    where the primitive writes that array itself."""
     staged_bytes = 0
 
     def __init__(self, lib: _Library) -> None:
@@ -395,9 +395,8 @@ class _Primitive:
         """Run on the arrays at ``addresses`` (one per ``runtime_args`` entry)."""
         bindings = self._thread_bindings()
         set_handle = self.lib.set_handle
-        if self.staged is not None:  # the destination goes through the staging buffer
-            _STAGE.fit(self.staged_bytes)
-            stage_address = _STAGE.address
+        if self.staged is not None:  # the destination goes through a staging buffer
+            stage, stage_address = _aligned_empty(self.staged_bytes)
             output = addresses[1]
             addresses = (addresses[0], stage_address, *addresses[2:])
         for memory, address in zip(bindings.runtime, addresses, strict=True):
@@ -410,6 +409,7 @@ class _Primitive:
             raise DnnlError(f"oneDNN {self.implementation} failed with status {status}")
         if self.staged is not None:
             self.staged._execute((stage_address, output))
+            del stage  # alive until the reorder has read it
 
     def direct(self, fallback: Callable[..., Any]) -> Callable[..., Any]:
         """This primitive as a plain function of the arrays it reads per call (the source, and
@@ -437,15 +437,14 @@ class _Primitive:
         out_shape, axes, label = self.out_shape, self.out_axes, self.implementation
         owner = threading.get_ident()
         get_ident = threading.get_ident
-        staged, staged_bytes, stage = self.staged, self.staged_bytes, _STAGE
+        staged, staged_bytes = self.staged, self.staged_bytes
 
         def run(x: np.ndarray, y: np.ndarray) -> np.ndarray:
             set_handle(source, x.ctypes.data)
             if staged is None:
                 set_handle(target, y.ctypes.data)
             else:
-                stage.fit(staged_bytes)
-                stage_address = stage.address
+                stage, stage_address = _aligned_empty(staged_bytes)
                 set_handle(target, stage_address)
             if bindings.scratchpad is not _SCRATCHPAD.buffer:
                 bindings.point_scratchpad()
@@ -454,6 +453,7 @@ class _Primitive:
                 raise DnnlError(f"oneDNN {label} failed with status {status}")
             if staged is not None:
                 staged._execute((stage_address, y.ctypes.data))
+                del stage  # alive until the reorder has read it
             return y if axes is None else y.transpose(axes)
 
         if self.residual is None:
@@ -501,9 +501,6 @@ class _ThreadScratchpad(threading.local):
 
 
 _SCRATCHPAD = _ThreadScratchpad()
-_STAGE = _ThreadScratchpad()
-"""This thread's buffer for the blocked destinations of staged convolutions (see
-``_Primitive.staged``), shared as the scratchpad is: used only inside one call."""
 
 
 class _Bindings:

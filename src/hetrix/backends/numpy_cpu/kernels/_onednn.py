@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -111,16 +110,11 @@ def conv2d(
     once packed its own memory is released (see :func:`_packed`).
     """
     params = activation_params or []
-    chosen = cache.get("conv_library")  # see _choose_library
-    if chosen != "torch":
-        direct = _direct(cache, x, w, b, strides, dilations, pads, group, activation, params,
-                         residual, owns_weight)
-        if direct is not None:
-            if chosen is None:
-                _choose_library(cache, x, w, b, strides, dilations, pads, group, activation,
-                                params, residual, owns_weight)
-            return direct
-        cache["library_kernel"] = "oneDNN convolution, PyTorch's call"
+    direct = _direct(cache, x, w, b, strides, dilations, pads, group, activation, params,
+                     residual, owns_weight)
+    if direct is not None:
+        return direct
+    cache["library_kernel"] = "oneDNN convolution, PyTorch's call"
     return _torch_conv(cache, x, w, b, strides, dilations, pads, group, activation, params,
                        residual, owns_weight)
 
@@ -164,73 +158,6 @@ def _torch_conv(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarr
 
 _PREPARED_DTYPES = frozenset({_FLOAT32, _BFLOAT16})
 
-CURRENT_KERNELS = ("brgconv", "brdgmm")
-"""oneDNN's current generation of convolution kernels (by the name's start): a kept primitive
-on one of them is not measured against PyTorch's call (see :func:`_choose_library`)."""
-TUNE_ROUNDS = 5
-"""Timed calls of each library when a node chooses (:func:`_choose_library`), alternating."""
-TUNE_MARGIN = 0.8
-"""PyTorch's call replaces the kept primitive only when its best time is below this share of
-the primitive's: the two are measured in a model's first run, on a noisy machine, and a wrong
-switch costs more than a missed one (the Python path around PyTorch's call is longer in a run)."""
-
-
-def _choose_library(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                    strides: list[int], dilations: list[int], pads: list[int], group: int,
-                    activation: str, activation_params: list[float],
-                    residual: np.ndarray | None, owns_weight: bool) -> None:
-    """Decide once per node which oneDNN computes it: the primitive kept through oneDNN's own
-    library (:mod:`._dnnl`, the ``onednn`` extra's oneDNN 3.2) or PyTorch's call into the oneDNN
-    built into PyTorch (a newer release: 3.12 in torch 2.13), by timing both on this call's
-    arrays; sets ``cache["conv_library"]`` to ``"kept"`` or ``"torch"`` and drops the other's
-    packed weight.
-
-    Why: where oneDNN 3.2 has a current-generation kernel (``brgconv``, ``brdgmm``) for a layer,
-    its kept primitive was as fast or faster on every layer of the suite's CNNs (alone, medians
-    of 40: 1.04-1.2x ahead on ResNet-50's, 2-3x on small ones, where PyTorch's per-call setup
-    dominates), so those are not measured.  Where it falls back to its older generic kernel
-    (``jit:avx512_core``, e.g. a first layer of 3 input channels), the newer release may have a
-    better one: SqueezeNet's first convolution (3 -> 64 channels, 3x3, stride 2, 111x111 out)
-    took 490 us kept and 183 through PyTorch; ShuffleNet's and ResNet-50's first ones were
-    level.  So those layers are timed, and the faster kept for the session.
-    """
-    conv = cache.get("onednn_prepared")
-    if not isinstance(conv, _dnnl.Conv2d) or conv.implementation.startswith(CURRENT_KERNELS):
-        cache["conv_library"] = "kept"
-        return
-    cache["conv_library"] = "kept"  # other threads keep the kept path while this one measures
-    args = (strides, dilations, pads, group, activation, activation_params, residual)
-    times: dict[str, list[float]] = {"kept": [], "torch": []}
-    _torch_conv(cache, x, w, b, *args, owns_weight=False)  # packs its weight: not timed
-    for _ in range(TUNE_ROUNDS):
-        start = time.perf_counter()
-        _direct(cache, x, w, b, *args, owns_weight)
-        middle = time.perf_counter()
-        _torch_conv(cache, x, w, b, *args, owns_weight=False)
-        times["kept"].append(middle - start)
-        times["torch"].append(time.perf_counter() - middle)
-    # the fastest of each: what a library can do here, where noise only ever adds time
-    kept_s, torch_s = (min(times[name]) for name in ("kept", "torch"))
-    winner = "torch" if torch_s < TUNE_MARGIN * kept_s else "kept"
-    if winner == "torch":
-        weight = cache["onednn_weight"]
-        cache.pop("dnnl_convs", None)
-        if cache.get("onednn_prepared") is conv:  # PyTorch's call could not be prepared
-            del cache["onednn_prepared"]
-        if cache.get("onednn_released") is w:  # rebuilt from PyTorch's packed copy from now on
-            cache["onednn_rebuild"] = lambda: weight.to_dense().numpy()
-    else:
-        for key in ("onednn_source", "onednn_bias_source", "onednn_dtype", "onednn_weight",
-                    "onednn_bias"):
-            cache.pop(key, None)
-        cache["onednn_prepared"] = conv
-    cache.pop("onednn_dense", None)  # the copy PyTorch's packing read, where it needed one
-    cache["conv_library"] = winner
-    cache["library_kernel"] = (
-        f"oneDNN convolution, {'PyTorch' if winner == 'torch' else 'kept primitive'} "
-        f"(measured: kept {conv.implementation} {kept_s * 1e6:.0f} us, PyTorch's "
-        f"{torch_s * 1e6:.0f} us)")
-
 
 def offer_direct_conv(ctx: NodeContext, kernel: Kernel, inputs: tuple[Any, ...]) -> None:
     """Offer the node's kept convolution primitive as its direct call (see
@@ -255,7 +182,6 @@ def offer_direct_conv(ctx: NodeContext, kernel: Kernel, inputs: tuple[Any, ...])
                           conv)
 
 
-
 def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
             strides: list[int], dilations: list[int], pads: list[int], group: int,
             activation: str, activation_params: list[float], residual: np.ndarray | None,
@@ -276,8 +202,10 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
         return None
     nchw = x.shape[1] > 1 and x.strides[1] != x.itemsize
     if nchw and (residual is not None or x.shape[1] > STAGED_MAX_CHANNELS
+                 or _staged_bytes(x, w, strides, dilations, pads) > STAGED_MAX_BYTES
                  or cache.get("dnnl_nchw_refused")):
-        # an NCHW source of many channels: copied to NHWC, where oneDNN's fast kernels are
+        # an NCHW source of many channels, or a large output: copied to NHWC, where oneDNN's
+        # fast kernels are
         x = _channels_last_copy(x)
         nchw = False
     key = (x.shape, x.strides, x.dtype,
@@ -318,6 +246,21 @@ its first-layer kernels read NCHW and write a blocked layout, which a reorder tu
 224x224 (MobileNetV2's first layer) 63 us + 56 for the reorder, against 182 us on the NHWC copy
 (which costs 50-80 us more); SqueezeNet's 3 -> 64 125 + 112 against 490; ResNet-50's 7x7
 578 + 118 against 730.  More channels are copied to NHWC, where oneDNN's kernels for them are."""
+STAGED_MAX_BYTES = 4 << 20
+"""Largest blocked destination staged per call (see above): a model's first layer at batch 1
+(SqueezeNet's 3.2 MB, ShuffleNet's 1.6).  The staging buffer is one more output-sized array at
+that moment; at batch 8 (25 MB on SqueezeNet) it raised the peak memory by 48 MB, and the NHWC
+copy of the input (3 channels) costs far less memory than that."""
+
+
+def _staged_bytes(x: np.ndarray, w: np.ndarray, strides: list[int], dilations: list[int],
+                  pads: list[int]) -> int:
+    """The size of a staged convolution's blocked destination (channels padded to 16)."""
+    n, _, h, width = x.shape
+    k, _, kh, kw = w.shape
+    oh = (h + 2 * pads[0] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (width + 2 * pads[1] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    return n * -(-k // 16) * 16 * oh * ow * x.itemsize
 
 _MAX_LAYOUTS = 4
 """Primitives one node keeps for different input layouts (a model fed varying batch sizes);
