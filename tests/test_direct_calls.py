@@ -308,3 +308,72 @@ def test_channel_concats_switch_to_their_kept_primitive_and_chains_keep_appendin
             for ctx in concats] == [True, False]
     # the link appends in every run: the first Concat's output, direct or not, starts a chain
     assert appended.count(True) == 5
+
+
+@pytest.mark.parametrize(("op", "opset", "axis", "shape"), [
+    ("Softmax", 11, 1, ["N", 10, 1, 1]),  # a classifier's, coerced to 2-D at axis 1
+    ("Softmax", 13, -1, ["N", 3, 7]),
+    ("LogSoftmax", 11, 2, ["N", 3, 4, 5]),
+    ("LogSoftmax", 13, 1, ["N", 6, 2]),
+])
+def test_softmax_switches_and_follows_other_shapes(op: str, opset: int, axis: int,
+                                                   shape: list) -> None:
+    """Softmax's direct call is PyTorch's softmax on the shape it saw: ORT's results on later
+    runs, at another batch size (the kernel serves it), and NaN spreading over its row."""
+    pytest.importorskip("torch")
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"], axis=axis)], "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=8)
+    options = hetrix.SessionOptions(enable_shape_specialization=False)
+    session = hetrix.InferenceSession(model.SerializeToString(), options)
+    rng = np.random.default_rng(6)
+    for batch in (1, 1, 1, 2, 1):
+        x = (rng.standard_normal([batch, *shape[1:]]) * 5).astype(np.float32)
+        if batch == 1:
+            x.reshape(-1)[3] = np.nan
+        feeds = {"x": x}
+        np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
+                                   rtol=1e-5, atol=1e-6)
+    assert switched(session._plan) == [op]
+
+
+def test_batch_norm_with_relu_switches_to_its_kept_primitive() -> None:
+    """A BatchNormalization + Relu the passes cannot fold into a convolution (it follows a
+    Concat, as DenseNet's) runs on a kept oneDNN primitive, called directly after the first
+    run; one whose statistics the caller may feed stays on its kernel.  ORT's results."""
+    rng = np.random.default_rng(2)
+    weights = {"wa": rng.standard_normal((8, 3, 3, 3)) * 0.3,
+               "wb": rng.standard_normal((8, 3, 3, 3)) * 0.3,
+               "scale": rng.standard_normal(16), "bias": rng.standard_normal(16),
+               "mean": rng.standard_normal(16) * 0.1, "var": rng.random(16) + 0.5}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wb"], ["b"], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+        helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    for feedable in (False, True):
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])]
+        if feedable:  # an initializer that is also a graph input
+            inputs.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, [16]))
+        graph = helper.make_graph(
+            nodes, "batch_norm", inputs,
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])],
+            [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)],
+                                  ir_version=8)
+        session = hetrix.InferenceSession(model.SerializeToString())
+        for _ in range(3):
+            feeds = {"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)}
+            np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
+                                       rtol=1e-4, atol=1e-5)
+        assert ("FusedBatchNormalization" in switched(session._plan)) == (not feedable)
+        if feedable:
+            mean = (rng.standard_normal(16)).astype(np.float32)
+            feeds = {"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32), "mean": mean}
+            np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
+                                       rtol=1e-4, atol=1e-5)

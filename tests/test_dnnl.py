@@ -459,3 +459,31 @@ def test_channel_concatenation_refuses_what_it_does_not_serve() -> None:
     assert _dnnl.create_concat([a, np.zeros((2, 4, 3, 3), np.float32)]) is None  # batch
     assert _dnnl.create_concat([a, a.astype(np.float64)]) is None  # types
     assert _dnnl.create_concat([a[0], a[0]]) is None  # not 4-D
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm_matches_float64(layout: str, dtype: Any, relu: bool) -> None:
+    """Inference BatchNormalization (and its fused Relu) with ONNX's formula, the input's memory
+    order kept; another layout is refused, as are statistics of another length."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 24, 5, 6)).astype(dtype)
+    if layout == "nhwc":
+        x = channels_last(x)
+    scale, bias, mean = (rng.standard_normal(24).astype(np.float32) for _ in range(3))
+    var = (rng.random(24) + 0.2).astype(np.float32)
+    norm = _dnnl.create_batch_norm(x, scale, bias, mean, var, epsilon=1e-3, relu=relu)
+    assert norm is not None and not norm.implementation.startswith("ref")
+    y = norm(x)
+    c = (slice(None), None, None)
+    want = ((x.astype(np.float64) - mean[c]) / np.sqrt(var[c].astype(np.float64) + 1e-3)
+            * scale[c] + bias[c])
+    if relu:
+        want = np.maximum(want, 0)
+    tolerance = 1e-5 if dtype == np.float32 else 0.02 * np.abs(want).max()
+    np.testing.assert_allclose(y.astype(np.float64), want, rtol=1e-5, atol=tolerance)
+    assert y.dtype == x.dtype and y.strides == x.strides
+    assert norm(x[:1]) is None  # another shape: the caller's path serves it
+    assert _dnnl.create_batch_norm(x, scale[:4], bias, mean, var, epsilon=1e-3,
+                                   relu=relu) is None

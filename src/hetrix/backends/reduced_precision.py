@@ -369,6 +369,11 @@ def _fused_matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
 def _fused_batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray,
                       mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     activation = fused.activation_name(ctx)
+    if activation in ("", "Relu"):  # both in one oneDNN pass where it can
+        y = normalization.kept_batch_norm(ctx, _fused_batch_norm, (x, scale, bias, mean, var),
+                                          relu=activation == "Relu")
+        if y is not None:
+            return y
     y = _batch_norm(ctx, x, scale, bias, mean, var, relu=activation == "Relu")
     return y if activation in ("", "Relu") else _activate(ctx, y)
 

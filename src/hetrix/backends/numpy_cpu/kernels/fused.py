@@ -194,7 +194,13 @@ def fused_batch_norm(
     var: np.ndarray,
 ) -> np.ndarray:
     """Inference BatchNormalization with its given statistics, then the activation in place."""
-    if ctx.attrs.get("activation") in ("Relu", b"Relu"):  # both in one torch pass when it can
+    activation = activation_name(ctx)
+    if activation in ("", "Relu"):  # both in one oneDNN pass where it can
+        y = normalization.kept_batch_norm(ctx, fused_batch_norm, (x, scale, bias, mean, var),
+                                          relu=activation == "Relu")
+        if y is not None:
+            return y
+    if activation == "Relu":  # both in one torch pass when it can
         eps = ctx.attrs.get("epsilon", 1e-5)
         y = normalization.batch_norm_inference(x, scale, bias, mean, var, eps, ctx.cache, True)
         if y is not None:

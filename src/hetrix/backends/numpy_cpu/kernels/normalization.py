@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from hetrix.backends.numpy_cpu.kernels import _library
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _library, _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 
 
@@ -122,6 +122,23 @@ def batch_norm_inference(
     if relu:
         y.relu_()
     return y.numpy()
+
+
+def kept_batch_norm(ctx: NodeContext, kernel: Any, inputs: tuple[np.ndarray, ...],
+                    relu: bool) -> np.ndarray | None:
+    """Inference BatchNormalization of ``inputs`` (X, scale, B, mean, var), then Relu when
+    ``relu``, by the oneDNN primitive the node keeps (:class:`._dnnl.BatchNorm`), offered as
+    ``kernel``'s direct call; None where that path does not serve it (no library, a statistic
+    that may change between runs: only read-only constants are copied into a primitive)."""
+    x, *parameters = inputs
+    if (type(x) is not np.ndarray or x.ndim != 4 or not _onednn.available()
+            or any(p.flags.writeable for p in parameters)):
+        return None
+    eps = float(ctx.attrs.get("epsilon", 1e-5))
+    return _dnnl.run_kept(
+        ctx, "dnnl_batch_norm", "batch normalization", x,
+        lambda: _dnnl.create_batch_norm(x, *parameters, epsilon=eps, relu=relu),
+        kernel=kernel, inputs=inputs)
 
 
 def folded_batch_norm(

@@ -15,6 +15,7 @@ import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels import _library
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+from hetrix.backends.registry import offer_direct
 
 AxisFn = Callable[[np.ndarray, int], np.ndarray]
 
@@ -86,28 +87,71 @@ def _coerced_2d(ctx: NodeContext, x: np.ndarray, fn: AxisFn) -> np.ndarray:
     return y.reshape(x.shape).astype(x.dtype, copy=False)
 
 
+def _offer_torch(ctx: NodeContext, kernel_fn: Callable[..., np.ndarray], x: np.ndarray,
+                 name: str, axis: int, coerced: bool) -> None:
+    """Offer PyTorch's softmax (``name``: "softmax" or "log_softmax") as the node's direct call
+    (:func:`~hetrix.backends.registry.offer_direct`), made for ``x``'s shape and normalized
+    ``axis`` (on the 2-D view at ``axis`` when ``coerced``): a classifier's last op, where the
+    kernel's layers cost more in a run than the softmax of 1,000 numbers."""
+    if ctx.direct is not None or not _on_torch(x) or x.size == 0:
+        return
+    functional = _library.torch_functional()
+    shape = x.shape
+    view = (math.prod(shape[:axis]), -1) if coerced else shape
+    dim = 1 if coerced else axis
+
+    def make(fallback: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        import torch
+
+        fn, from_numpy = getattr(functional, name), torch.from_numpy
+
+        def call(x: np.ndarray) -> np.ndarray:
+            if (type(x) is not np.ndarray or x.shape != shape or x.dtype != np.float32
+                    or not x.flags.writeable or min(x.strides) < 0):
+                return fallback(x)
+            return fn(from_numpy(x.reshape(view)), dim).numpy().reshape(shape)
+
+        return call
+
+    offer_direct(ctx, kernel_fn, (x,), (0,), make, name)
+
+
+def _coerced_axis(ctx: NodeContext, x: np.ndarray) -> int:
+    axis = ctx.attrs.get("axis", 1)
+    return axis + x.ndim if axis < 0 else axis
+
+
 @kernel("Softmax", since=1)
 def softmax_v1(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Softmax over the input coerced to 2-D at ``axis``."""
-    return _coerced_2d(ctx, x, _softmax)
+    y = _coerced_2d(ctx, x, _softmax)
+    _offer_torch(ctx, softmax_v1, x, "softmax", _coerced_axis(ctx, x), coerced=True)
+    return y
 
 
 @kernel("Softmax", since=13)
 def softmax(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Numerically stable softmax along ``axis``."""
-    return _on_axis(ctx, x, _softmax)
+    y = _on_axis(ctx, x, _softmax)
+    _offer_torch(ctx, softmax, x, "softmax", ctx.attrs.get("axis", -1) % x.ndim, coerced=False)
+    return y
 
 
 @kernel("LogSoftmax", since=1)
 def log_softmax_v1(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """LogSoftmax over the input coerced to 2-D at ``axis``."""
-    return _coerced_2d(ctx, x, _log_softmax)
+    y = _coerced_2d(ctx, x, _log_softmax)
+    _offer_torch(ctx, log_softmax_v1, x, "log_softmax", _coerced_axis(ctx, x), coerced=True)
+    return y
 
 
 @kernel("LogSoftmax", since=13)
 def log_softmax(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax along ``axis``."""
-    return _on_axis(ctx, x, _log_softmax)
+    y = _on_axis(ctx, x, _log_softmax)
+    _offer_torch(ctx, log_softmax, x, "log_softmax", ctx.attrs.get("axis", -1) % x.ndim,
+                 coerced=False)
+    return y
 
 
 @kernel("Hardmax", since=1)
