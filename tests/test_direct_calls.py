@@ -318,8 +318,9 @@ def test_channel_concats_switch_to_their_kept_primitive_and_chains_keep_appendin
 ])
 def test_softmax_switches_and_follows_other_shapes(op: str, opset: int, axis: int,
                                                    shape: list) -> None:
-    """Softmax's direct call is PyTorch's softmax on the shape it saw: ORT's results on later
-    runs, at another batch size (the kernel serves it), and NaN spreading over its row."""
+    """Softmax's direct call is the node's kept oneDNN primitive for the shape it saw: ORT's
+    results on later runs, at another batch size (the kernel serves it), and a NaN spreading
+    over its whole row as in ONNX (oneDNN's own answer would not: the call hands it back)."""
     pytest.importorskip("torch")
     graph = helper.make_graph(
         [helper.make_node(op, ["x"], ["y"], axis=axis)], "softmax",
@@ -330,14 +331,22 @@ def test_softmax_switches_and_follows_other_shapes(op: str, opset: int, axis: in
     options = hetrix.SessionOptions(enable_shape_specialization=False)
     session = hetrix.InferenceSession(model.SerializeToString(), options)
     rng = np.random.default_rng(6)
-    for batch in (1, 1, 1, 2, 1):
+    for run, batch in enumerate((1, 1, 1, 2, 1)):
         x = (rng.standard_normal([batch, *shape[1:]]) * 5).astype(np.float32)
-        if batch == 1:
+        if run in (2, 4):  # after the first run, which switched the step
             x.reshape(-1)[3] = np.nan
         feeds = {"x": x}
         np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
-                                   rtol=1e-5, atol=1e-6)
-    assert switched(session._plan) == [op]
+                                   rtol=1e-4, atol=1e-5)
+        if run == 2:  # (the batch-2 call makes the node a primitive of its own, which it
+            # offers anew: the plan keeps the first one)
+            (step,) = session._plan.steps
+            innermost = (opset < 13 or axis in (-1, len(shape) - 1))
+            # oneDNN's kernels serve the innermost axis; another one may only have its
+            # reference kernel, which is refused, and the kernel's path serves the node
+            assert switched(session._plan) == ([op] if innermost
+                                               or "dnnl_softmax" in step.ctx.cache else [])
+            assert innermost <= ("dnnl_softmax" in step.ctx.cache)
 
 
 def test_batch_norm_with_relu_switches_to_its_kept_primitive() -> None:

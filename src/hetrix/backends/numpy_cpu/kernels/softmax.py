@@ -13,9 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hetrix.backends.numpy_cpu.kernels import _library
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _library
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
-from hetrix.backends.registry import offer_direct
 
 AxisFn = Callable[[np.ndarray, int], np.ndarray]
 
@@ -87,71 +86,63 @@ def _coerced_2d(ctx: NodeContext, x: np.ndarray, fn: AxisFn) -> np.ndarray:
     return y.reshape(x.shape).astype(x.dtype, copy=False)
 
 
-def _offer_torch(ctx: NodeContext, kernel_fn: Callable[..., np.ndarray], x: np.ndarray,
-                 name: str, axis: int, coerced: bool) -> None:
-    """Offer PyTorch's softmax (``name``: "softmax" or "log_softmax") as the node's direct call
-    (:func:`~hetrix.backends.registry.offer_direct`), made for ``x``'s shape and normalized
-    ``axis`` (on the 2-D view at ``axis`` when ``coerced``): a classifier's last op, where the
-    kernel's layers cost more in a run than the softmax of 1,000 numbers."""
-    if ctx.direct is not None or not _on_torch(x) or x.size == 0:
-        return
-    functional = _library.torch_functional()
+def _kept(ctx: NodeContext, kernel_fn: Callable[..., np.ndarray], x: np.ndarray, axis: int,
+          coerced: bool, log: bool) -> np.ndarray | None:
+    """The result by the oneDNN primitive the node keeps (:class:`._dnnl.Softmax`), offered as
+    its direct call, over ``axis`` (normalized; the 2-D coercion at ``axis`` when
+    ``coerced``); None where that path does not serve this call (the library absent, a float
+    type it does not take, a row ONNX makes NaN)."""
+    if (axis < 0 or x.dtype != np.float32 or x.ndim == 0 or x.size == 0
+            or not _library.torch_functional()):  # a library route: not HETRIX_NUMPY_ONLY's
+        return None  # (an axis out of range: the kernel's path reports it)
     shape = x.shape
-    view = (math.prod(shape[:axis]), -1) if coerced else shape
-    dim = 1 if coerced else axis
-
-    def make(fallback: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        import torch
-
-        fn, from_numpy = getattr(functional, name), torch.from_numpy
-
-        def call(x: np.ndarray) -> np.ndarray:
-            if (type(x) is not np.ndarray or x.shape != shape or x.dtype != np.float32
-                    or not x.flags.writeable or min(x.strides) < 0):
-                return fallback(x)
-            return fn(from_numpy(x.reshape(view)), dim).numpy().reshape(shape)
-
-        return call
-
-    offer_direct(ctx, kernel_fn, (x,), (0,), make, name)
+    if coerced:
+        view = (math.prod(shape[:axis]), math.prod(shape[axis:]), 1)
+    else:
+        view = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+    return _dnnl.run_kept(ctx, "dnnl_softmax", "log_softmax" if log else "softmax", x,
+                          lambda: _dnnl.create_softmax(x, view, log), kernel=kernel_fn)
 
 
 def _coerced_axis(ctx: NodeContext, x: np.ndarray) -> int:
+    """Opset < 13's ``axis``, normalized; out of range it is -1 (then the kernel reports it)."""
     axis = ctx.attrs.get("axis", 1)
-    return axis + x.ndim if axis < 0 else axis
+    axis = axis + x.ndim if axis < 0 else axis
+    return axis if 0 <= axis <= x.ndim else -1
+
+
+def _single_axis(ctx: NodeContext, x: np.ndarray) -> int:
+    """Opset >= 13's ``axis``, normalized; out of range it is -1 (then the kernel reports it)."""
+    axis = ctx.attrs.get("axis", -1)
+    return axis % x.ndim if x.ndim and -x.ndim <= axis < x.ndim else -1
 
 
 @kernel("Softmax", since=1)
 def softmax_v1(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Softmax over the input coerced to 2-D at ``axis``."""
-    y = _coerced_2d(ctx, x, _softmax)
-    _offer_torch(ctx, softmax_v1, x, "softmax", _coerced_axis(ctx, x), coerced=True)
-    return y
+    y = _kept(ctx, softmax_v1, x, _coerced_axis(ctx, x), coerced=True, log=False)
+    return _coerced_2d(ctx, x, _softmax) if y is None else y
 
 
 @kernel("Softmax", since=13)
 def softmax(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Numerically stable softmax along ``axis``."""
-    y = _on_axis(ctx, x, _softmax)
-    _offer_torch(ctx, softmax, x, "softmax", ctx.attrs.get("axis", -1) % x.ndim, coerced=False)
-    return y
+    y = _kept(ctx, softmax, x, _single_axis(ctx, x), coerced=False, log=False)
+    return _on_axis(ctx, x, _softmax) if y is None else y
 
 
 @kernel("LogSoftmax", since=1)
 def log_softmax_v1(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """LogSoftmax over the input coerced to 2-D at ``axis``."""
-    y = _coerced_2d(ctx, x, _log_softmax)
-    _offer_torch(ctx, log_softmax_v1, x, "log_softmax", _coerced_axis(ctx, x), coerced=True)
-    return y
+    y = _kept(ctx, log_softmax_v1, x, _coerced_axis(ctx, x), coerced=True, log=True)
+    return _coerced_2d(ctx, x, _log_softmax) if y is None else y
 
 
 @kernel("LogSoftmax", since=13)
 def log_softmax(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax along ``axis``."""
-    y = _on_axis(ctx, x, _log_softmax)
-    _offer_torch(ctx, log_softmax, x, "log_softmax", ctx.attrs.get("axis", -1) % x.ndim,
-                 coerced=False)
-    return y
+    y = _kept(ctx, log_softmax, x, _single_axis(ctx, x), coerced=False, log=True)
+    return _on_axis(ctx, x, _log_softmax) if y is None else y
 
 
 @kernel("Hardmax", since=1)
