@@ -82,3 +82,14 @@ def test_ab_dnnl_compares_the_plain_gemm_with_the_packed_product(tmp_path: Path)
                           check=False)
     assert done.returncode == 0, done.stderr
     assert "1 nodes on the paths compared (gemm); gemm/packed" in done.stdout
+
+
+def test_ops_vs_ort_reports_both_runtimes_per_operator(tmp_path: Path) -> None:
+    script = SCRIPT.parent / "ops_vs_ort.py"
+    done = subprocess.run([sys.executable, str(script), str(_conv_relu(tmp_path / "m.onnx")),
+                           "--runs", "3", "--pause", "0"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "median wall: hetrix" in done.stdout
+    assert "hetrix:" in done.stdout and "onnxruntime:" in done.stdout
+    assert "Conv" in done.stdout  # each side lists the conv it ran
