@@ -11,7 +11,8 @@ concatenations on a kept oneDNN primitive against NumPy's copies (torch.cat for 
 With ``--part staged``, of a first convolution reading the NCHW input into a blocked layout
 reordered to NHWC against reading an NHWC copy of the input.  With ``--part batchnorm``, of
 inference BatchNormalization (+ Relu) on a kept oneDNN primitive against PyTorch's addcmul;
-with ``--part softmax``, of Softmax on a kept oneDNN primitive against PyTorch's softmax.
+with ``--part softmax``, of Softmax on a kept oneDNN primitive against PyTorch's softmax; with
+``--part lrn``, of LRN on a kept oneDNN primitive against PyTorch's shifted adds.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -22,7 +23,7 @@ correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differ
 pooling into 0.12, see RESULTS.md).
 
     python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged|
-                                            batchnorm|softmax]
+                                            batchnorm|softmax|lrn]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -85,6 +86,8 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     "batchnorm": (_switch(_dnnl, "create_batch_norm", lambda *a, **k: None), "kept", "torch"),
     # Softmax / LogSoftmax on a kept oneDNN primitive (off: PyTorch's softmax)
     "softmax": (_switch(_dnnl, "create_softmax", lambda *a, **k: None), "kept", "torch"),
+    # LRN on a kept oneDNN primitive (off: PyTorch's shifted adds; bfloat16 through float32)
+    "lrn": (_switch(_dnnl, "create_lrn", lambda *a, **k: None), "kept", "torch"),
 }
 
 
@@ -94,8 +97,8 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                                   if session._specializer else ())]
         return max(sum(1 for lean in plan.lean_steps if lean[-1].ctx.direct is not None
                        and lean[0] is lean[-1].ctx.direct.call) for plan in plans)
-    if part in ("batchnorm", "softmax"):
-        name = "dnnl_batch_norm" if part == "batchnorm" else "dnnl_softmax"
+    if part in ("batchnorm", "softmax", "lrn"):
+        name = {"batchnorm": "dnnl_batch_norm", "softmax": "dnnl_softmax", "lrn": "dnnl_lrn"}[part]
         return sum(1 for step in session._plan.steps if step.ctx.cache.get(name))
     if part == "staged":
         return sum(1 for step in session._plan.steps for conv in
@@ -116,7 +119,8 @@ def main() -> None:
                              "concat: channel concatenations on a kept primitive or copied; "
                              "staged: a first conv on the NCHW input or an NHWC copy; "
                              "batchnorm: BatchNormalization on a kept primitive or PyTorch; "
-                             "softmax: Softmax on a kept primitive or PyTorch")
+                             "softmax: Softmax on a kept primitive or PyTorch; "
+                             "lrn: LRN on a kept primitive or PyTorch")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="the sessions' SessionOptions.precision")
     args = parser.parse_args()

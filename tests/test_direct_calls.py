@@ -386,3 +386,39 @@ def test_batch_norm_with_relu_switches_to_its_kept_primitive() -> None:
             feeds = {"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32), "mean": mean}
             np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
                                        rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lrn_switches_to_its_kept_primitive(precision: str) -> None:
+    """An LRN after a convolution (AlexNet's, Inception v1's) runs on a kept oneDNN primitive,
+    called directly after the first run, in float32 and in bfloat16; ORT's float32 results
+    (bfloat16 to its precision)."""
+    if precision == "bf16":
+        pytest.importorskip("torch")
+    from hetrix.errors import HetrixError
+
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("LRN", ["r"], ["y"], size=5, alpha=1e-3, beta=0.75, bias=1.0)]
+    graph = helper.make_graph(
+        nodes, "lrn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])],
+        [numpy_helper.from_array((rng.standard_normal((16, 3, 3, 3)) * 2).astype(np.float32),
+                                 "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    try:
+        session = hetrix.InferenceSession(model.SerializeToString(),
+                                          hetrix.SessionOptions(precision=precision))
+    except HetrixError as exc:  # a CPU without bfloat16 convolutions
+        pytest.skip(str(exc))
+    for _ in range(3):
+        feeds = {"x": (rng.standard_normal((1, 3, 12, 12)) * 3).astype(np.float32)}
+        expected = ort_run(model, feeds)
+        got = session.run(None, feeds)[0].astype(np.float32)
+        if precision == "fp32":
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=0.05,
+                                       atol=0.05 * np.abs(expected).max())
+    assert "LRN" in switched(session._plan)

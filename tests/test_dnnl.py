@@ -487,3 +487,33 @@ def test_batch_norm_matches_float64(layout: str, dtype: Any, relu: bool) -> None
     assert norm(x[:1]) is None  # another shape: the caller's path serves it
     assert _dnnl.create_batch_norm(x, scale[:4], bias, mean, var, epsilon=1e-3,
                                    relu=relu) is None
+
+
+def _lrn_reference(x: np.ndarray, size: int, alpha: float, beta: float,
+                   bias: float) -> np.ndarray:
+    """ONNX's LRN in float64: the window [c - floor((size-1)/2), c + ceil((size-1)/2)]."""
+    x = x.astype(np.float64)
+    before = (size - 1) // 2
+    squares = np.pad(x * x, [(0, 0), (before, size - 1 - before), (0, 0), (0, 0)])
+    total = sum(squares[:, k:k + x.shape[1]] for k in range(size))
+    return x / (bias + alpha / size * total) ** beta
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("size", [3, 5])
+def test_lrn_matches_float64(dtype: Any, size: int) -> None:
+    """LRN across channels with ONNX's window and formula (odd sizes) on the channels-last
+    arrays convolutions write, the layout kept; an even size is refused (ONNX's window is then
+    not centred).  (For NCHW sources oneDNN has generated kernels for some cases only; the
+    others get its reference kernel, which is refused, and PyTorch's path serves them.)"""
+    x = channels_last(
+        (np.random.default_rng(size).standard_normal((2, 16, 5, 7)) * 4).astype(dtype))
+    norm = _dnnl.create_lrn(x, size, alpha=2e-2, beta=0.75, bias=2.0)
+    assert norm is not None and not norm.implementation.startswith("ref")
+    y = norm(x)
+    want = _lrn_reference(x, size, 2e-2, 0.75, 2.0)
+    tolerance = 1e-5 if dtype == np.float32 else 0.02 * np.abs(want).max()
+    np.testing.assert_allclose(y.astype(np.float64), want, rtol=1e-5, atol=tolerance)
+    assert y.dtype == x.dtype and y.strides == x.strides
+    assert norm(x[:1]) is None
+    assert _dnnl.create_lrn(x, 4, alpha=2e-2, beta=0.75, bias=2.0) is None

@@ -390,6 +390,14 @@ def _activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
     return _reduced_result(fused.activate, ctx, y)
 
 
+def _lrn(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
+    """LRN on a kept oneDNN primitive in the reduced type where it can, else in float32."""
+    y = normalization.kept_lrn(ctx, _lrn, x)
+    return _lrn_float32(ctx, x) if y is None else y
+
+
+_lrn_float32 = _in_float32(normalization.lrn)
+
 _GELUS = {"Gelu": "none", "GeluTanh": "tanh"}
 
 
@@ -507,7 +515,7 @@ _KERNELS: dict[tuple[str, str], Kernel] = {
     ("", "Concat"): tensor.concat,
     ("hetrix", "FusedConcat"): fused.fused_concat,
     ("", "Flatten"): tensor.flatten,
-    ("", "LRN"): _in_float32(normalization.lrn),
+    ("", "LRN"): _lrn,
     # the transformer ops between the matrix products
     ("", "LayerNormalization"): _layer_norm,
     ("hetrix", "LayerNormalization"): _layer_norm,

@@ -58,6 +58,7 @@ _ARG_MULTIPLE_SRC = 1024  # a concatenation's i-th source: base + i
 _ARG_MEAN, _ARG_VARIANCE, _ARG_SCALE, _ARG_SHIFT = 49, 50, 51, 52
 _GLOBAL_STATS, _USE_SCALE, _USE_SHIFT, _FUSE_RELU = 0x1, 0x2, 0x4, 0x8  # normalization flags
 _SOFTMAX, _LOG_SOFTMAX = 0x30000, 0x30001
+_LRN_ACROSS_CHANNELS = 0xAFF
 _BINARY_ADD = 0x1FFF0
 _RUNTIME_OMP = 2
 _MAX_DIMS = 12
@@ -113,6 +114,9 @@ class _Library:
         lib.dnnl_post_ops_append_eltwise.argtypes = [_Handle, ctypes.c_int, ctypes.c_float,
                                                      ctypes.c_float]
         lib.dnnl_post_ops_append_binary.argtypes = [_Handle, ctypes.c_int, _Handle]
+        lib.dnnl_lrn_forward_primitive_desc_create.argtypes = [
+            _Handle, _Handle, ctypes.c_int, ctypes.c_int, _Handle, _Handle, ctypes.c_int64,
+            ctypes.c_float, ctypes.c_float, ctypes.c_float, _Handle]
         lib.dnnl_batch_normalization_forward_primitive_desc_create.argtypes = [
             _Handle, _Handle, ctypes.c_int, _Handle, _Handle, ctypes.c_float, ctypes.c_uint,
             _Handle]
@@ -892,6 +896,63 @@ class BatchNorm(_Primitive):
         if y is None or self.out_axes is None:
             return y
         return y.transpose(self.out_axes)
+
+
+class LocalResponseNorm(_Primitive):
+    """One node's LRN across channels, ``x / (bias + alpha / size * sum(x^2))^beta`` over a
+    window of ``size`` channels centred on each (an odd size: ONNX's window is then oneDNN's),
+    as a oneDNN primitive for one input layout; the output keeps the input's memory order.
+
+    Why: AlexNet's, ZFNet's and Inception v1's LRNs ran as ``size`` shifted adds on PyTorch
+    (float32, and bfloat16 converted to float32 around it): 3.6 ms a run on Inception v1 in
+    bfloat16 and 6.1 on ZFNet, against 0.6 and 0.9 for OpenVINO's.  Create with
+    :func:`create_lrn`.
+    """
+
+    def __init__(self, lib: _Library, x: np.ndarray, x_strides: tuple[int, ...], size: int,
+                 alpha: float, beta: float, bias: float) -> None:
+        super().__init__(lib)
+        n, c, h, w = x.shape
+        self.shape, self.x_strides, self.dtype = x.shape, x.strides, x.dtype
+        channels_last = c > 1 and x_strides[1] == 1
+        data_type = _DATA_TYPES[x.dtype]
+        src = self._desc((n, c, h, w), x_strides, data_type)
+        dst = self._desc((n, c, h, w), _nhwc(c, h, w) if channels_last
+                         else _c_strides((n, c, h, w)), data_type)
+        self.runtime_args = [(_ARG_SRC, src), (_ARG_DST, dst)]
+        self.out_shape = (n, h, w, c) if channels_last else (n, c, h, w)
+        self.out_axes = (0, 3, 1, 2) if channels_last else None
+        pd = self._primitive_desc("lrn_forward", self._attr(), _FORWARD_INFERENCE,
+                                  _LRN_ACROSS_CHANNELS, src, dst, ctypes.c_int64(size),
+                                  ctypes.c_float(alpha), ctypes.c_float(beta),
+                                  ctypes.c_float(bias))
+        self._finish(pd)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray | None:
+        """The normalized array, or None when ``x`` is not what the primitive was made for."""
+        y = self._run_one(x)
+        if y is None or self.out_axes is None:
+            return y
+        return y.transpose(self.out_axes)
+
+
+def create_lrn(x: np.ndarray, size: int, alpha: float, beta: float,
+               bias: float) -> LocalResponseNorm | None:
+    """A :class:`LocalResponseNorm` for ``x``, or None where this module does not serve it (no
+    library, not 4-D, a type it does not compute in, an even window: ONNX puts its extra
+    channel after the centre)."""
+    lib = library()
+    if (lib is None or x.ndim != 4 or x.dtype not in _DATA_TYPES or 0 in x.shape
+            or size < 1 or size % 2 == 0):
+        return None
+    x_strides = _element_strides(x)
+    if x_strides is None or any(s == 0 and d > 1 for s, d in zip(x_strides, x.shape)):
+        return None
+    try:
+        return LocalResponseNorm(lib, x, x_strides, size, alpha, beta, bias)
+    except DnnlError as exc:
+        logger.debug("oneDNN LRN not made (%s); the other paths serve it", exc)
+        return None
 
 
 class Softmax(_Primitive):

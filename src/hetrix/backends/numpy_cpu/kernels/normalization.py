@@ -455,6 +455,18 @@ def _torch_lrn(x: np.ndarray, size: int, alpha: float, beta: float, bias: float)
         return (t / window.mul_(alpha / size).add_(bias).pow_(beta)).numpy()
 
 
+def kept_lrn(ctx: NodeContext, kernel_fn: Any, x: np.ndarray) -> np.ndarray | None:
+    """LRN by the oneDNN primitive the node keeps (:class:`._dnnl.LocalResponseNorm`), offered
+    as ``kernel_fn``'s direct call; None where that path does not serve it."""
+    if type(x) is not np.ndarray or x.ndim != 4 or not _onednn.available():
+        return None
+    size = ctx.attrs["size"]
+    alpha, beta = float(ctx.attrs.get("alpha", 1e-4)), float(ctx.attrs.get("beta", 0.75))
+    bias = float(ctx.attrs.get("bias", 1.0))
+    return _dnnl.run_kept(ctx, "dnnl_lrn", "LRN", x,
+                          lambda: _dnnl.create_lrn(x, size, alpha, beta, bias), kernel=kernel_fn)
+
+
 @kernel("LRN", since=1)
 def lrn(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Local response normalization across ``size`` neighbouring channels."""
@@ -464,6 +476,10 @@ def lrn(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     bias = ctx.attrs.get("bias", 1.0)
     if x.ndim < 2 or size < 1:
         raise ValueError(f"LRN: need X of rank >= 2 and size >= 1, got {x.shape} and {size}")
+    if x.dtype == np.float32:
+        y = kept_lrn(ctx, lrn, x)
+        if y is not None:
+            return y
     if x.dtype == np.float32 and x.ndim >= 3 and x.size and _library.torch_functional():
         return _torch_lrn(x, size, alpha, beta, bias)
     wd = _work_dtype(x.dtype)
