@@ -256,6 +256,15 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool,
         raise DnnlError(f"oneDNN's GEMM failed with status {status}")
 
 
+def _unbroadcast_strides(array: np.ndarray) -> tuple[int, ...] | None:
+    """``array``'s strides in elements, or None when oneDNN cannot describe them or the array
+    is a broadcast view (a zero stride over more than one element: NumPy's paths copy it)."""
+    strides = _element_strides(array)
+    if strides is None or any(s == 0 and d > 1 for s, d in zip(strides, array.shape)):
+        return None
+    return strides
+
+
 def _element_strides(array: np.ndarray) -> tuple[int, ...] | None:
     """``array``'s strides in elements, or None when oneDNN cannot describe them."""
     itemsize = array.itemsize
@@ -851,7 +860,32 @@ class Concat(_Primitive):
         return call
 
 
-class BatchNorm(_Primitive):
+class _SameShape(_Primitive):
+    """A one-source primitive whose output has the source's shape and memory order (NHWC after
+    a convolution, else C order): :meth:`_source_and_target` makes both descriptors."""
+
+    def _source_and_target(self, x: np.ndarray, x_strides: tuple[int, ...]) -> tuple:
+        n, c, h, w = x.shape
+        self.shape, self.x_strides, self.dtype = x.shape, x.strides, x.dtype
+        channels_last = c > 1 and x_strides[1] == 1
+        data_type = _DATA_TYPES[x.dtype]
+        src = self._desc((n, c, h, w), x_strides, data_type)
+        dst = self._desc((n, c, h, w), _nhwc(c, h, w) if channels_last
+                         else _c_strides((n, c, h, w)), data_type)
+        self.runtime_args = [(_ARG_SRC, src), (_ARG_DST, dst)]
+        self.out_shape = (n, h, w, c) if channels_last else (n, c, h, w)
+        self.out_axes = (0, 3, 1, 2) if channels_last else None
+        return src, dst
+
+    def __call__(self, x: np.ndarray) -> np.ndarray | None:
+        """The result, or None when ``x`` is not what the primitive was made for."""
+        y = self._run_one(x)
+        if y is None or self.out_axes is None:
+            return y
+        return y.transpose(self.out_axes)
+
+
+class BatchNorm(_SameShape):
     """One node's inference BatchNormalization, ``(x - mean) / sqrt(var + eps) * scale + B``,
     then Relu where the node fuses it, as a oneDNN primitive for one input layout; the output
     keeps the input's memory order (NHWC after a convolution).  The statistics are copied in
@@ -867,38 +901,22 @@ class BatchNorm(_Primitive):
     def __init__(self, lib: _Library, x: np.ndarray, x_strides: tuple[int, ...],
                  parameters: tuple[np.ndarray, ...], epsilon: float, relu: bool) -> None:
         super().__init__(lib)
-        n, c, h, w = x.shape
-        self.shape, self.x_strides, self.dtype = x.shape, x.strides, x.dtype
-        channels_last = c > 1 and x_strides[1] == 1
-        data_type = _DATA_TYPES[x.dtype]
-        src = self._desc((n, c, h, w), x_strides, data_type)
-        dst = self._desc((n, c, h, w), _nhwc(c, h, w) if channels_last
-                         else _c_strides((n, c, h, w)), data_type)
-        self.runtime_args = [(_ARG_SRC, src), (_ARG_DST, dst)]
-        self.out_shape = (n, h, w, c) if channels_last else (n, c, h, w)
-        self.out_axes = (0, 3, 1, 2) if channels_last else None
+        src, dst = self._source_and_target(x, x_strides)
         flags = _GLOBAL_STATS | _USE_SCALE | _USE_SHIFT | (_FUSE_RELU if relu else 0)
         pd = self._primitive_desc("batch_normalization_forward", self._attr(),
                                   _FORWARD_INFERENCE, src, dst, ctypes.c_float(epsilon),
                                   ctypes.c_uint(flags))
         self._finish(pd)
         self.parameters = []  # kept: the memory objects point here
-        channel = self._desc((c,), (1,), _DATA_TYPES[_FLOAT32])
+        channel = self._desc((x.shape[1],), (1,), _DATA_TYPES[_FLOAT32])
         for arg, values in zip((_ARG_SCALE, _ARG_SHIFT, _ARG_MEAN, _ARG_VARIANCE), parameters,
                                strict=True):
             kept = np.ascontiguousarray(values, np.float32)
             self.parameters.append(kept)
             self._constant(arg, channel, kept.ctypes.data)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray | None:
-        """The normalized array, or None when ``x`` is not what the primitive was made for."""
-        y = self._run_one(x)
-        if y is None or self.out_axes is None:
-            return y
-        return y.transpose(self.out_axes)
 
-
-class LocalResponseNorm(_Primitive):
+class LocalResponseNorm(_SameShape):
     """One node's LRN across channels, ``x / (bias + alpha / size * sum(x^2))^beta`` over a
     window of ``size`` channels centred on each (an odd size: ONNX's window is then oneDNN's),
     as a oneDNN primitive for one input layout; the output keeps the input's memory order.
@@ -912,28 +930,12 @@ class LocalResponseNorm(_Primitive):
     def __init__(self, lib: _Library, x: np.ndarray, x_strides: tuple[int, ...], size: int,
                  alpha: float, beta: float, bias: float) -> None:
         super().__init__(lib)
-        n, c, h, w = x.shape
-        self.shape, self.x_strides, self.dtype = x.shape, x.strides, x.dtype
-        channels_last = c > 1 and x_strides[1] == 1
-        data_type = _DATA_TYPES[x.dtype]
-        src = self._desc((n, c, h, w), x_strides, data_type)
-        dst = self._desc((n, c, h, w), _nhwc(c, h, w) if channels_last
-                         else _c_strides((n, c, h, w)), data_type)
-        self.runtime_args = [(_ARG_SRC, src), (_ARG_DST, dst)]
-        self.out_shape = (n, h, w, c) if channels_last else (n, c, h, w)
-        self.out_axes = (0, 3, 1, 2) if channels_last else None
+        src, dst = self._source_and_target(x, x_strides)
         pd = self._primitive_desc("lrn_forward", self._attr(), _FORWARD_INFERENCE,
                                   _LRN_ACROSS_CHANNELS, src, dst, ctypes.c_int64(size),
                                   ctypes.c_float(alpha), ctypes.c_float(beta),
                                   ctypes.c_float(bias))
         self._finish(pd)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray | None:
-        """The normalized array, or None when ``x`` is not what the primitive was made for."""
-        y = self._run_one(x)
-        if y is None or self.out_axes is None:
-            return y
-        return y.transpose(self.out_axes)
 
 
 def create_lrn(x: np.ndarray, size: int, alpha: float, beta: float,
@@ -945,8 +947,8 @@ def create_lrn(x: np.ndarray, size: int, alpha: float, beta: float,
     if (lib is None or x.ndim != 4 or x.dtype not in _DATA_TYPES or 0 in x.shape
             or size < 1 or size % 2 == 0):
         return None
-    x_strides = _element_strides(x)
-    if x_strides is None or any(s == 0 and d > 1 for s, d in zip(x_strides, x.shape)):
+    x_strides = _unbroadcast_strides(x)
+    if x_strides is None:
         return None
     try:
         return LocalResponseNorm(lib, x, x_strides, size, alpha, beta, bias)
@@ -1055,9 +1057,9 @@ def create_batch_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: 
     if any(p.shape != (channels,) or (p.dtype.kind != "f" and p.dtype not in _DATA_TYPES)
            for p in parameters):
         return None
-    x_strides = _element_strides(x)
-    if x_strides is None or any(s == 0 and d > 1 for s, d in zip(x_strides, x.shape)):
-        return None  # a broadcast view
+    x_strides = _unbroadcast_strides(x)
+    if x_strides is None:
+        return None
     try:
         return BatchNorm(lib, x, x_strides, parameters, epsilon, relu)
     except DnnlError as exc:
@@ -1126,9 +1128,9 @@ def create_shuffle(x: np.ndarray, groups: int) -> ChannelShuffle | None:
     if (lib is None or x.ndim != 4 or x.dtype not in _DATA_TYPES or groups < 1
             or x.shape[1] % groups or 0 in x.shape):
         return None
-    x_strides = _element_strides(x)
-    if x_strides is None or any(s == 0 and d > 1 for s, d in zip(x_strides, x.shape)):
-        return None  # a broadcast view: NumPy's path copies it
+    x_strides = _unbroadcast_strides(x)
+    if x_strides is None:
+        return None
     try:
         return ChannelShuffle(lib, x, x_strides, groups)
     except DnnlError as exc:
