@@ -130,14 +130,14 @@ def kept_batch_norm(ctx: NodeContext, kernel: Any, inputs: tuple[np.ndarray, ...
     ``relu``, by the oneDNN primitive the node keeps (:class:`._dnnl.BatchNorm`), offered as
     ``kernel``'s direct call; None where that path does not serve it (no library, a statistic
     that may change between runs: only read-only constants are copied into a primitive)."""
-    x, *parameters = inputs
+    x, scale, bias, mean, var = inputs
     if (type(x) is not np.ndarray or x.ndim != 4 or not _onednn.available()
-            or any(p.flags.writeable for p in parameters)):
+            or any(p.flags.writeable for p in (scale, bias, mean, var))):
         return None
     eps = float(ctx.attrs.get("epsilon", 1e-5))
     return _dnnl.run_kept(
         ctx, "dnnl_batch_norm", "batch normalization", x,
-        lambda: _dnnl.create_batch_norm(x, *parameters, epsilon=eps, relu=relu),
+        lambda: _dnnl.create_batch_norm(x, scale, bias, mean, var, epsilon=eps, relu=relu),
         kernel=kernel, inputs=inputs)
 
 
