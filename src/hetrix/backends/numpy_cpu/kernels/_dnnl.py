@@ -815,12 +815,16 @@ class Concat(_Primitive):
         self._pds.append(pd)
         self._finish(pd)
 
+    def serves(self, arrays: tuple[np.ndarray, ...] | list[np.ndarray]) -> bool:
+        """Whether the primitive was made for these arrays' count, layouts and type."""
+        return len(arrays) == len(self.layouts) and all(
+            a.dtype == self.dtype and (a.shape, a.strides) == layout
+            for a, layout in zip(arrays, self.layouts, strict=True))
+
     def __call__(self, arrays: tuple[np.ndarray, ...] | list[np.ndarray]) -> np.ndarray | None:
         """The concatenation (an NHWC-strided array), or None when ``arrays`` are not what the
         primitive was made for."""
-        if (len(arrays) != len(self.layouts)
-                or any(a.dtype != self.dtype or (a.shape, a.strides) != layout
-                       for a, layout in zip(arrays, self.layouts, strict=False))):
+        if not self.serves(arrays):
             return None
         y = recycled_empty(self._spare, self.out_shape, self.dtype)
         self._execute((*(a.ctypes.data for a in arrays), y.ctypes.data))

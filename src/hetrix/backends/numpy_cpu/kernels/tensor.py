@@ -304,17 +304,10 @@ def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
                          _direct_concatenate)
         else:
             kept = ctx.cache.get("dnnl_concat")
-            if kept is not None and _dnnl_serves(kept, inputs) and not _chained(inputs[0]):
+            if kept is not None and kept.serves(inputs) and not _chained(inputs[0]):
                 offer_direct(ctx, concat, inputs, everything,
                              functools.partial(_direct_channel_concatenate, kept), kept)
     return y
-
-
-def _dnnl_serves(kept: _dnnl.Concat, inputs: tuple[np.ndarray, ...]) -> bool:
-    """Whether the node's kept concatenation was made for these arrays' layouts."""
-    return len(inputs) == len(kept.layouts) and all(
-        a.dtype == kept.dtype and (a.shape, a.strides) == layout
-        for a, layout in zip(inputs, kept.layouts, strict=True))
 
 
 def _direct_channel_concatenate(kept: _dnnl.Concat,
@@ -404,8 +397,7 @@ def _kept_concatenation(ctx: NodeContext, inputs: tuple[np.ndarray, ...]) -> np.
     library does not serve it (remembered per layout)."""
     cache = ctx.cache
     kept = cache.get("dnnl_concat")
-    y = None if kept is None else kept(inputs)
-    if y is None:
+    if kept is None or not kept.serves(inputs):
         layouts = tuple((a.shape, a.strides, a.dtype) for a in inputs)
         if cache.get("dnnl_concat_refused") == layouts:
             return None
@@ -415,8 +407,7 @@ def _kept_concatenation(ctx: NodeContext, inputs: tuple[np.ndarray, ...]) -> np.
             return None
         cache["dnnl_concat"] = kept
         cache["library_kernel"] = f"oneDNN concatenation {kept.implementation}, kept primitive"
-        y = kept(inputs)
-    return y
+    return kept(inputs)
 
 
 # Channel concatenation chains (DenseNet: each layer's Concat appends 32 channels to the
