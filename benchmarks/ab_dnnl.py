@@ -12,7 +12,9 @@ With ``--part staged``, of a first convolution reading the NCHW input into a blo
 reordered to NHWC against reading an NHWC copy of the input.  With ``--part batchnorm``, of
 inference BatchNormalization (+ Relu) on a kept oneDNN primitive against PyTorch's addcmul;
 with ``--part softmax``, of Softmax on a kept oneDNN primitive against PyTorch's softmax; with
-``--part lrn``, of LRN on a kept oneDNN primitive against PyTorch's shifted adds.
+``--part lrn``, of LRN on a kept oneDNN primitive against PyTorch's shifted adds; with
+``--part inplace``, of residual convolutions adding their result into the residual's memory
+where the plan allows (``NodeContext.reusable_inputs``) against into a new array.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -23,7 +25,7 @@ correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differ
 pooling into 0.12, see RESULTS.md).
 
     python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged|
-                                            batchnorm|softmax|lrn]
+                                            batchnorm|softmax|lrn|inplace]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -88,6 +90,10 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     "softmax": (_switch(_dnnl, "create_softmax", lambda *a, **k: None), "kept", "torch"),
     # LRN on a kept oneDNN primitive (off: PyTorch's shifted adds; bfloat16 through float32)
     "lrn": (_switch(_dnnl, "create_lrn", lambda *a, **k: None), "kept", "torch"),
+    # a convolution adding its result into a residual nothing reads afterwards (off: into a
+    # new output, the residual read as a second source)
+    "inplace": (_switch(_onednn, "residual_overwritable", lambda ctx, z: False), "inplace",
+                "fresh"),
 }
 
 
@@ -105,6 +111,9 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                    step.ctx.cache.get("dnnl_convs", {}).values() if conv.staged is not None)
     if part == "concat":
         return sum(1 for step in session._plan.steps if step.ctx.cache.get("dnnl_concat"))
+    if part == "inplace":
+        return sum(1 for step in session._plan.steps if any(
+            conv.accumulates for conv in step.ctx.cache.get("dnnl_convs", {}).values()))
     keys = ("dnnl_convs", "dnnl_pool", "gemm_weight") if part == "all" else ("gemm_weight",)
     return sum(1 for step in session._plan.steps if any(step.ctx.cache.get(k) for k in keys))
 
@@ -120,7 +129,9 @@ def main() -> None:
                              "staged: a first conv on the NCHW input or an NHWC copy; "
                              "batchnorm: BatchNormalization on a kept primitive or PyTorch; "
                              "softmax: Softmax on a kept primitive or PyTorch; "
-                             "lrn: LRN on a kept primitive or PyTorch")
+                             "lrn: LRN on a kept primitive or PyTorch; "
+                             "inplace: a residual convolution's result added in place or "
+                             "into a new array")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="the sessions' SessionOptions.precision")
     args = parser.parse_args()

@@ -78,6 +78,12 @@ class NodeContext:
     not graph outputs, not read by another node).  A kernel that keeps its own exact copy of such
     a weight (packed for a library) may release the original's memory (see
     :func:`hetrix.runtime.memory.release_pages`); it must then never read the original again."""
+    reusable_inputs: frozenset[int] = frozenset()
+    """Positions of the inputs whose memory the kernel may write its result into: values the
+    run computed that nothing reads after this node, through this input or any array that may
+    share its memory (:func:`hetrix.runtime.plan.reusable_inputs`).  The kernel must also find
+    the array the only view of its buffer when called (:func:`hetrix.runtime.memory.sole_view`).
+    """
     direct: DirectCall | None = None
     """The kernel's shorter call for this node, once it offers one (see :class:`DirectCall`)."""
 

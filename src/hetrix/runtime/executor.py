@@ -15,6 +15,7 @@ import numpy as np
 
 from hetrix.errors import ExecutionError, HetrixError
 from hetrix.runtime.flops import node_flops
+from hetrix.runtime.memory import intermediates_held
 from hetrix.runtime.plan import Plan, Step, bind_direct_calls
 
 
@@ -61,8 +62,11 @@ def execute(
     with np.errstate(all="ignore"):
         if record is None and timings is None and watch is None:
             _walk_lean(plan, slots)
-        else:
+        elif record is None:  # a watch keeps values computed from shapes, never overwritten
             _walk(plan, slots, record, timings, watch)
+        else:  # the caller gets every intermediate: no kernel may write into one
+            with intermediates_held():
+                _walk(plan, slots, record, timings, watch)
         if not plan.direct_calls_bound:  # the kernels have made their primitives now
             bind_direct_calls(plan)
     slots[0] = None  # an omitted optional output of a step may have written the None slot

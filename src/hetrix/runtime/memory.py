@@ -15,6 +15,7 @@ What loading a model leaves behind is handed back once the session is built
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -24,7 +25,8 @@ import math
 import mmap
 import platform
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -171,3 +173,51 @@ def collects_load_garbage(load: _F) -> _F:
             release_free_memory()
 
     return wrapper  # type: ignore[return-value]
+
+
+# -- writing a result into a dead input's memory -------------------------------------------------
+
+
+def _base_references(view: np.ndarray) -> int:
+    """References to ``view``'s base array counted from here (this frame's one local and the
+    argument), or -1 where the base is not an array that owns its memory."""
+    base = view.base
+    if type(base) is not np.ndarray or base.base is not None:
+        return -1
+    return sys.getrefcount(base)
+
+
+_SOLE_VIEW_REFERENCES = _base_references(np.empty((1, 1)).T)
+"""What :func:`_base_references` counts for a base array that one view alone refers to,
+measured on this interpreter once (the counts a call adds differ between Python versions)."""
+
+_holding_runs = 0
+_holding_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def intermediates_held() -> Iterator[None]:
+    """While a run keeps its intermediates for the caller (``record``), no kernel writes into
+    an input's memory (:func:`sole_view` says no), in any run: the plan's static reasoning
+    (:attr:`NodeContext.reusable_inputs`) does not see those references.  (A shape watch keeps
+    values computed from shapes alone, which no data-dependent value shares memory with.)"""
+    global _holding_runs
+    with _holding_lock:
+        _holding_runs += 1
+    try:
+        yield
+    finally:
+        with _holding_lock:
+            _holding_runs -= 1
+
+
+def sole_view(array: np.ndarray) -> bool:
+    """Whether ``array``, an input the plan lets its node overwrite, may be written now: a
+    writeable view of a buffer (an array that owns its memory) that no other array views, and
+    no run is holding its intermediates.  For a kernel that writes its result into its input's
+    memory: a convolution adding its residual in place."""
+    return (
+        _holding_runs == 0
+        and array.flags.writeable
+        and _base_references(array) == _SOLE_VIEW_REFERENCES
+    )

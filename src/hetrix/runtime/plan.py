@@ -177,6 +177,9 @@ def build_plan(
     captured_slots = [scope.slots[name] for name in scope.captured]
     keep = {NONE_SLOT, *output_slots, *initial}
     assign_frees(steps, keep)
+    for step, positions in zip(steps, reusable_inputs(steps, {*keep, *input_slots,
+                                                            *captured_slots})):
+        step.ctx.reusable_inputs = positions
     _mark_owned_constants(steps, initial, {*input_slots, *output_slots})
     slots: list[Any] = [None] * len(scope.names)
     for slot, value in initial.items():
@@ -544,3 +547,55 @@ def assign_frees(steps: Sequence[Step], keep: set[int]) -> None:
             frees.setdefault(index, []).append(slot)
     for index, step in enumerate(steps):
         step.frees = tuple(frees.get(index, ()))
+
+
+FRESH_OUTPUT_OPS = frozenset({("", "Conv"), ("hetrix", "FusedConv")})
+"""Ops whose kernels (on every backend) return arrays of their own, never an input or a view
+of one.  A whitelist: the outputs of any other op are taken to share memory with its inputs
+(a Reshape's view, an Identity's very object, a DenseNet chain's joined buffer)."""
+
+
+def reusable_inputs(steps: Sequence[Step], keep: set[int]) -> list[frozenset[int]]:
+    """For each step, the positions of its inputs whose memory it may overwrite: a value this
+    run computed (not in ``keep``: outputs, constants; not fed: pass the input and captured
+    slots in ``keep`` too) that the step reads once and last, where every other value that may
+    share its memory (see :data:`FRESH_OUTPUT_OPS`) is dead before the step.
+
+    Static only: the kernel still checks at run time that the array is the only view of its
+    buffer (:func:`hetrix.runtime.memory.sole_view`): what the plan cannot see (a caller
+    recording intermediates, a value kept for shape specialization) holds another reference.
+    """
+    parent: dict[int, int] = {}
+
+    def root(slot: int) -> int:
+        while parent.get(slot, slot) != slot:
+            slot = parent[slot]
+        return slot
+
+    last_read: dict[int, int] = {}
+    for index, step in enumerate(steps):
+        for slot in step.inputs:
+            last_read[slot] = index
+        if (step.ctx.domain, step.ctx.op_type) in FRESH_OUTPUT_OPS:
+            continue
+        joined = [s for s in (*step.inputs, *step.outputs) if s != NONE_SLOT]
+        for slot in joined[1:]:  # union: the outputs may alias any input
+            a, b = root(joined[0]), root(slot)
+            if a != b:
+                parent[b] = a
+    members: dict[int, list[int]] = {}
+    for slot in {*last_read, *parent}:
+        members.setdefault(root(slot), []).append(slot)
+    result = []
+    for index, step in enumerate(steps):
+        positions = set()
+        for position, slot in enumerate(step.inputs):
+            if (slot == NONE_SLOT or slot in keep or last_read.get(slot) != index
+                    or step.inputs.count(slot) != 1):
+                continue
+            shared = members.get(root(slot), [slot])
+            if all(other == slot or (other not in keep and last_read.get(other, -1) < index)
+                   for other in shared):
+                positions.add(position)
+        result.append(frozenset(positions))
+    return result

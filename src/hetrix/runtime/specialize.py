@@ -39,7 +39,15 @@ from typing import Any
 import numpy as np
 
 from hetrix.runtime.executor import Watch, execute
-from hetrix.runtime.plan import NONE_SLOT, Plan, Step, assign_frees, has_subgraph, lean_step
+from hetrix.runtime.plan import (
+    NONE_SLOT,
+    Plan,
+    Step,
+    assign_frees,
+    has_subgraph,
+    lean_step,
+    reusable_inputs,
+)
 
 _ELEMENTWISE = (
     "Abs Acos Acosh Asin Asinh Atan Atanh BitwiseNot Cast CastLike Ceil Celu Clip Cos Cosh "
@@ -240,6 +248,10 @@ def specialize(plan: Plan, facts: ShapeFacts, watch: Watch) -> tuple[Plan, dict[
             initial[slot] = value
     keep = {NONE_SLOT, *output_slots, *(s for s, v in enumerate(initial) if v is not None)}
     assign_frees(live, keep)
+    # the nodes' contexts are shared with ``plan``: what either plan forbids, both do
+    fixed = {*keep, *plan.input_slots, *plan.captured_slots}
+    for step, positions in zip(live, reusable_inputs(live, fixed)):
+        step.ctx.reusable_inputs &= positions
     specialized = Plan(
         steps=live,
         slot_names=plan.slot_names,

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 # ---- the C API's constants (oneDNN 3.x, include/oneapi/dnnl/dnnl_types.h)
 _SUCCESS = 0
+_DATA_TYPE_UNDEF = 0  # a sum post-op's "the destination's type"
 _ENGINE_CPU = 1
 _STREAM_IN_ORDER = 1
 _FORWARD_INFERENCE = 0x60
@@ -114,6 +115,8 @@ class _Library:
         lib.dnnl_post_ops_append_eltwise.argtypes = [_Handle, ctypes.c_int, ctypes.c_float,
                                                      ctypes.c_float]
         lib.dnnl_post_ops_append_binary.argtypes = [_Handle, ctypes.c_int, _Handle]
+        lib.dnnl_post_ops_append_sum.argtypes = [_Handle, ctypes.c_float, ctypes.c_int32,
+                                                 ctypes.c_int]
         lib.dnnl_lrn_forward_primitive_desc_create.argtypes = [
             _Handle, _Handle, ctypes.c_int, ctypes.c_int, _Handle, _Handle, ctypes.c_int64,
             ctypes.c_float, ctypes.c_float, ctypes.c_float, _Handle]
@@ -314,6 +317,8 @@ class _Primitive:
     """The transpose that turns the destination (memory order) into what a call returns."""
     residual: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     """A second source read per call (a convolution's residual): its shape and strides."""
+    accumulates = False
+    """Whether the residual is the destination too: the result is added into its memory."""
     staged: _Primitive | None = None
     """A reorder run after the primitive, from the layout it computes its destination in (a
     blocked one, in a buffer of ``staged_bytes`` made per call) to the array handed out; None
@@ -344,8 +349,8 @@ class _Primitive:
 
     def _attr(self, post_ops: list[tuple[str, tuple[Any, ...]]] | None = None) -> _Handle:
         """A primitive attribute: user-managed scratchpad (per thread, see :class:`_Bindings`)
-        and the given post-ops, each ``("eltwise", (algorithm, alpha, beta))`` or
-        ``("binary", (algorithm, descriptor))``."""
+        and the given post-ops, each ``("eltwise", (algorithm, alpha, beta))``,
+        ``("binary", (algorithm, descriptor))`` or ``("sum", (scale, zero point, type))``."""
         lib = self.lib
         attr = lib.new("dnnl_primitive_attr_create")
         try:
@@ -558,6 +563,13 @@ class Conv2d(_Primitive):
     """One node's 2-D convolution (with bias, a post-op activation and an optional residual
     add) as a oneDNN primitive for one input layout; :meth:`__call__` runs it.
 
+    The residual is read one of two ways.  As a second source (a binary post-op), into a new
+    output; or, made with ``accumulate``, as the destination itself (a sum post-op): the result
+    is added into the residual's own NHWC memory, for a residual nothing reads afterwards
+    (``NodeContext.reusable_inputs``).  In place is faster: the 1x1 convolutions that end
+    ResNet-50's blocks took 0.81-0.91 of the time alone (56x56, 64 -> 256 channels: 368 us
+    against 453), one stream less over an output that does not fit in the cache.
+
     Create with :func:`create`, which returns None where oneDNN offers no kernel for the case
     or only its reference one (PyTorch's path then serves the node).
     """
@@ -567,7 +579,7 @@ class Conv2d(_Primitive):
                  dilations: list[int], pads: list[int], group: int, activation: str,
                  activation_params: list[float], residual: np.ndarray | None,
                  residual_strides: tuple[int, ...] | None,
-                 weights: list[PackedWeights]) -> None:
+                 weights: list[PackedWeights], accumulate: bool = False) -> None:
         super().__init__(lib)
         n, c, h, wd = x.shape
         k, _, kh, kw = w.shape
@@ -590,7 +602,12 @@ class Conv2d(_Primitive):
         bias = None if b is None else self._desc((k,), (1,), _DATA_TYPES[_FLOAT32])
         post_ops: list[tuple[str, tuple[Any, ...]]] = []
         self.runtime_args = [(_ARG_SRC, src), (_ARG_DST, dst)]
-        if residual is not None:
+        if residual is not None and accumulate:
+            if staged or residual_strides != _nhwc(k, oh, ow):
+                raise DnnlError("a residual added in place must be the NHWC destination")
+            post_ops.append(("sum", (1.0, 0, _DATA_TYPE_UNDEF)))
+            self.accumulates = True
+        elif residual is not None:
             assert residual_strides is not None
             src1 = self._desc((n, k, oh, ow), residual_strides, data_type)
             post_ops.append(("binary", (_BINARY_ADD, src1)))
@@ -649,11 +666,49 @@ class Conv2d(_Primitive):
             lib.lib.dnnl_memory_desc_destroy(target)
         return dense
 
+    def direct(self, fallback: Callable[..., Any],
+               overwritable: Callable[[np.ndarray], bool] | None = None) -> Callable[..., Any]:
+        """As :meth:`_Primitive.direct`; for a primitive that :attr:`accumulates`, a call of
+        ``(x, z)`` that adds into ``z`` and returns it, where ``overwritable(z)`` allows."""
+        if not self.accumulates:
+            return super().direct(fallback)
+        lib, primitive, label = self.lib, self.primitive, self.implementation
+        set_handle, execute, stream = lib.set_handle, lib.execute, lib.stream
+        bindings = self._thread_bindings()
+        source, target = bindings.runtime[0], bindings.runtime[1]
+        count, args = bindings.count, bindings.args_address
+        shape, strides, dtype, residual_layout = self.shape, self.x_strides, self.dtype, \
+            self.residual
+        may_write = overwritable or (lambda z: False)
+        owner, get_ident = threading.get_ident(), threading.get_ident
+
+        def call_accumulating(x: Any, z: Any) -> Any:
+            if (type(x) is not np.ndarray or type(z) is not np.ndarray
+                    or x.strides != strides or x.shape != shape or x.dtype != dtype
+                    or (z.shape, z.strides) != residual_layout or z.dtype != dtype
+                    or get_ident() != owner or not may_write(z)):
+                return fallback(x, z)
+            set_handle(source, x.ctypes.data)
+            set_handle(target, z.ctypes.data)
+            if bindings.scratchpad is not _SCRATCHPAD.buffer:
+                bindings.point_scratchpad()
+            status = execute(primitive, stream, count, args)
+            if status != _SUCCESS:
+                raise DnnlError(f"oneDNN {label} failed with status {status}")
+            return z
+
+        call_accumulating.primitive = self  # type: ignore[attr-defined]
+        return call_accumulating
+
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                 residual: np.ndarray | None) -> np.ndarray | None:
+                 residual: np.ndarray | None, overwrite: bool = False) -> np.ndarray | None:
         """``act(conv(x) + b + residual)`` as an NHWC-strided array, or None when this call is
-        not the one the primitive was made for (the caller then takes its general path)."""
+        not the one the primitive was made for (the caller then takes its general path).
+        ``overwrite``: the caller lets the result go into ``residual``'s memory, which a
+        primitive that :attr:`accumulates` needs (it then returns ``residual`` itself)."""
         if (
+            overwrite != self.accumulates
+            or
             w is not self.w
             or b is not self.b
             or x.shape != self.shape
@@ -664,6 +719,10 @@ class Conv2d(_Primitive):
             or (residual is not None and residual.dtype != self.dtype)
         ):
             return None
+        if self.accumulates:
+            assert residual is not None
+            self._execute((x.ctypes.data, residual.ctypes.data))
+            return residual
         y = recycled_empty(self._spare, self.out_shape, self.dtype)
         if residual is None:
             self._execute((x.ctypes.data, y.ctypes.data))
@@ -1164,8 +1223,9 @@ def create_pool(x: np.ndarray, *, kind: str, kernel: list[int], strides: list[in
 def create(x: np.ndarray, w: np.ndarray, dense: np.ndarray, b: np.ndarray | None, *,
            strides: list[int], dilations: list[int], pads: list[int], group: int,
            activation: str, activation_params: list[float], residual: np.ndarray | None,
-           weights: list[PackedWeights]) -> Conv2d | None:
-    """A :class:`Conv2d` for this call, or None where this module does not serve it.
+           weights: list[PackedWeights], accumulate: bool = False) -> Conv2d | None:
+    """A :class:`Conv2d` for this call, or None where this module does not serve it
+    (``accumulate``: the result added into the residual's memory, see :class:`Conv2d`).
 
     ``w`` is the node's weight object (calls are matched to it by identity), ``dense`` its
     values (the same array, or a copy rebuilt after ``w``'s memory was released); ``weights``
@@ -1189,7 +1249,8 @@ def create(x: np.ndarray, w: np.ndarray, dense: np.ndarray, b: np.ndarray | None
         return Conv2d(lib, x, x_strides, w, dense, b, strides=strides, dilations=dilations,
                       pads=pads, group=group, activation=activation,
                       activation_params=activation_params, residual=residual,
-                      residual_strides=residual_strides, weights=weights)
+                      residual_strides=residual_strides, weights=weights,
+                      accumulate=accumulate)
     except DnnlError as exc:
         logger.debug("oneDNN convolution not made (%s); PyTorch's path serves it", exc)
         return None

@@ -39,7 +39,7 @@ import numpy as np
 from hetrix.backends import registry
 from hetrix.backends.numpy_cpu.kernels import _dnnl, _library
 from hetrix.backends.registry import Kernel, NodeContext
-from hetrix.runtime.memory import recycled_empty
+from hetrix.runtime.memory import recycled_empty, sole_view
 
 _UNARY_POST_OPS: dict[str, str] = {
     "": "none",
@@ -101,17 +101,20 @@ def conv2d(
     activation_params: list[float] | None = None,
     residual: np.ndarray | None = None,
     owns_weight: bool = False,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """``act(conv(x, w) + b + residual)`` through oneDNN; the result is an NHWC-strided array.
 
     ``cache`` is the node's own dict: the packed weight and bias live there between runs.
     ``residual`` must have the output's shape (the fusion pass only fuses when shapes agree).
     ``owns_weight``: ``w`` is a constant only this node reads (``NodeContext.owned_inputs``), so
-    once packed its own memory is released (see :func:`_packed`).
+    once packed its own memory is released (see :func:`_packed`).  ``overwrite``: the result
+    may go into ``residual``'s memory (see :func:`residual_overwritable`); a kept primitive
+    then adds it there (:class:`._dnnl.Conv2d`) and returns ``residual`` itself.
     """
     params = activation_params or []
     direct = _direct(cache, x, w, b, strides, dilations, pads, group, activation, params,
-                     residual, owns_weight)
+                     residual, owns_weight, overwrite)
     if direct is not None:
         return direct
     cache["library_kernel"] = "oneDNN convolution, PyTorch's call"
@@ -159,11 +162,30 @@ def _torch_conv(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarr
 _PREPARED_DTYPES = frozenset({_FLOAT32, _BFLOAT16})
 
 
+RESIDUAL = 3
+"""The position of a FusedConv's residual input ``Z``."""
+
+
+def residual_overwritable(ctx: NodeContext, z: np.ndarray) -> bool:
+    """Whether a convolution may add its result into its residual ``z``'s memory: the plan lets
+    the node overwrite it (``NodeContext.reusable_inputs``), it is the only view of its buffer
+    now (:func:`~hetrix.runtime.memory.sole_view`), and that buffer is the NHWC layout the
+    result has (a convolution's output before: the residual of ResNet's and MobileNetV2's
+    blocks)."""
+    return (
+        RESIDUAL in ctx.reusable_inputs
+        and sole_view(z)
+        and z.ndim == 4
+        and z.transpose(0, 2, 3, 1).flags.c_contiguous
+    )
+
+
 def offer_direct_conv(ctx: NodeContext, kernel: Kernel, inputs: tuple[Any, ...]) -> None:
     """Offer the node's kept convolution primitive as its direct call (see
     :meth:`._dnnl._Primitive.direct`) when it has just computed ``kernel(ctx, *inputs)`` whole: made
     for these very arrays (not for a channels-last copy of the input), with the residual, the
-    bias and the activation in it."""
+    bias and the activation in it.  A primitive that adds into its residual in place checks on
+    each call that it still may (:func:`residual_overwritable`), else the kernel serves."""
     conv = ctx.cache.get("onednn_prepared")
     if not isinstance(conv, _dnnl.Conv2d):
         return
@@ -178,16 +200,22 @@ def offer_direct_conv(ctx: NodeContext, kernel: Kernel, inputs: tuple[Any, ...])
         or (residual is None) != (conv.residual is None)
     ):
         return
-    registry.offer_direct(ctx, kernel, inputs, (0,) if residual is None else (0, 3), conv.direct,
-                          conv)
+    if conv.accumulates:
+        def make_call(fallback: Callable[..., Any]) -> Callable[..., Any]:
+            return conv.direct(fallback, lambda z: residual_overwritable(ctx, z))
+    else:
+        make_call = conv.direct
+    registry.offer_direct(ctx, kernel, inputs, (0,) if residual is None else (0, RESIDUAL),
+                          make_call, conv)
 
 
 def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
             strides: list[int], dilations: list[int], pads: list[int], group: int,
             activation: str, activation_params: list[float], residual: np.ndarray | None,
-            owns_weight: bool) -> np.ndarray | None:
+            owns_weight: bool, overwrite: bool = False) -> np.ndarray | None:
     """The convolution by a oneDNN primitive this node keeps (:mod:`._dnnl`), or None where
     that path does not serve it (the library absent, a weight computed at run time, ...).
+    ``overwrite``: see :func:`conv2d`.
 
     The node keeps one primitive per input layout (``dnnl_convs``, a few at most) and the
     latest in ``onednn_prepared``, which the kernel calls first on the next run.
@@ -208,8 +236,10 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
         # fast kernels are
         x = _channels_last_copy(x)
         nchw = False
+    overwrite = overwrite and residual is not None and not cache.get("dnnl_sum_refused")
     key = (x.shape, x.strides, x.dtype,
-           None if residual is None else (residual.shape, residual.strides, residual.dtype))
+           None if residual is None else (residual.shape, residual.strides, residual.dtype),
+           overwrite)
     convs = cache.setdefault("dnnl_convs", {})
     conv = convs.get(key)
     if conv is None or conv.w is not w or conv.b is not b:
@@ -218,7 +248,7 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
                 x, w, dense_weight(cache, w), b, strides=strides, dilations=dilations,
                 pads=pads, group=group, activation=activation,
                 activation_params=activation_params, residual=residual,
-                weights=cache.setdefault("dnnl_weights", []))
+                weights=cache.setdefault("dnnl_weights", []), accumulate=overwrite)
             if conv is not None:
                 if len(convs) >= _MAX_LAYOUTS:
                     convs.clear()
@@ -229,6 +259,10 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
                         and cache.get("onednn_released") is not w):
                     _release_packed(cache, w, conv)
         if conv is None:
+            if overwrite:  # no in-place kernel: the residual as a second source then
+                cache["dnnl_sum_refused"] = True
+                return _direct(cache, x, w, b, strides, dilations, pads, group, activation,
+                               activation_params, residual, owns_weight)
             if nchw:  # no kernel for the NCHW source here: the NHWC copy then
                 cache["dnnl_nchw_refused"] = True
                 return _direct(cache, x, w, b, strides, dilations, pads, group, activation,
@@ -236,7 +270,7 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
             cache["dnnl_refused"] = True  # the same refusal would follow for every call
             return None
     cache["onednn_prepared"] = conv
-    return conv(x, w, b, residual)
+    return conv(x, w, b, residual, overwrite)
 
 
 STAGED_MAX_CHANNELS = 4
@@ -328,8 +362,9 @@ class PreparedConv:
             self.from_numpy, self.to_numpy = _bfloat16_tensor, to_numpy
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                 residual: np.ndarray | None) -> np.ndarray | None:
-        """The result, or None when this call differs (the caller then takes the full path)."""
+                 residual: np.ndarray | None, overwrite: bool = False) -> np.ndarray | None:
+        """The result, or None when this call differs (the caller then takes the full path).
+        ``overwrite`` is not used: PyTorch's call reads the residual as a second source."""
         if (
             w is not self.w
             or b is not self.b

@@ -302,9 +302,11 @@ def conv_fused(
     Returns ``(y, applied)``: whether ``activation`` (a Hetrix activation name, "" for none) was
     applied as a oneDNN post-op; when not, the caller applies it.
     """
+    # a residual nothing reads afterwards takes the result in place (see _onednn.conv2d)
+    overwrite = residual is not None and _onednn.residual_overwritable(ctx, residual)
     prepared = ctx.cache.get("onednn_prepared")
     if prepared is not None:  # this node's oneDNN call, decided on an earlier run
-        y = prepared(x, w, b, residual)
+        y = prepared(x, w, b, residual, overwrite)
         if y is not None:
             return y, ctx.cache["onednn_applied"]
     key = (x.shape, w.shape)
@@ -325,6 +327,7 @@ def conv_fused(
             activation_params=list(ctx.attrs.get("activation_params") or []),
             residual=residual if fuse_residual else None,
             owns_weight=1 in ctx.owned_inputs,
+            overwrite=overwrite and fuse_residual,
         )
         if not fuse_residual:
             y = y + residual
