@@ -23,6 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from hetrix.backends.base import Backend, RegistryBackend
+from hetrix.backends.numpy_cpu.layout import c_order_copy
 from hetrix.backends.reference_fallback import ReferenceFallbackBackend
 from hetrix.errors import InvalidArgumentError, InvalidInputError
 from hetrix.model.loader import LoadedModel, ModelSource, load_model, to_ir
@@ -650,7 +651,7 @@ def _own_output(value: Any, feeds: list[Any]) -> Any:
     if not isinstance(value, np.ndarray):
         return value
     if not value.flags.c_contiguous:
-        return np.ascontiguousarray(value)
+        return c_order_copy(value)
     if not value.flags.writeable or (
         not value.flags.owndata
         and any(isinstance(f, np.ndarray) and np.may_share_memory(value, f) for f in feeds)

@@ -748,6 +748,52 @@ class _Reorder(_Primitive):
         self._finish(pd)
 
 
+class _CopyToCOrder(_Primitive):
+    """A reorder of arrays of one shape, type and strided layout into C order."""
+
+    def __init__(self, lib: _Library, array: np.ndarray, strides: tuple[int, ...]) -> None:
+        super().__init__(lib)
+        self.shape, self.x_strides, self.dtype = array.shape, array.strides, array.dtype
+        self.out_shape = array.shape
+        data_type = _DATA_TYPES[array.dtype]
+        self.copy = _Reorder(lib, self._desc(array.shape, strides, data_type),
+                             self._desc(array.shape, _c_strides(array.shape), data_type))
+
+
+_C_ORDER_COPIES: dict[tuple[Any, ...], _CopyToCOrder | None] = {}
+_MAX_C_ORDER_COPIES = 16
+
+
+def c_order_copy(array: np.ndarray) -> np.ndarray | None:
+    """``array`` copied into a new C-ordered array by a oneDNN reorder kept per shape, type
+    and layout, or None where oneDNN does not serve it.  For a channels-last result handed to
+    the caller: 217 us for 1 x 64 x 112 x 112 float32 (a first convolution's output), where
+    NumPy's copy of the transposed view takes 5.4 ms."""
+    lib = library()
+    if lib is None or array.dtype not in _DATA_TYPES or array.ndim == 0:
+        return None
+    strides = _element_strides(array)
+    if strides is None:
+        return None
+    key = (array.shape, strides, array.dtype)
+    try:
+        copy = _C_ORDER_COPIES[key]
+    except KeyError:
+        try:
+            copy = _CopyToCOrder(lib, array, strides)
+        except DnnlError as exc:
+            logger.debug("oneDNN reorder not made (%s); NumPy copies", exc)
+            copy = None
+        if len(_C_ORDER_COPIES) >= _MAX_C_ORDER_COPIES:
+            _C_ORDER_COPIES.clear()
+        _C_ORDER_COPIES[key] = copy
+    if copy is None:
+        return None
+    out = np.empty(array.shape, array.dtype)
+    copy.copy._execute((array.ctypes.data, out.ctypes.data))
+    return out
+
+
 POOLINGS = {"max": 0x1FF, "average_with_pads": 0x2FF, "average": 0x3FF}
 """Pooling kind -> oneDNN algorithm: the max, the mean over the window including the explicit
 pads, and the mean over the input elements only."""
