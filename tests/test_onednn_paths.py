@@ -1159,3 +1159,49 @@ def test_first_convolution_reads_nchw_up_to_a_staging_size(rng: np.random.Genera
             w.astype(np.float64))
         np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
     assert staged_sizes == [True, False]
+
+
+# --------------------------------------------------------------------------- ConvTranspose
+
+DECONVOLUTIONS: dict[str, tuple[dict[str, Any], tuple[int, ...], bool]] = {
+    # name: (attributes, weight shape, whether PyTorch's deconvolution serves it)
+    "k4_s2_p1": ({"strides": [2, 2], "pads": [1, 1, 1, 1]}, (8, 6, 4, 4), True),
+    "k2_s2": ({"strides": [2, 2]}, (8, 6, 2, 2), True),
+    "k3_s2_p1_output_padding": ({"strides": [2, 2], "pads": [1, 1, 1, 1],
+                                 "output_padding": [1, 1]}, (8, 6, 3, 3), True),
+    "groups_dilations": ({"group": 2, "dilations": [2, 2], "pads": [1, 1, 1, 1]},
+                         (8, 3, 3, 3), True),
+    "same_upper": ({"strides": [2, 2], "auto_pad": "SAME_UPPER"}, (8, 6, 4, 4), True),
+    "output_shape": ({"strides": [3, 3], "output_shape": [31, 31]}, (8, 6, 3, 3), True),
+    "asymmetric_pads": ({"strides": [2, 2], "pads": [0, 1, 2, 1]}, (8, 6, 3, 3), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECONVOLUTIONS))
+def test_conv_transpose_matches_onnxruntime(name: str, rng: np.random.Generator,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch's deconvolution where the crop can be said as its padding (counted), NumPy's
+    product + col2im elsewhere; the same results as ONNX Runtime, with a bias, on an NCHW
+    input and on a convolution's channels-last output."""
+    attrs, w_shape, served = DECONVOLUTIONS[name]
+    values = conv_weights(rng, "c", (8, 8, 3, 3))
+    values.update({"d_w": f32(rng, *w_shape) * np.float32(0.2),
+                   "d_b": f32(rng, w_shape[1] * attrs.get("group", 1))})
+    nodes = [helper.make_node("ConvTranspose", ["x", "d_w", "d_b"], ["y0"], **attrs),
+             conv("c", "x", "c0", pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["c0", "d_w", "d_b"], ["y1"], **attrs)]
+    model = make_model(nodes, {"x": (2, 8, 10, 10)}, ["y0", "y1"], values)
+    calls = []
+    original = _onednn.conv_transpose2d
+
+    def counted(*args: Any) -> np.ndarray | None:
+        result = original(*args)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_onednn, "conv_transpose2d", counted)
+    compared = Compared(model)
+    for _ in range(2):
+        compared.check({"x": f32(rng, 2, 8, 10, 10)})
+    library = _library.torch_functional() is not None
+    assert calls and all(call == (served and library) for call in calls)

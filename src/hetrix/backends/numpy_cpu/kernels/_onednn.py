@@ -828,6 +828,44 @@ def concat_channels(arrays: tuple[np.ndarray, ...] | list[np.ndarray],
     return buffer.transpose(0, 3, 1, 2)
 
 
+def conv_transpose2d(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                     strides: list[int], dilations: list[int], out: list[int],
+                     begin: list[int], group: int) -> np.ndarray | None:
+    """A 2-D ConvTranspose through PyTorch's deconvolution (oneDNN's, on channels-last
+    memory), or None where it does not serve: not 4-D, a type other than float32 and
+    bfloat16, or a crop PyTorch cannot say (its padding is the same at both ends, and
+    ``output_padding`` below the stride or the dilation).  ``out`` and ``begin`` are the
+    output's spatial size and the crop at its start, as ONNX's attributes give them.
+
+    The NumPy path (a product then col2im, which loops over kernel offsets in Python) took
+    5.6 ms for a U-Net-style 64 -> 32 channel 4x4 stride-2 upsampling of 64x64; this 0.9.
+    The weight is viewed (or, read-only, copied) once per node and kept in ``cache``.
+    """
+    if (x.ndim != 4 or w.ndim != 4 or x.dtype not in _PREPARED_DTYPES or w.dtype != x.dtype
+            or (b is not None and b.dtype != x.dtype) or not available()):
+        return None
+    spatial = x.shape[2:]
+    kernel_size = w.shape[2:]
+    output_padding = []
+    for i, s, d, k, o, p in zip(spatial, strides, dilations, kernel_size, out, begin,
+                                strict=True):
+        extra = o - ((i - 1) * s - 2 * p + d * (k - 1) + 1)
+        if p < 0 or not 0 <= extra < max(s, d):
+            return None
+        output_padding.append(extra)
+    import torch
+
+    kept = cache.get("deconv_weight")
+    if kept is None or kept[0] is not w or kept[1] is not b:
+        kept = (w, b, as_tensor(w), None if b is None else as_tensor(b))
+        cache["deconv_weight"] = kept
+    xt = as_tensor(x).contiguous(memory_format=torch.channels_last)
+    y = torch.nn.functional.conv_transpose2d(xt, kept[2], kept[3], strides, begin,
+                                             output_padding, group, dilations)
+    cache["library_kernel"] = "oneDNN deconvolution, PyTorch's call"
+    return to_numpy(y)
+
+
 def as_tensor(array: np.ndarray) -> Any:
     """A torch view of ``array`` (bfloat16 through its int16 bits).  Read-only arrays are copied
     (torch cannot promise not to write to them), as are negative strides (torch has none)."""

@@ -426,6 +426,9 @@ def conv_transpose(
     ksz = list(w.shape[2:])
     cg, mg = c // group, w.shape[1]
     strides, dilations, out, begin = _conv_transpose_geometry(ctx, x.shape[2:], ksz)
+    y = _onednn.conv_transpose2d(ctx.cache, x, w, b, strides, dilations, out, begin, group)
+    if y is not None:
+        return y
     dtype = _compute_dtype(x.dtype)
     kprod = math.prod(ksz)
     wmat = w.astype(dtype, copy=False).reshape(group, cg, mg * kprod).transpose(0, 2, 1)
