@@ -637,6 +637,15 @@ CHAINS: dict[str, Callable[[np.random.Generator], tuple[list[onnx.NodeProto], li
     "pad_then_conv": lambda rng: (
         [helper.make_node("Pad", ["c", "pads"], ["p"]), conv("d", "p", "y")],
         ["y"], {"pads": _i64(0, 0, 1, 1, 0, 0, 1, 1)}),
+    "pad_reflect_then_conv": lambda rng: (
+        [helper.make_node("Pad", ["c", "pads"], ["p"], mode="reflect"), conv("d", "p", "y")],
+        ["y", "p"], {"pads": _i64(0, 0, 2, 1, 0, 0, 1, 2)}),
+    "pad_edge": lambda rng: (
+        [helper.make_node("Pad", ["c", "pads"], ["y"], mode="edge")],
+        ["y"], {"pads": _i64(0, 1, 1, 0, 0, 0, 2, 3)}),
+    "pad_crop_with_value": lambda rng: (
+        [helper.make_node("Pad", ["c", "pads", "value"], ["y"])],
+        ["y"], {"pads": _i64(0, 0, -1, 2, 0, 0, 1, -2), "value": np.float32(0.5)}),
     "conv_output_is_graph_output": lambda rng: ([], ["c"], {}),
     "plain_conv_output_is_graph_output": lambda rng: ([], ["c0", "c"], {}),
 }
@@ -1205,3 +1214,18 @@ def test_conv_transpose_matches_onnxruntime(name: str, rng: np.random.Generator,
         compared.check({"x": f32(rng, 2, 8, 10, 10)})
     library = _library.torch_functional() is not None
     assert calls and all(call == (served and library) for call in calls)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
+def test_pad_keeps_a_channels_last_layout(mode: str, rng: np.random.Generator) -> None:
+    """A transposed view is padded in its memory order: the result is laid out as the input
+    (what the next convolution reads without a copy), with NumPy's values for the NCHW view."""
+    from hetrix.backends.numpy_cpu.kernels import tensor
+
+    nhwc = f32(rng, 2, 5, 6, 3)
+    x = nhwc.transpose(0, 3, 1, 2)
+    pads = [0, 0, 1, 2, 0, 1, 2, 1]
+    y = tensor._pad(x, pads, mode, None, None)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    widths = [(0, 0), (0, 1), (1, 2), (2, 1)]
+    np.testing.assert_array_equal(y, np.pad(np.ascontiguousarray(x), widths, mode=mode))

@@ -617,6 +617,16 @@ def tile(ctx: NodeContext, x: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     return np.tile(x, reps)
 
 
+def memory_order(x: np.ndarray) -> tuple[int, ...] | None:
+    """The axis order in which ``x``'s memory is C-contiguous, where ``x`` is a transposed view
+    of a C-ordered array (a channels-last NCHW view: ``(0, 2, 3, 1)``); None for a C-ordered
+    ``x`` or any other layout."""
+    if x.ndim < 2 or x.flags.c_contiguous:
+        return None
+    order = tuple(sorted(range(x.ndim), key=lambda a: -x.strides[a]))
+    return order if x.transpose(order).flags.c_contiguous else None
+
+
 def _pad(
     x: np.ndarray, pads: list[int], mode: str, value: Any, axes: list[int] | None
 ) -> np.ndarray:
@@ -628,6 +638,15 @@ def _pad(
     after = [0] * x.ndim
     for i, a in enumerate(axes):
         before[a], after[a] = pads[i], pads[i + len(axes)]
+    order = memory_order(x)
+    if order is not None:  # a transposed view (a convolution's channels-last output)
+        # padded in its memory order and handed back in the same layout: NumPy's copies of a
+        # transposed view into C order walk it with a cache miss per element (a reflect pad
+        # of 1 x 32 x 128 x 128 channels-last took 1.7 ms so, 0.6 this way)
+        inverse = np.argsort(order)
+        padded = _pad(x.transpose(order), [before[a] for a in order] + [after[a] for a in order],
+                      mode, value, None)
+        return padded.transpose(inverse)
     if any(b < 0 or e < 0 for b, e in zip(before, after, strict=True)):
         # Negative pads crop first; the remaining positive pads then apply to the cropped tensor.
         crop = tuple(
