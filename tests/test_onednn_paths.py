@@ -646,6 +646,24 @@ CHAINS: dict[str, Callable[[np.random.Generator], tuple[list[onnx.NodeProto], li
     "pad_crop_with_value": lambda rng: (
         [helper.make_node("Pad", ["c", "pads", "value"], ["y"])],
         ["y"], {"pads": _i64(0, 0, -1, 2, 0, 0, 1, -2), "value": np.float32(0.5)}),
+    "resize_nearest_concat_conv": lambda rng: (
+        [helper.make_node("Resize", ["c", "", "scales"], ["u"], mode="nearest"),
+         helper.make_node("Concat", ["u", "u"], ["cat"], axis=1), conv("k", "cat", "y")],
+        ["y", "u"], {"scales": np.array([1, 1, 2, 2], np.float32)}),
+    "resize_linear_sizes": lambda rng: (
+        [helper.make_node("Resize", ["c", "", "", "sizes"], ["y"], mode="linear")],
+        ["y"], {"sizes": _i64(2, 8, 9, 11)}),
+    "resize_cubic_half_pixel": lambda rng: (
+        [helper.make_node("Resize", ["c", "", "scales"], ["y"], mode="cubic",
+                          coordinate_transformation_mode="half_pixel")],
+        ["y"], {"scales": np.array([1, 1, 1.5, 0.75], np.float32)}),
+    "resize_crop_extrapolate": lambda rng: (  # sizes: with scales, ORT's output shape
+        # leaves the roi's extent out where the spec's formula has it
+        [helper.make_node("Resize", ["c", "roi", "", "sizes"], ["y"], mode="linear",
+                          coordinate_transformation_mode="tf_crop_and_resize",
+                          extrapolation_value=-3.0)],
+        ["y"], {"roi": np.array([0, 0, -0.2, 0.1, 1, 1, 1.1, 0.8], np.float32),
+                "sizes": _i64(2, 8, 12, 9)}),
     "conv_output_is_graph_output": lambda rng: ([], ["c"], {}),
     "plain_conv_output_is_graph_output": lambda rng: ([], ["c0", "c"], {}),
 }
@@ -1229,3 +1247,21 @@ def test_pad_keeps_a_channels_last_layout(mode: str, rng: np.random.Generator) -
     assert y.transpose(0, 2, 3, 1).flags.c_contiguous
     widths = [(0, 0), (0, 1), (1, 2), (2, 1)]
     np.testing.assert_array_equal(y, np.pad(np.ascontiguousarray(x), widths, mode=mode))
+
+
+def test_resize_keeps_a_channels_last_layout(rng: np.random.Generator) -> None:
+    """A transposed view is resized in its memory order and keeps its layout."""
+    from hetrix.backends.numpy_cpu.kernels import resize
+
+    x = f32(rng, 1, 5, 6, 3).transpose(0, 3, 1, 2)
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")
+    model = make_model([node], {"x": x.shape}, ["y"],
+                       {"scales": np.array([1, 1, 2, 1.5], np.float32)})
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.ascontiguousarray(x)})[0]
+    session = hetrix.InferenceSession(model)
+    [step] = session._plan.steps
+    y = resize.resize(step.ctx, x, None, np.array([1, 1, 2, 1.5], np.float32))
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)

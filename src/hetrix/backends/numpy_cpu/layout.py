@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from hetrix.backends.numpy_cpu.kernels import _dnnl
-
 _BLOCK_ROWS = 128
 """Pixels per block of the NumPy copy: 128 pixels of 64 float32 channels, 32 KiB, stay in L1/L2
 while they are scattered into the channel planes (0.58 ms against 5.4 for 1 x 64 x 112 x 112)."""
@@ -24,11 +22,26 @@ def c_order_copy(array: np.ndarray) -> np.ndarray:
     reorder where the ``onednn`` extra is installed (0.22 ms for the example above), else in
     blocks of pixels that stay in the cache."""
     if array.ndim == 4 and array.size >= 4096 and array.transpose(0, 2, 3, 1).flags.c_contiguous:
+        from hetrix.backends.numpy_cpu.kernels import _dnnl  # the kernels import this module
+
         copied = _dnnl.c_order_copy(array)
         if copied is not None:
             return copied
         return _blocked_channels_first(array)
     return np.ascontiguousarray(array)
+
+
+def memory_order(x: np.ndarray) -> tuple[int, ...] | None:
+    """The axis order in which ``x``'s memory is C-contiguous, where ``x`` is a transposed view
+    of a C-ordered array (a channels-last NCHW view: ``(0, 2, 3, 1)``); None for a C-ordered
+    ``x`` or any other layout.  A kernel that treats its axes alike (Pad, Resize) runs on
+    ``x.transpose(order)`` and hands back the result transposed by ``np.argsort(order)``: the
+    same layout out as in, where NumPy's functions on the view would walk it a cache miss per
+    element and return C order."""
+    if x.ndim < 2 or x.flags.c_contiguous:
+        return None
+    order = tuple(sorted(range(x.ndim), key=lambda a: -x.strides[a]))
+    return order if x.transpose(order).flags.c_contiguous else None
 
 
 def _blocked_channels_first(array: np.ndarray) -> np.ndarray:

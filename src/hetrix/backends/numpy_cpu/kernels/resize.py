@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+from hetrix.backends.numpy_cpu.layout import memory_order
 
 _MODES = {
     "half_pixel",
@@ -191,6 +192,13 @@ def _resize(
     work = x if x.dtype.kind == "f" and x.dtype.itemsize >= 4 else x.astype(np.float32)
     if mode == "nearest":
         work = x  # nearest only gathers: any dtype, no rounding
+    # a transposed view (a convolution's channels-last output) is resized in its memory order
+    # and handed back in its layout (see layout.memory_order): a 2x nearest upsampling of
+    # 1 x 64 x 64 x 64 channels-last took 1.9 ms on the view, 1.1 so, and the convolution
+    # after it reads its input without a copy
+    order = memory_order(work) or tuple(range(rank))
+    work = work.transpose(order)
+    place = {axis: position for position, axis in enumerate(order)}
     outside = []
     for a in axes:
         if out[a] == x.shape[a] and scale[a] == 1.0 and coord != "tf_crop_and_resize":
@@ -200,14 +208,15 @@ def _resize(
         xo = _original_coords(coord, out[a], x.shape[a], scale[a], roi_pairs[a])
         if coord == "tf_crop_and_resize":
             outside.append((a, (xo < 0) | (xo > x.shape[a] - 1)))
-        work = _resize_axis(work, a, xo, mode, scale[a], opts)
+        work = _resize_axis(work, place[a], xo, mode, scale[a], opts)
     for a, mask in outside:
         if mask.any():
             shape = [1] * rank
-            shape[a] = out[a]
+            shape[place[a]] = out[a]
             work = np.where(
                 mask.reshape(shape), np.asarray(opts["extrapolation"], work.dtype), work
             )
+    work = work.transpose(np.argsort(order))
     if work.dtype != x.dtype:
         if x.dtype.kind in "iu":
             info = np.iinfo(x.dtype)

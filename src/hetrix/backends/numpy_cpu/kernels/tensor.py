@@ -18,6 +18,7 @@ from onnx.helper import tensor_dtype_to_np_dtype
 
 from hetrix.backends.numpy_cpu.kernels import _dnnl, _library, _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+from hetrix.backends.numpy_cpu.layout import memory_order
 from hetrix.backends.registry import offer_direct
 
 # --------------------------------------------------------------------------------------------------
@@ -615,16 +616,6 @@ def tile(ctx: NodeContext, x: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     if len(reps) != x.ndim or any(r < 0 for r in reps):
         raise ValueError(f"Tile: repeats {reps} do not fit a tensor of rank {x.ndim}")
     return np.tile(x, reps)
-
-
-def memory_order(x: np.ndarray) -> tuple[int, ...] | None:
-    """The axis order in which ``x``'s memory is C-contiguous, where ``x`` is a transposed view
-    of a C-ordered array (a channels-last NCHW view: ``(0, 2, 3, 1)``); None for a C-ordered
-    ``x`` or any other layout."""
-    if x.ndim < 2 or x.flags.c_contiguous:
-        return None
-    order = tuple(sorted(range(x.ndim), key=lambda a: -x.strides[a]))
-    return order if x.transpose(order).flags.c_contiguous else None
 
 
 def _pad(
