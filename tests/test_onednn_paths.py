@@ -1037,6 +1037,24 @@ def test_relu_of_a_large_activation_matches_and_keeps_its_layout(
     assert _onednn.is_channels_last(y)
 
 
+def test_sigmoid_of_a_large_activation_matches_and_keeps_its_layout(
+        route: Route, rng: np.random.Generator) -> None:
+    """Above ``_TORCH_RELU_MIN`` elements the library's Sigmoid runs: ``1 / (1 + exp(-x))`` in
+    float64 within float32 rounding, the tails, NaN and infinities included, and a
+    channels-last input stays channels-last."""
+    from hetrix.backends.numpy_cpu.kernels import activations
+    from hetrix.backends.registry import NodeContext
+
+    x = _channels_last(f32(rng, 1, 32, 16, 16) * 8)
+    x[0, :6, 0, 0] = [np.nan, np.inf, -np.inf, -0.0, -80.0, 90.0]
+    with np.errstate(over="ignore"):
+        want = 1 / (1 + np.exp(-x.astype(np.float64)))
+    y = activations.sigmoid(NodeContext("Sigmoid", "", "sigmoid", 13, {}, 1, 1), x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, want, rtol=2e-6, atol=0)
+    assert _onednn.is_channels_last(y)
+
+
 def test_pool_window_follows_the_input_shape(route: Route, rng: np.random.Generator) -> None:
     """A pooling node keeps its window per input shape: a new shape is measured again, and the
     old one still pools right when it comes back."""
@@ -1265,3 +1283,48 @@ def test_resize_keeps_a_channels_last_layout(rng: np.random.Generator) -> None:
     y = resize.resize(step.ctx, x, None, np.array([1, 1, 2, 1.5], np.float32))
     assert y.transpose(0, 2, 3, 1).flags.c_contiguous
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("shapes", [((1, 64, 48, 48), (1, 64, 1, 1)),
+                                    ((1, 64, 48, 48), (1, 1, 48, 48)),
+                                    ((2, 72, 1000), (2, 72, 1000)),
+                                    ((48,), (1, 64, 48, 48))], ids=str)
+def test_large_float32_arithmetic_matches_numpy_bit_for_bit(
+        op: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], route: Route,
+        rng: np.random.Generator) -> None:
+    """Operands above ``LIBRARY_MIN_ELEMENTS`` run in the library: NumPy's values exactly
+    (these ops round correctly), NaN, infinities, zeros and subnormals included, with
+    broadcasting, a channels-last operand's layout kept; bad shapes are reported by name."""
+    from hetrix.backends.numpy_cpu.kernels import elementwise
+    from hetrix.backends.registry import NodeContext
+
+    a, b = (f32(rng, *shape) for shape in shapes)
+    if a.ndim == 4:
+        a = _channels_last(a)
+    assert max(a.size, b.size) >= elementwise.LIBRARY_MIN_ELEMENTS
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -3e-39, 1e38], np.float32)
+    for array in (a, b):
+        count = min(array.size, specials.size)
+        array.flat[:count] = specials[:count]
+        array.flat[-count:] = specials[::-1][:count]
+    ctx = NodeContext(op, "", "arith", 14, {}, 2, 1)
+    kernel = _registry_kernel(op)
+    numpy_fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.true_divide}[op]
+    with np.errstate(all="ignore"):
+        want = numpy_fn(a, b)
+        got = kernel(ctx, a, b)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float32
+    if a.ndim == 4 and b.size < a.size:
+        assert _onednn.is_channels_last(got)
+    with pytest.raises(ValueError, match="arith"):
+        kernel(ctx, a, f32(rng, 5, 7))
+
+
+def _registry_kernel(op: str) -> Callable[..., np.ndarray]:
+    from hetrix.backends.registry import REGISTRY
+
+    found = REGISTRY.lookup("numpy", "", op, 14)
+    assert found is not None
+    return found

@@ -236,6 +236,10 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
         # fast kernels are
         x = _channels_last_copy(x)
         nchw = False
+    elif not nchw and x.shape[1] > 1 and not x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        # some of a channels-last array's channels (a Split's or a Slice's view): oneDNN has
+        # only its reference kernel for such strides, its fast ones read the dense copy
+        x = _channels_last_copy(x)
     overwrite = overwrite and residual is not None and not cache.get("dnnl_sum_refused")
     key = (x.shape, x.strides, x.dtype,
            None if residual is None else (residual.shape, residual.strides, residual.dtype),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from hetrix.backends.numpy_cpu.kernels import _library
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.registry import offer_direct
 
@@ -372,12 +373,45 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.true_divide(a, b)
 
 
+LIBRARY_MIN_ELEMENTS = 1 << 17
+"""float32 arithmetic with an operand of at least this many elements runs in PyTorch's kernels:
+vectorised and on every core, where NumPy's loops use one.  Measured alone here: an Add of
+2^17 values 10 us against NumPy's 17, of 2^18 31 against 85, 2^20 240 against 432 (2^16: 7
+against 6, so below this NumPy's); an SE block's (1, 64, 96, 96) channels-last activation
+times its (1, 64, 1, 1) gate 75 against 214.  Add, Sub, Mul and Div are correctly rounded in
+both, so the values are the same; the result keeps the operands' layout."""
+
+
+def _with_library(numpy_fn: Ufunc, torch_name: str) -> Ufunc:
+    """``numpy_fn(a, b)``, through ``torch.<torch_name>`` for large float32 operands (see
+    :data:`LIBRARY_MIN_ELEMENTS`); a shape error is NumPy's ValueError either way."""
+
+    def fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if ((a.size >= LIBRARY_MIN_ELEMENTS or b.size >= LIBRARY_MIN_ELEMENTS)
+                and a.dtype == _FLOAT32 and b.dtype == _FLOAT32
+                and type(a) is np.ndarray and type(b) is np.ndarray
+                and _library.torch_functional() is not None):
+            import torch
+
+            try:
+                return getattr(torch, torch_name)(_library.as_tensor(a),
+                                                  _library.as_tensor(b)).numpy()
+            except RuntimeError as exc:  # the shapes do not broadcast
+                raise ValueError(str(exc)) from None
+        return numpy_fn(a, b)
+
+    fn.__name__ = numpy_fn.__name__
+    return fn
+
+
+_FLOAT32 = np.dtype(np.float32)
+
 # (op, first opset, numpy function, bool output)
 _BINARY_TABLE: tuple[tuple[str, int, Ufunc, bool], ...] = (
-    ("Add", 1, np.add, False),
-    ("Sub", 1, np.subtract, False),
-    ("Mul", 1, np.multiply, False),
-    ("Div", 1, _divide, False),
+    ("Add", 1, _with_library(np.add, "add"), False),
+    ("Sub", 1, _with_library(np.subtract, "sub"), False),
+    ("Mul", 1, _with_library(np.multiply, "mul"), False),
+    ("Div", 1, _with_library(_divide, "div"), False),
     ("Equal", 1, np.equal, True),
     ("Greater", 1, np.greater, True),
     ("Less", 1, np.less, True),
