@@ -664,6 +664,16 @@ CHAINS: dict[str, Callable[[np.random.Generator], tuple[list[onnx.NodeProto], li
                           extrapolation_value=-3.0)],
         ["y"], {"roi": np.array([0, 0, -0.2, 0.1, 1, 1, 1.1, 0.8], np.float32),
                 "sizes": _i64(2, 8, 12, 9)}),
+    "depth_to_space_dcr_then_conv": lambda rng: (
+        [helper.make_node("DepthToSpace", ["c"], ["d2s"], blocksize=2),
+         helper.make_node("Concat", ["d2s", "d2s"], ["cat"], axis=1), conv("e", "cat", "y")],
+        ["y", "d2s"], {}),
+    "depth_to_space_crd": lambda rng: (
+        [helper.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, mode="CRD")], ["y"], {}),
+    "space_to_depth_then_conv": lambda rng: (
+        [helper.make_node("SpaceToDepth", ["c"], ["s2d"], blocksize=2),
+         helper.make_node("Slice", ["s2d", "s0", "s1", "ax"], ["part"]),
+         conv("k", "part", "y")], ["y", "s2d"], {"s0": _i64(0), "s1": _i64(16), "ax": _i64(1)}),
     "conv_output_is_graph_output": lambda rng: ([], ["c"], {}),
     "plain_conv_output_is_graph_output": lambda rng: ([], ["c0", "c"], {}),
 }
@@ -1328,3 +1338,20 @@ def _registry_kernel(op: str) -> Callable[..., np.ndarray]:
     found = REGISTRY.lookup("numpy", "", op, 14)
     assert found is not None
     return found
+
+
+@pytest.mark.parametrize("op", ["DepthToSpace", "SpaceToDepth"])
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_block_rearrangements_of_channels_last_inputs(op: str, mode: str,
+                                                      rng: np.random.Generator) -> None:
+    """A channels-last input is rearranged in its own memory: the values of the C-ordered
+    path (which the ONNX spec's cases check), and a channels-last result."""
+    from hetrix.backends.numpy_cpu.kernels import tensor
+    from hetrix.backends.registry import NodeContext
+
+    ctx = NodeContext(op, "", "blocks", 28, {"blocksize": 2, "mode": mode}, 1, 1)
+    fn = tensor.depth_to_space if op == "DepthToSpace" else tensor.space_to_depth
+    x = _channels_last(f32(rng, 2, 12, 6, 8))
+    y = fn(ctx, x)
+    np.testing.assert_array_equal(y, fn(ctx, np.ascontiguousarray(x)))
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous

@@ -816,7 +816,18 @@ def depth_to_space(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     if bs <= 0 or c % (bs * bs):
         raise ValueError(f"DepthToSpace: channels {c} not divisible by blocksize^2 ({bs}^2)")
     oc = c // (bs * bs)
-    if ctx.attrs.get("mode", "DCR") == "CRD":
+    crd = ctx.attrs.get("mode", "DCR") == "CRD"
+    if memory_order(x) == (0, 2, 3, 1):
+        # a channels-last input (a convolution's output) is rearranged in its own memory and
+        # the result stays channels-last: NumPy's reshape of the NCHW view first copied it to
+        # C order with a cache miss per element (1 x 64 x 96 x 96: 1.9 ms)
+        nhwc = x.transpose(0, 2, 3, 1)
+        if crd:
+            tiles = nhwc.reshape(b, h, w, oc, bs, bs).transpose(0, 1, 4, 2, 5, 3)
+        else:
+            tiles = nhwc.reshape(b, h, w, bs, bs, oc).transpose(0, 1, 3, 2, 4, 5)
+        return tiles.reshape(b, h * bs, w * bs, oc).transpose(0, 3, 1, 2)
+    if crd:
         tmp = x.reshape(b, oc, bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
     else:
         tmp = x.reshape(b, bs, bs, oc, h, w).transpose(0, 3, 4, 1, 5, 2)
@@ -830,6 +841,13 @@ def space_to_depth(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     bs = ctx.attrs["blocksize"]
     if bs <= 0 or h % bs or w % bs:
         raise ValueError(f"SpaceToDepth: spatial dims {(h, w)} not divisible by blocksize {bs}")
+    if memory_order(x) == (0, 2, 3, 1):  # channels-last in and out, as DepthToSpace
+        tiles = x.transpose(0, 2, 3, 1).reshape(b, h // bs, bs, w // bs, bs, c)
+        if ctx.attrs.get("mode", "DCR") == "CRD":
+            tiles = tiles.transpose(0, 1, 3, 5, 2, 4)
+        else:
+            tiles = tiles.transpose(0, 1, 3, 2, 4, 5)
+        return tiles.reshape(b, h // bs, w // bs, c * bs * bs).transpose(0, 3, 1, 2)
     tmp = x.reshape(b, c, h // bs, bs, w // bs, bs)
     if ctx.attrs.get("mode", "DCR") == "CRD":
         tmp = tmp.transpose(0, 1, 3, 5, 2, 4)
