@@ -1355,3 +1355,36 @@ def test_block_rearrangements_of_channels_last_inputs(op: str, mode: str,
     y = fn(ctx, x)
     np.testing.assert_array_equal(y, fn(ctx, np.ascontiguousarray(x)))
     assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean"])
+@pytest.mark.parametrize("axes", [(1,), (2, 3), (0, 2), (3,)], ids=str)
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_large_float32_reductions_match_float64(op: str, axes: tuple[int, ...], keepdims: int,
+                                                route: Route,
+                                                rng: np.random.Generator) -> None:
+    """Above ``LIBRARY_MIN_ELEMENTS`` the library's sum and mean run: the float64 result to
+    float32 rounding, on a channels-last activation, NaN propagated."""
+    from hetrix.backends.numpy_cpu.kernels import reduce
+    from hetrix.backends.registry import NodeContext
+
+    x = _channels_last(f32(rng, 2, 64, 24, 24) + np.float32(0.5))
+    assert x.size >= reduce.LIBRARY_MIN_ELEMENTS
+    x[1, 3, 5, 7] = np.nan
+    ctx = NodeContext(op, "", "reduce", 18, {"keepdims": keepdims,
+                                              "noop_with_empty_axes": 0}, 2, 1)
+    kernel = _registry_kernel_at(op, 18)
+    y = kernel(ctx, x, np.array(axes, np.int64))
+    wide = x.astype(np.float64)
+    want = (np.sum if op == "ReduceSum" else np.mean)(wide, axis=axes, keepdims=bool(keepdims))
+    assert y.dtype == np.float32 and y.shape == want.shape
+    np.testing.assert_allclose(y, want, rtol=2e-6, atol=2e-6 * np.nanmax(np.abs(want)))
+    assert np.array_equal(np.isnan(y), np.isnan(want))
+
+
+def _registry_kernel_at(op: str, opset: int) -> Callable[..., np.ndarray]:
+    from hetrix.backends.registry import REGISTRY
+
+    found = REGISTRY.lookup("numpy", "", op, opset)
+    assert found is not None
+    return found
