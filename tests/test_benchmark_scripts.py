@@ -93,3 +93,47 @@ def test_ops_vs_ort_reports_both_runtimes_per_operator(tmp_path: Path) -> None:
     assert "median wall: hetrix" in done.stdout
     assert "hetrix:" in done.stdout and "onnxruntime:" in done.stdout
     assert "Conv" in done.stdout  # each side lists the conv it ran
+
+
+def _patterns_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("patterns", SCRIPT.parent / "patterns.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["unet_step", "yolo_head", "conv_transpose", "split_add",
+                                  "spatial_gate", "se_block", "pixel_shuffle", "reflect_pad"])
+def test_each_layer_pattern_computes_what_onnxruntime_does(name: str) -> None:
+    """The patterns' models (benchmarks/patterns.py) give ORT's outputs, in C order."""
+    import onnxruntime as ort
+
+    import hetrix
+
+    patterns = _patterns_module()
+    assert name in patterns.PATTERNS
+    model = patterns.build(name).SerializeToString()
+    shape = [d.dim_value for d in onnx.load_from_string(model).graph.input[0].type.tensor_type
+             .shape.dim]
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    theirs = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    session = hetrix.InferenceSession(model)
+    for _ in range(2):  # the kernels' first run, then the direct calls
+        [ours] = session.run(None, {"x": x})
+        assert ours.flags.c_contiguous
+        scale = float(np.abs(theirs[0]).max())
+        np.testing.assert_allclose(ours, theirs[0], rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_patterns_script_reports_ratio_and_agreement(tmp_path: Path) -> None:
+    script = SCRIPT.parent / "patterns.py"
+    table = tmp_path / "patterns.md"
+    done = subprocess.run([sys.executable, str(script), "--only", "pixel_shuffle", "--repeat",
+                           "2", "--warmup", "1", "--pause", "0", "--output", str(table)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "pixel_shuffle |" in done.stdout and "| yes" in done.stdout
+    assert "geomean Hetrix/onnxruntime" in table.read_text()
