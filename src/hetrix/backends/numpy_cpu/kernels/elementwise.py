@@ -338,9 +338,12 @@ def _register_binary(op: str, since: int, fn: Ufunc, bool_out: bool, doc: str) -
         y = _binary(ctx, fn, a, b, np.dtype(bool) if bool_out else a.dtype)
         if (ctx.direct is None and not bool_out and type(a) is np.ndarray
                 and type(b) is np.ndarray and a.dtype == b.dtype and a.dtype.kind in "fiub"):
-            # the lean case of _binary: the step may call the ufunc directly
+            # the lean case of _binary: the step may call the ufunc directly (NumPy's own where
+            # this node's operands are too small for the library: no size check per call)
+            large = max(a.size, b.size) >= LIBRARY_MIN_ELEMENTS
+            direct_fn = fn if large else getattr(fn, "numpy", fn)
             offer_direct(ctx, run, (a, b), (0, 1),
-                         functools.partial(_direct_binary, fn, a.dtype), fn)
+                         functools.partial(_direct_binary, direct_fn, a.dtype), direct_fn)
         return y
 
     def run_legacy(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -401,6 +404,7 @@ def _with_library(numpy_fn: Ufunc, torch_name: str) -> Ufunc:
         return numpy_fn(a, b)
 
     fn.__name__ = numpy_fn.__name__
+    fn.numpy = numpy_fn  # type: ignore[attr-defined]
     return fn
 
 
