@@ -1388,3 +1388,109 @@ def _registry_kernel_at(op: str, opset: int) -> Callable[..., np.ndarray]:
     found = REGISTRY.lookup("numpy", "", op, opset)
     assert found is not None
     return found
+
+
+BILINEAR: dict[str, tuple[dict[str, Any], str, np.ndarray, bool]] = {
+    # name: (attributes, "scales" or "sizes", their values, whether PyTorch's interpolation serves)
+    "half_pixel_scales_up": ({}, "scales", np.array([1, 1, 2, 1.5], np.float32), True),
+    "half_pixel_scales_down": ({}, "scales", np.array([1, 1, 0.6, 0.7], np.float32), True),
+    "half_pixel_sizes": ({}, "sizes", np.array([2, 8, 9, 13], np.int64), True),
+    "pytorch_half_pixel": ({"coordinate_transformation_mode": "pytorch_half_pixel"}, "scales",
+                           np.array([1, 1, 2, 2], np.float32), True),
+    "pytorch_half_pixel_to_one": ({"coordinate_transformation_mode": "pytorch_half_pixel"},
+                                  "sizes", np.array([2, 8, 1, 5], np.int64), False),
+    "align_corners_sizes": ({"coordinate_transformation_mode": "align_corners"}, "sizes",
+                            np.array([2, 8, 11, 4], np.int64), True),
+    "align_corners_exact_scales": ({"coordinate_transformation_mode": "align_corners"},
+                                   "scales", np.array([1, 1, 2, 0.5], np.float32), True),
+    "asymmetric": ({"coordinate_transformation_mode": "asymmetric"}, "scales",
+                   np.array([1, 1, 2, 2], np.float32), False),
+    "antialias_down": ({"antialias": 1}, "scales", np.array([1, 1, 0.5, 0.5], np.float32), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BILINEAR))
+def test_bilinear_resize_matches_onnxruntime(name: str, rng: np.random.Generator,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch's bilinear interpolation where it computes ONNX's positions (counted), NumPy's
+    path elsewhere; ORT's values either way, on a channels-last convolution output."""
+    from hetrix.backends.numpy_cpu.kernels import resize
+
+    attrs, kind, values, served = BILINEAR[name]
+    inputs = ["c", "", "v"] if kind == "scales" else ["c", "", "", "v"]
+    model, feeds = _chain(rng, [helper.make_node("Resize", inputs, ["y"], mode="linear",
+                                                 **attrs)], ["y"], {"v": values})
+    model.opset_import[0].version = 18
+    calls: list[bool] = []
+    original = resize._torch_bilinear
+
+    def counted(*args: Any) -> np.ndarray | None:
+        result = original(*args)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(resize, "_torch_bilinear", counted)
+    Compared(model).check(feeds)
+    library = _library.torch_functional() is not None
+    assert calls and all(call == (served and library) for call in calls)
+
+
+def test_bilinear_resize_leaves_align_corners_with_rounded_scales_to_numpy() -> None:
+    """ONNX's align_corners divides by the unrounded ``in * scale`` where scales are given
+    (the spec's case test_resize_downsample_scales_linear_align_corners, which the
+    conformance test runs; ORT divides by the rounded size): PyTorch's positions differ."""
+    from hetrix.backends.numpy_cpu.kernels import resize
+
+    x = np.ones((1, 2, 4, 6), np.float32)
+    opts = {"mode": "linear", "coord": "align_corners", "antialias": False}
+    assert resize._torch_bilinear(x, [1, 2, 2, 3], [1.0, 1.0, 0.6, 0.6], opts, True) is None
+    exact = resize._torch_bilinear(x, [1, 2, 8, 3], [1.0, 1.0, 2.0, 0.5], opts, True)
+    assert exact is None or exact.shape == (1, 2, 8, 3)
+
+
+@pytest.mark.parametrize("op", ["InstanceNormalization", "GroupNormalization-18",
+                                "GroupNormalization-21"])
+def test_group_normalizations_match_float64(op: str, route: Route,
+                                            rng: np.random.Generator) -> None:
+    """Above ``_TORCH_GROUP_NORM_MIN`` elements the library's group normalization runs: the
+    float64 formula to float32 rounding, on a channels-last input, whose layout it keeps."""
+    from hetrix.backends.numpy_cpu.kernels import normalization
+    from hetrix.backends.registry import NodeContext
+
+    x = _channels_last(f32(rng, 2, 16, 12, 12) * 3 + 1)
+    assert x.size >= normalization._TORCH_GROUP_NORM_MIN
+    groups = 16 if op == "InstanceNormalization" else 4
+    params = groups if op == "GroupNormalization-18" else 16
+    scale, bias = f32(rng, params), f32(rng, params)
+    eps = 1e-3
+    if op == "InstanceNormalization":
+        y = normalization.instance_norm(NodeContext(op, "", "n", 6, {"epsilon": eps}, 3, 1),
+                                        x, scale, bias)
+    else:
+        attrs = {"epsilon": eps, "num_groups": groups, "stash_type": 1}
+        kernel = (normalization.group_norm_v18 if op.endswith("18")
+                  else normalization.group_norm)
+        y = kernel(NodeContext("GroupNormalization", "", "n", 21, attrs, 3, 1), x, scale, bias)
+    wide = x.astype(np.float64).reshape(2, groups, -1)
+    normed = ((wide - wide.mean(-1, keepdims=True))
+              / np.sqrt(wide.var(-1, keepdims=True) + eps)).reshape(x.shape)
+    per_channel = np.repeat(scale, 16 // params), np.repeat(bias, 16 // params)
+    want = normed * per_channel[0].reshape(1, -1, 1, 1) + per_channel[1].reshape(1, -1, 1, 1)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    if route.library:
+        assert _onednn.is_channels_last(y)
+
+
+def test_hard_swish_of_a_large_activation_matches_float64(route: Route,
+                                                          rng: np.random.Generator) -> None:
+    from hetrix.backends.numpy_cpu.kernels import activations
+    from hetrix.backends.registry import NodeContext
+
+    x = _channels_last(f32(rng, 1, 32, 16, 16) * 4)
+    x[0, :4, 0, 0] = [np.nan, np.inf, -np.inf, -3.0]
+    y = activations.hard_swish(NodeContext("HardSwish", "", "hs", 14, {}, 1, 1), x)
+    wide = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        want = wide * np.clip(wide / 6 + 0.5, 0, 1)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)

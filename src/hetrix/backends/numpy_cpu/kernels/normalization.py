@@ -258,6 +258,29 @@ def _standardize_rows(x2: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarra
     return d, mean, inv_std
 
 
+_TORCH_GROUP_NORM_MIN = 4096
+"""Inputs of at least this many float32 elements take PyTorch's group normalization (instance
+normalization is its one-channel-per-group case).  NumPy's path first copies a channels-last
+input to C order and makes several passes: InstanceNormalization of a 1 x 64 x 96 x 96
+convolution output took 1.8 ms in a run, GroupNormalization in 8 groups 4.4 (ORT's model
+whole: 1.5 and 2.4)."""
+
+
+def _torch_group_norm(x: np.ndarray, groups: int, scale: np.ndarray, bias: np.ndarray,
+                      epsilon: float) -> np.ndarray | None:
+    """``torch.nn.functional.group_norm`` of ``x`` with per-channel ``scale`` and ``bias``
+    (float32, at least :data:`_TORCH_GROUP_NORM_MIN` elements, PyTorch installed); else None.
+    The result keeps ``x``'s layout (channels-last stays channels-last)."""
+    functional = _library.torch_functional()
+    if (functional is None or x.dtype != np.float32 or x.ndim < 3
+            or x.size < _TORCH_GROUP_NORM_MIN or scale.dtype != np.float32
+            or bias.dtype != np.float32):
+        return None
+    return functional.group_norm(
+        _library.as_tensor(x), groups, _library.as_tensor(scale.reshape(-1)),
+        _library.as_tensor(bias.reshape(-1)), float(epsilon)).numpy()
+
+
 @kernel("InstanceNormalization", since=1)
 def instance_norm(
     ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray
@@ -268,6 +291,9 @@ def instance_norm(
         raise ValueError(f"{op}: input must be [N, C, ...], got shape {x.shape}")
     _check_channel_param(op, "scale", scale, x.shape[1])
     _check_channel_param(op, "B", bias, x.shape[1])
+    fast = _torch_group_norm(x, x.shape[1], scale, bias, ctx.attrs.get("epsilon", 1e-5))
+    if fast is not None:
+        return fast
     wd = _work_dtype(x.dtype)
     rows = x.shape[0] * x.shape[1]
     y, _, _ = _standardize_rows(_as_work(x, wd).reshape(rows, -1), ctx.attrs.get("epsilon", 1e-5))
@@ -295,6 +321,10 @@ def _group_norm(
     _check_channel_param(op, "scale", scale, channels)
     _check_channel_param(op, "bias", bias, channels)
     stash = tensor_dtype_to_np_dtype(ctx.attrs.get("stash_type", 1))
+    if stash == np.float32:  # PyTorch computes the statistics in float32 as well
+        fast = _torch_group_norm(x, groups, scale, bias, ctx.attrs.get("epsilon", 1e-5))
+        if fast is not None:
+            return fast
     wd = _work_dtype(x.dtype, stash)
     rows = x.shape[0] * groups
     y, _, _ = _standardize_rows(_as_work(x, wd).reshape(rows, -1), ctx.attrs.get("epsilon", 1e-5))

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from hetrix.backends.numpy_cpu.kernels import _library
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.layout import memory_order
 
@@ -165,6 +166,44 @@ def _output_geometry(
     return out, scale
 
 
+_TORCH_COORDINATES = {"align_corners": True, "half_pixel": False, "pytorch_half_pixel": False}
+"""ONNX coordinate modes PyTorch's bilinear interpolation computes exactly: its
+``align_corners`` flag for each (``pytorch_half_pixel`` only where no output axis has length
+1, where ONNX puts the sample at 0).  Both clamp a source position outside the input to its
+edge, as ONNX's edge padding does for linear interpolation."""
+
+
+def _torch_bilinear(x: np.ndarray, out: list[int], scale: list[float], opts: dict,
+                    scales_given: bool) -> np.ndarray | None:
+    """A 4-D float32 linear Resize of the two spatial axes through PyTorch's bilinear
+    interpolation (in the input's layout, on every core), or None where it does not compute
+    ONNX's answer: antialiasing, other coordinate modes, resized batch or channel axes.
+
+    NumPy's path gathers and weighs each axis in turn: a 2x align_corners upsampling of a
+    1 x 64 x 64 x 64 convolution output took 5.6 ms in a run (ORT's model whole 1.5)."""
+    coord = opts["coord"]
+    if (x.dtype != np.float32 or x.ndim != 4 or opts["mode"] != "linear" or opts["antialias"]
+            or coord not in _TORCH_COORDINATES or out[:2] != list(x.shape[:2])
+            or scale[:2] != [1.0, 1.0] or min(out[2:]) < 1
+            or (coord == "pytorch_half_pixel" and min(out[2:]) == 1)
+            # ONNX's align_corners divides by the unrounded in * scale where scales are given
+            or (coord == "align_corners" and scales_given
+                and any(n * s != o for n, s, o in zip(x.shape[2:], scale[2:], out[2:])))):
+        return None
+    functional = _library.torch_functional()
+    if functional is None:
+        return None
+    align = _TORCH_COORDINATES[coord]
+    tensor = _library.as_tensor(x)
+    if scales_given and not align:  # the given scale sets the positions, as in ONNX
+        y = functional.interpolate(tensor, scale_factor=tuple(scale[2:]), mode="bilinear",
+                                   align_corners=False, recompute_scale_factor=False)
+    else:  # positions from the sizes (align_corners: (in - 1) / (out - 1) in both)
+        y = functional.interpolate(tensor, size=tuple(out[2:]), mode="bilinear",
+                                   align_corners=align)
+    return y.numpy() if list(y.shape) == out else None
+
+
 def _resize(
     ctx: NodeContext,
     x: np.ndarray,
@@ -189,6 +228,9 @@ def _resize(
         for i, a in enumerate(axes):
             roi_pairs[a] = (float(roi[i]), float(roi[half + i]))
     out, scale = _output_geometry(ctx, x.shape, axes, scales, sizes, roi_pairs)
+    fast = _torch_bilinear(x, out, scale, opts, scales is not None)
+    if fast is not None:
+        return fast
     work = x if x.dtype.kind == "f" and x.dtype.itemsize >= 4 else x.astype(np.float32)
     if mode == "nearest":
         work = x  # nearest only gathers: any dtype, no rounding
