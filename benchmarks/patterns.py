@@ -5,7 +5,9 @@ Each pattern is a small model with seeded random weights, built here: a U-Net de
 (Resize, Concat with the skip, Conv), a YOLO-style head (1x1 Conv, Reshape, Transpose,
 Sigmoid), ConvTranspose upsampling, a Split feeding two convolutions that are added, a spatial
 gate (ReduceMean over channels, Sigmoid, Mul), a squeeze-and-excitation block, a pixel shuffle
-(DepthToSpace) and a reflection Pad before a Conv.  What they share: a convolution's
+(DepthToSpace), a reflection Pad before a Conv, a bilinear upsampling (align_corners), a
+GroupNormalization with SiLU (diffusion U-Nets) and HardSwish between convolutions
+(MobileNetV3).  What they share: a convolution's
 channels-last output read by ops other than convolutions, and a 4-D output handed to the
 caller.  Each is timed as ``hetrix bench`` times a model (the same runner: runs alternating
 after a pause, medians), and the ratio Hetrix / ORT printed with the outputs' agreement.
@@ -61,8 +63,8 @@ class _Graph:
         graph = helper.make_graph(
             self.nodes, "pattern", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], self.initializers)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
-                                 ir_version=8)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
+                                 ir_version=10)
 
 
 def unet_step(g: _Graph) -> tuple[str, list[int]]:
@@ -119,10 +121,30 @@ def reflect_pad(g: _Graph) -> tuple[str, list[int]]:
     return g.node("Conv", [padded, w]), [1, 3, 128, 128]
 
 
+def bilinear_up(g: _Graph) -> tuple[str, list[int]]:
+    features = g.conv("x", 3, 64, relu=True)
+    scales = g.constant("scales", np.array([1, 1, 2, 2], np.float32))
+    return g.node("Resize", [features, "", scales], mode="linear",
+                  coordinate_transformation_mode="align_corners"), [1, 3, 64, 64]
+
+
+def group_norm(g: _Graph) -> tuple[str, list[int]]:
+    features = g.conv("x", 3, 64)
+    scale = g.constant("gn_scale", np.ones(64, np.float32))
+    bias = g.constant("gn_bias", np.zeros(64, np.float32))
+    normed = g.node("GroupNormalization", [features, scale, bias], num_groups=8)
+    return g.node("Mul", [normed, g.node("Sigmoid", [normed])]), [1, 3, 96, 96]
+
+
+def hard_swish(g: _Graph) -> tuple[str, list[int]]:
+    return g.conv(g.node("HardSwish", [g.conv("x", 3, 64)]), 64, 64), [1, 3, 96, 96]
+
+
 PATTERNS: dict[str, Callable[[_Graph], tuple[str, list[int]]]] = {
     "unet_step": unet_step, "yolo_head": yolo_head, "conv_transpose": conv_transpose,
     "split_add": split_add, "spatial_gate": spatial_gate, "se_block": se_block,
-    "pixel_shuffle": pixel_shuffle, "reflect_pad": reflect_pad,
+    "pixel_shuffle": pixel_shuffle, "reflect_pad": reflect_pad, "bilinear_up": bilinear_up,
+    "group_norm": group_norm, "hard_swish": hard_swish,
 }
 
 

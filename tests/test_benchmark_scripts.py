@@ -106,7 +106,8 @@ def _patterns_module():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("name", ["unet_step", "yolo_head", "conv_transpose", "split_add",
-                                  "spatial_gate", "se_block", "pixel_shuffle", "reflect_pad"])
+                                  "spatial_gate", "se_block", "pixel_shuffle", "reflect_pad",
+                                  "bilinear_up", "group_norm", "hard_swish"])
 def test_each_layer_pattern_computes_what_onnxruntime_does(name: str) -> None:
     """The patterns' models (benchmarks/patterns.py) give ORT's outputs, in C order."""
     import onnxruntime as ort
