@@ -53,6 +53,7 @@ ACTIVATIONS: dict[str, tuple[list[float], Any]] = {
     "Gelu": ([], lambda y: 0.5 * y * (1 + np.vectorize(__import__("math").erf)(y / 2 ** 0.5))),
     "GeluTanh": ([], lambda y: 0.5 * y * (1 + np.tanh((2 / np.pi) ** 0.5
                                                        * (y + 0.044715 * y ** 3)))),
+    "HardSwish": ([], lambda y: y * np.clip(y / 6 + 0.5, 0, 1)),
 }
 
 GEOMETRIES = {  # (N, C, H, W), (K, kernel), strides, dilations, pads, group

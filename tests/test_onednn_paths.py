@@ -234,6 +234,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "HardSigmoid": Activation("HardSigmoid", "", {"alpha": 0.3, "beta": 0.4}),
     "Gelu": Activation("Gelu", "Gelu", opset=20),
     "Gelu_tanh": Activation("Gelu", "GeluTanh", {"approximate": "tanh"}, opset=20),
+    "HardSwish": Activation("HardSwish", "HardSwish"),
 }
 
 

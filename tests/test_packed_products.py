@@ -174,6 +174,7 @@ ACTIVATIONS = {  # ONNX node attributes and extra inputs, float64 reference
     "Gelu tanh": ({"approximate": "tanh"}, [], lambda v: 0.5 * v * (
         1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))),
     "HardSigmoid": ({"alpha": 0.3, "beta": 0.4}, [], lambda v: np.clip(0.3 * v + 0.4, 0, 1)),
+    "HardSwish": ({}, [], lambda v: v * np.clip(v / 6 + 0.5, 0, 1)),
 }
 
 

@@ -7,8 +7,9 @@
   ResNet-style blocks, which oneDNN adds while the output is still in cache.  The activation that
   usually follows fuses next, by the rule below.
 * ``Conv``/``FusedConv`` (without activation)/``Gemm``/``MatMul``/``FusedMatMul`` followed by
-  Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, Tanh or Gelu (directly, or through one Reshape,
-  Flatten, Squeeze or Unsqueeze that then moves after the fused node) becomes ``hetrix.FusedConv``/
+  Relu, LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh or Gelu (directly, or through one
+  Reshape, Flatten, Squeeze or Unsqueeze that then moves after the fused node) becomes
+  ``hetrix.FusedConv``/
   ``FusedGemm``/``FusedMatMul`` with the producer's attributes plus ``activation`` (the op
   name, ``"GeluTanh"`` for the tanh Gelu) and
   ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid alpha, beta).  The kernels in
@@ -183,6 +184,7 @@ class ActivationFusionRule(Rule):
         "Clip",
         "Sigmoid",
         "HardSigmoid",
+        "HardSwish",
         "Tanh",
         "Gelu",
     )

@@ -76,6 +76,7 @@ _ELTWISE = {
     "GeluTanh": 0x2B,
     "Clip": 0x2E,  # alpha, beta: the bounds
     "Gelu": 0x31,  # "gelu_erf"
+    "HardSwish": 0x34,  # x * clip(alpha x + beta, 0, 1), alpha 1/6 and beta 1/2 for ONNX's
 }
 """Hetrix activation name -> oneDNN eltwise algorithm, applied as a post-op."""
 
@@ -1318,6 +1319,8 @@ def _eltwise_parameters(activation: str, params: list[float]) -> tuple[float, fl
         low = float(params[0]) if params else -np.inf
         high = float(params[1]) if len(params) > 1 else np.inf
         return low, high
+    if activation == "HardSwish":
+        return 1.0 / 6.0, 0.5
     return 0.0, 0.0
 
 

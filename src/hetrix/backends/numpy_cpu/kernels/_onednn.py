@@ -50,6 +50,7 @@ _UNARY_POST_OPS: dict[str, str] = {
     "Tanh": "tanh",
     "Gelu": "gelu",
     "GeluTanh": "gelu",
+    "HardSwish": "hardswish",
 }
 """Hetrix activation name -> oneDNN post-op name in ``torch.ops.mkldnn._convolution_pointwise``
 and ``_linear_pointwise``."""

@@ -6,8 +6,8 @@ fresh output, so a fused node computes exactly what the unfused pair did minus o
 * ``FusedConv(X, W, B?, Z?)``: ``activation(Conv(X, W, B) + Z)`` (Z, the residual of
   ResNet-style blocks, has the output's shape); ``FusedGemm(A, B, C?)``: Conv / Gemm attributes,
   plus ``activation``
-  (``Relu``, ``LeakyRelu``, ``Clip``, ``Sigmoid``, ``HardSigmoid``, ``Tanh``, ``Gelu``,
-  ``GeluTanh`` or empty) and ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid
+  (``Relu``, ``LeakyRelu``, ``Clip``, ``Sigmoid``, ``HardSigmoid``, ``HardSwish``, ``Tanh``,
+  ``Gelu``, ``GeluTanh`` or empty) and ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid
   alpha, beta);
 * ``FusedMatMul(A, B, bias?)``: MatMul, plus a bias along the last axis, plus the activation;
 * ``Gelu(X)`` with ``approximate``, ``LayerNormalization(X, scale, B?)`` with ``axis``,
@@ -93,6 +93,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "Clip": _clip,
     "Tanh": _tanh,
     "HardSigmoid": _hard_sigmoid,
+    "HardSwish": _by_kernel(activations.hard_swish),
     "Sigmoid": _by_kernel(activations.sigmoid),
     "Gelu": lambda ctx, y: activations.gelu_in_place(y, "none"),
     "GeluTanh": lambda ctx, y: activations.gelu_in_place(y, "tanh"),
