@@ -5,10 +5,9 @@ fresh output, so a fused node computes exactly what the unfused pair did minus o
 
 * ``FusedConv(X, W, B?, Z?)``: ``activation(Conv(X, W, B) + Z)`` (Z, the residual of
   ResNet-style blocks, has the output's shape); ``FusedGemm(A, B, C?)``: Conv / Gemm attributes,
-  plus ``activation``
-  (``Relu``, ``LeakyRelu``, ``Clip``, ``Sigmoid``, ``HardSigmoid``, ``HardSwish``, ``Tanh``,
-  ``Gelu``, ``GeluTanh`` or empty) and ``activation_params`` (LeakyRelu alpha; Clip min, max; HardSigmoid
-  alpha, beta);
+  plus ``activation`` (``Relu``, ``LeakyRelu``, ``Clip``, ``Sigmoid``, ``HardSigmoid``,
+  ``HardSwish``, ``Tanh``, ``Gelu``, ``GeluTanh`` or empty) and ``activation_params`` (LeakyRelu
+  alpha; Clip min, max; HardSigmoid alpha, beta);
 * ``FusedMatMul(A, B, bias?)``: MatMul, plus a bias along the last axis, plus the activation;
 * ``Gelu(X)`` with ``approximate``, ``LayerNormalization(X, scale, B?)`` with ``axis``,
   ``epsilon``: the standard ops for models whose opset predates them (20 and 17);
