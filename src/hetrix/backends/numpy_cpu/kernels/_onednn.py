@@ -203,7 +203,9 @@ def offer_direct_conv(ctx: NodeContext, kernel: Kernel, inputs: tuple[Any, ...])
         return
     if conv.accumulates:
         def make_call(fallback: Callable[..., Any]) -> Callable[..., Any]:
-            return conv.direct(fallback, lambda z: residual_overwritable(ctx, z))
+            # the call checks the residual's layout against the primitive's itself
+            return conv.direct(fallback, lambda z: RESIDUAL in ctx.reusable_inputs
+                               and sole_view(z))
     else:
         make_call = conv.direct
     registry.offer_direct(ctx, kernel, inputs, (0,) if residual is None else (0, RESIDUAL),
