@@ -1219,6 +1219,21 @@ def test_first_convolution_reads_nchw_up_to_a_staging_size(rng: np.random.Genera
 
 # --------------------------------------------------------------------------- ConvTranspose
 
+
+def _served(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[bool]:
+    """Record, per call of ``module.name`` (a library path that returns None where it does
+    not serve), whether it served: the list returned fills as the test runs."""
+    calls: list[bool] = []
+    original = getattr(module, name)
+
+    def counted(*args: Any) -> Any:
+        result = original(*args)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
 DECONVOLUTIONS: dict[str, tuple[dict[str, Any], tuple[int, ...], bool]] = {
     # name: (attributes, weight shape, whether PyTorch's deconvolution serves it)
     "k4_s2_p1": ({"strides": [2, 2], "pads": [1, 1, 1, 1]}, (8, 6, 4, 4), True),
@@ -1247,15 +1262,7 @@ def test_conv_transpose_matches_onnxruntime(name: str, rng: np.random.Generator,
              conv("c", "x", "c0", pads=[1, 1, 1, 1]),
              helper.make_node("ConvTranspose", ["c0", "d_w", "d_b"], ["y1"], **attrs)]
     model = make_model(nodes, {"x": (2, 8, 10, 10)}, ["y0", "y1"], values)
-    calls = []
-    original = _onednn.conv_transpose2d
-
-    def counted(*args: Any) -> np.ndarray | None:
-        result = original(*args)
-        calls.append(result is not None)
-        return result
-
-    monkeypatch.setattr(_onednn, "conv_transpose2d", counted)
+    calls = _served(monkeypatch, _onednn, "conv_transpose2d")
     compared = Compared(model)
     for _ in range(2):
         compared.check({"x": f32(rng, 2, 8, 10, 10)})
@@ -1320,7 +1327,7 @@ def test_large_float32_arithmetic_matches_numpy_bit_for_bit(
         array.flat[:count] = specials[:count]
         array.flat[-count:] = specials[::-1][:count]
     ctx = NodeContext(op, "", "arith", 14, {}, 2, 1)
-    kernel = _registry_kernel(op)
+    kernel = _registry_kernel(op, 14)
     numpy_fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.true_divide}[op]
     with np.errstate(all="ignore"):
         want = numpy_fn(a, b)
@@ -1333,10 +1340,11 @@ def test_large_float32_arithmetic_matches_numpy_bit_for_bit(
         kernel(ctx, a, f32(rng, 5, 7))
 
 
-def _registry_kernel(op: str) -> Callable[..., np.ndarray]:
+def _registry_kernel(op: str, opset: int) -> Callable[..., np.ndarray]:
+    """The NumPy backend's kernel of ``op`` at ``opset``."""
     from hetrix.backends.registry import REGISTRY
 
-    found = REGISTRY.lookup("numpy", "", op, 14)
+    found = REGISTRY.lookup("numpy", "", op, opset)
     assert found is not None
     return found
 
@@ -1374,21 +1382,13 @@ def test_large_float32_reductions_match_float64(op: str, axes: tuple[int, ...], 
     x[1, 3, 5, 7] = np.nan
     ctx = NodeContext(op, "", "reduce", 18, {"keepdims": keepdims,
                                               "noop_with_empty_axes": 0}, 2, 1)
-    kernel = _registry_kernel_at(op, 18)
+    kernel = _registry_kernel(op, 18)
     y = kernel(ctx, x, np.array(axes, np.int64))
     wide = x.astype(np.float64)
     want = (np.sum if op == "ReduceSum" else np.mean)(wide, axis=axes, keepdims=bool(keepdims))
     assert y.dtype == np.float32 and y.shape == want.shape
     np.testing.assert_allclose(y, want, rtol=2e-6, atol=2e-6 * np.nanmax(np.abs(want)))
     assert np.array_equal(np.isnan(y), np.isnan(want))
-
-
-def _registry_kernel_at(op: str, opset: int) -> Callable[..., np.ndarray]:
-    from hetrix.backends.registry import REGISTRY
-
-    found = REGISTRY.lookup("numpy", "", op, opset)
-    assert found is not None
-    return found
 
 
 BILINEAR: dict[str, tuple[dict[str, Any], str, np.ndarray, bool]] = {
@@ -1422,15 +1422,7 @@ def test_bilinear_resize_matches_onnxruntime(name: str, rng: np.random.Generator
     model, feeds = _chain(rng, [helper.make_node("Resize", inputs, ["y"], mode="linear",
                                                  **attrs)], ["y"], {"v": values})
     model.opset_import[0].version = 18
-    calls: list[bool] = []
-    original = resize._torch_bilinear
-
-    def counted(*args: Any) -> np.ndarray | None:
-        result = original(*args)
-        calls.append(result is not None)
-        return result
-
-    monkeypatch.setattr(resize, "_torch_bilinear", counted)
+    calls = _served(monkeypatch, resize, "_torch_bilinear")
     Compared(model).check(feeds)
     library = _library.torch_functional() is not None
     assert calls and all(call == (served and library) for call in calls)
