@@ -550,9 +550,11 @@ def assign_frees(steps: Sequence[Step], keep: set[int]) -> None:
 
 
 FRESH_OUTPUT_OPS = frozenset({("", "Conv"), ("hetrix", "FusedConv")})
-"""Ops whose kernels (on every backend) return arrays of their own, never an input or a view
-of one.  A whitelist: the outputs of any other op are taken to share memory with its inputs
-(a Reshape's view, an Identity's very object, a DenseNet chain's joined buffer)."""
+"""Ops whose kernels (on every backend) return memory no other live value shares: arrays of
+their own, or (a FusedConv adding into its residual) the memory of an input this analysis let
+them overwrite, whose other sharers are all dead by then.  A whitelist: the outputs of any
+other op are taken to share memory with its inputs (a Reshape's view, an Identity's very
+object, a DenseNet chain's joined buffer)."""
 
 
 def reusable_inputs(steps: Sequence[Step], keep: set[int]) -> list[frozenset[int]]:
@@ -562,8 +564,8 @@ def reusable_inputs(steps: Sequence[Step], keep: set[int]) -> list[frozenset[int
     share its memory (see :data:`FRESH_OUTPUT_OPS`) is dead before the step.
 
     Static only: the kernel still checks at run time that the array is the only view of its
-    buffer (:func:`hetrix.runtime.memory.sole_view`): what the plan cannot see (a caller
-    recording intermediates, a value kept for shape specialization) holds another reference.
+    buffer (:func:`hetrix.runtime.memory.sole_view`), against what the plan cannot see: a view
+    some kernel made that the plan took for a fresh array, a caller recording intermediates.
     """
     parent: dict[int, int] = {}
 
