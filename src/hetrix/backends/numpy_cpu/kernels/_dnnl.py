@@ -442,11 +442,11 @@ class _Primitive:
         the residual where it has one), for the calling thread: what a call returns, with no
         check but the arrays' layout; any other call (another layout or type, another thread)
         goes to ``fallback`` with the same arguments: a node's direct call
-        (:func:`~hetrix.backends.registry.offer_direct`), one Python call and three library
-        calls per run.  The function holds this object (its ``primitive`` attribute), whose
-        handles it uses: a plan keeps the call after the node has dropped the primitive for one
-        of another layout.  Each thread binds its own memory objects, so the call serves the
-        thread that made it.
+        (:func:`~hetrix.backends.registry.offer_direct`), three short Python calls and three
+        library calls per run (the checks, :meth:`_bound_run`, :meth:`_bound_execute`).  The
+        function holds this object (its ``primitive`` attribute), whose handles it uses: a plan
+        keeps the call after the node has dropped the primitive for one of another layout.
+        Each thread binds its own memory objects, so the call serves the thread that made it.
 
         Why: a kernel reaches its kept primitive through a few Python layers that check what
         the plan has fixed (weights, attributes, post-ops), and in a run each short layer costs
@@ -454,40 +454,22 @@ class _Primitive:
         directly, batch 1 took 0.89-0.91 of the time on ShuffleNet (69 of 79 steps direct),
         0.95-0.96 on MobileNetV2, 0.96-0.97 on SqueezeNet, 0.98-1.00 on Inception v2 (one
         process, two sessions, 40 alternating runs each after a 0.1 s pause, medians)."""
-        lib, primitive, spare = self.lib, self.primitive, self._spare
-        set_handle, execute, stream = lib.set_handle, lib.execute, lib.stream
+        spare, set_handle = self._spare, self.lib.set_handle
         bindings = self._thread_bindings()
-        source, target = bindings.runtime[0], bindings.runtime[1]
-        count, args = bindings.count, bindings.args_address
+        run = self._bound_run(bindings)
         shape, strides, dtype = self.shape, self.x_strides, self.dtype
-        out_shape, axes, label = self.out_shape, self.out_axes, self.implementation
+        out_shape, axes = self.out_shape, self.out_axes
         owner = threading.get_ident()
         get_ident = threading.get_ident
-        staged, staged_bytes = self.staged, self.staged_bytes
-
-        def run(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            set_handle(source, x.ctypes.data)
-            if staged is None:
-                set_handle(target, y.ctypes.data)
-            else:
-                stage, stage_address = _aligned_empty(staged_bytes)
-                set_handle(target, stage_address)
-            if bindings.scratchpad is not _SCRATCHPAD.buffer:
-                bindings.point_scratchpad()
-            status = execute(primitive, stream, count, args)
-            if status != _SUCCESS:
-                raise DnnlError(f"oneDNN {label} failed with status {status}")
-            if staged is not None:
-                staged._execute((stage_address, y.ctypes.data))
-                del stage  # alive until the reorder has read it
-            return y if axes is None else y.transpose(axes)
 
         if self.residual is None:
             def call(x: Any) -> Any:
                 if (type(x) is not np.ndarray or x.strides != strides or x.shape != shape
                         or x.dtype != dtype or get_ident() != owner):
                     return fallback(x)
-                return run(x, recycled_empty(spare, out_shape, dtype))
+                y = recycled_empty(spare, out_shape, dtype)
+                run(x, y)
+                return y if axes is None else y.transpose(axes)
 
             call.primitive = self  # type: ignore[attr-defined]
             return call
@@ -500,10 +482,50 @@ class _Primitive:
                     or get_ident() != owner):
                 return fallback(x, z)
             set_handle(residual_memory, z.ctypes.data)
-            return run(x, recycled_empty(spare, out_shape, dtype))
+            y = recycled_empty(spare, out_shape, dtype)
+            run(x, y)
+            return y if axes is None else y.transpose(axes)
 
         call_with_residual.primitive = self  # type: ignore[attr-defined]
         return call_with_residual
+
+    def _bound_run(self, bindings: _Bindings) -> Callable[[np.ndarray, np.ndarray], None]:
+        """What every direct call does once it has checked its arrays: run the primitive from
+        ``x`` into ``y`` (in its memory order; through the staging buffer and its reorder where
+        the primitive has one) on ``bindings``, the calling thread's memory objects."""
+        set_handle, execute = self.lib.set_handle, self._bound_execute(bindings)
+        source, target = bindings.runtime[0], bindings.runtime[1]
+        staged, staged_bytes = self.staged, self.staged_bytes
+
+        def run(x: np.ndarray, y: np.ndarray) -> None:
+            set_handle(source, x.ctypes.data)
+            if staged is None:
+                set_handle(target, y.ctypes.data)
+                execute()
+                return
+            stage, stage_address = _aligned_empty(staged_bytes)
+            set_handle(target, stage_address)
+            execute()
+            staged._execute((stage_address, y.ctypes.data))
+            del stage  # alive until the reorder has read it
+
+        return run
+
+    def _bound_execute(self, bindings: _Bindings) -> Callable[[], None]:
+        """The primitive's execution on the arrays ``bindings`` point at now (the calling
+        thread's scratchpad re-pointed if another primitive grew it); raises on a failure."""
+        lib, primitive, label = self.lib, self.primitive, self.implementation
+        execute, stream = lib.execute, lib.stream
+        count, args = bindings.count, bindings.args_address
+
+        def go() -> None:
+            if bindings.scratchpad is not _SCRATCHPAD.buffer:
+                bindings.point_scratchpad()
+            status = execute(primitive, stream, count, args)
+            if status != _SUCCESS:
+                raise DnnlError(f"oneDNN {label} failed with status {status}")
+
+        return go
 
 
 class _ThreadScratchpad(threading.local):
@@ -673,11 +695,7 @@ class Conv2d(_Primitive):
         ``(x, z)`` that adds into ``z`` and returns it, where ``overwritable(z)`` allows."""
         if not self.accumulates:
             return super().direct(fallback)
-        lib, primitive, label = self.lib, self.primitive, self.implementation
-        set_handle, execute, stream = lib.set_handle, lib.execute, lib.stream
-        bindings = self._thread_bindings()
-        source, target = bindings.runtime[0], bindings.runtime[1]
-        count, args = bindings.count, bindings.args_address
+        run = self._bound_run(self._thread_bindings())
         shape, strides, dtype, residual_layout = self.shape, self.x_strides, self.dtype, \
             self.residual
         may_write = overwritable or (lambda z: False)
@@ -689,13 +707,7 @@ class Conv2d(_Primitive):
                     or (z.shape, z.strides) != residual_layout or z.dtype != dtype
                     or get_ident() != owner or not may_write(z)):
                 return fallback(x, z)
-            set_handle(source, x.ctypes.data)
-            set_handle(target, z.ctypes.data)
-            if bindings.scratchpad is not _SCRATCHPAD.buffer:
-                bindings.point_scratchpad()
-            status = execute(primitive, stream, count, args)
-            if status != _SUCCESS:
-                raise DnnlError(f"oneDNN {label} failed with status {status}")
+            run(x, z)
             return z
 
         call_accumulating.primitive = self  # type: ignore[attr-defined]
@@ -938,13 +950,10 @@ class Concat(_Primitive):
 
     def direct(self, fallback: Callable[..., Any]) -> Callable[..., Any]:
         """As :meth:`_Primitive.direct`, for the sources this primitive joins."""
-        lib, primitive, spare = self.lib, self.primitive, self._spare
-        set_handle, execute, stream = lib.set_handle, lib.execute, lib.stream
+        spare, set_handle = self._spare, self.lib.set_handle
         bindings = self._thread_bindings()
-        memories = bindings.runtime
-        count, args = bindings.count, bindings.args_address
-        layouts, dtype, out_shape, label = self.layouts, self.dtype, self.out_shape, \
-            self.implementation
+        memories, execute = bindings.runtime, self._bound_execute(bindings)
+        layouts, dtype, out_shape = self.layouts, self.dtype, self.out_shape
         owner = threading.get_ident()
         get_ident = threading.get_ident
 
@@ -959,11 +968,7 @@ class Concat(_Primitive):
             for memory, array in zip(memories, arrays, strict=False):
                 set_handle(memory, array.ctypes.data)
             set_handle(memories[-1], y.ctypes.data)
-            if bindings.scratchpad is not _SCRATCHPAD.buffer:
-                bindings.point_scratchpad()
-            status = execute(primitive, stream, count, args)
-            if status != _SUCCESS:
-                raise DnnlError(f"oneDNN {label} failed with status {status}")
+            execute()
             return y.transpose(0, 3, 1, 2)
 
         call.primitive = self  # type: ignore[attr-defined]
@@ -1106,27 +1111,16 @@ class Softmax(_Primitive):
 
     def direct(self, fallback: Callable[..., Any]) -> Callable[..., Any]:
         """As :meth:`_Primitive.direct`; a row ONNX makes NaN goes to ``fallback`` too."""
-        lib, primitive = self.lib, self.primitive
-        set_handle, execute, stream = lib.set_handle, lib.execute, lib.stream
-        bindings = self._thread_bindings()
-        source, target = bindings.runtime[0], bindings.runtime[1]
-        count, args = bindings.count, bindings.args_address
+        run = self._bound_run(self._thread_bindings())
         shape, strides, dtype, view = self.shape, self.x_strides, self.dtype, self.view
-        label, owner, get_ident, isnan = self.implementation, threading.get_ident(), \
-            threading.get_ident, math.isnan
+        owner, get_ident, isnan = threading.get_ident(), threading.get_ident, math.isnan
 
         def call(x: Any) -> Any:
             if (type(x) is not np.ndarray or x.strides != strides or x.shape != shape
                     or x.dtype != dtype or get_ident() != owner):
                 return fallback(x)
             y = np.empty(view, dtype)
-            set_handle(source, x.ctypes.data)
-            set_handle(target, y.ctypes.data)
-            if bindings.scratchpad is not _SCRATCHPAD.buffer:
-                bindings.point_scratchpad()
-            status = execute(primitive, stream, count, args)
-            if status != _SUCCESS:
-                raise DnnlError(f"oneDNN {label} failed with status {status}")
+            run(x, y)
             return fallback(x) if isnan(y.sum()) else y.reshape(shape)
 
         call.primitive = self  # type: ignore[attr-defined]
