@@ -15,13 +15,14 @@ import numpy as np
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    """MODEL, ``--runs``, ``--pause``, ``--batch``, ``--threads``."""
+    """MODEL, ``--runs``, ``--pause``, ``--batch``, ``--threads``, ``--precision``."""
     parser.add_argument("model")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per arm")
     parser.add_argument("--pause", type=float, default=0.0,
                         help="seconds of idle before each run (0: back to back)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (both arms)")
 
 
 def alternate(arms: dict[str, Callable[[], object]], runs: int, pause: float) -> dict[str, float]:

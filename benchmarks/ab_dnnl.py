@@ -132,8 +132,6 @@ def main() -> None:
                              "lrn: LRN on a kept primitive or PyTorch; "
                              "inplace: a residual convolution's result added in place or "
                              "into a new array")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="the sessions' SessionOptions.precision")
     args = parser.parse_args()
     switch, on_name, off_name = _PARTS[args.part]
     if not _dnnl.available():

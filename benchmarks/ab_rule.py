@@ -7,7 +7,7 @@ every match (the report then lists it under the rejections).  Checks that both a
 same outputs, then prints the median and 25th percentile of each arm and their ratio.
 
     python benchmarks/ab_rule.py MODEL.onnx "ChannelShuffle" [--runs 200] [--pause 0.1]
-        [--batch N] [--threads N]
+        [--batch N] [--threads N] [--precision bf16]
 
 ``RULE`` is a rule's name as the optimization report counts it (``hetrix info MODEL
 --optimized``): "activation fusion", "ChannelShuffle", "Attention", "Conv+Add", ...
@@ -41,12 +41,14 @@ def _declining(_self: Rule, _node: object, _ctx: object) -> None:
     raise Reject("switched off for the A/B")
 
 
-def _session(model: str, threads: int, without: list[type[Rule]]) -> hetrix.InferenceSession:
+def _session(model: str, threads: int, precision: str,
+             without: list[type[Rule]]) -> hetrix.InferenceSession:
     saved = {cls: cls.__dict__.get("match") for cls in without}
     for cls in without:
         cls.match = _declining  # type: ignore[method-assign]
     try:
-        return hetrix.InferenceSession(model, hetrix.SessionOptions(intra_op_num_threads=threads))
+        return hetrix.InferenceSession(model, hetrix.SessionOptions(
+            intra_op_num_threads=threads, precision=precision))
     finally:
         for cls, match in saved.items():
             if match is None:
@@ -64,8 +66,8 @@ def main() -> None:
     rules = _rule_classes(args.rule)
     if not rules:
         parser.error(f"no rewrite rule is named {args.rule!r}")
-    arms = {"with": _session(args.model, args.threads, []),
-            "without": _session(args.model, args.threads, rules)}
+    arms = {"with": _session(args.model, args.threads, args.precision, []),
+            "without": _session(args.model, args.threads, args.precision, rules)}
     fired = arms["with"].get_optimization_report().count(args.rule)
     if not fired:
         parser.error(f"the rule {args.rule!r} does not fire on {args.model}")
@@ -82,7 +84,7 @@ def main() -> None:
                             for name, session in arms.items()}, args.runs, args.pause)
     print(f"{args.model}: {args.rule!r} fired {fired} times; with/without "
           f"{median['with'] / median['without']:.3f} ({args.runs} alternating runs per arm, "
-          f"pause {args.pause} s)")
+          f"pause {args.pause} s, {args.precision})")
 
 
 if __name__ == "__main__":

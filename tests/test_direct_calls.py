@@ -30,7 +30,8 @@ CHANNELS = 8
 
 def make_model(batch: int | str = 1, feedable_weight: bool = False) -> onnx.ModelProto:
     """Conv+Relu -> MaxPool -> Conv, + the pooled input, Relu -> GlobalAveragePool: after the
-    graph passes a FusedConv, a pool, a FusedConv with its residual and a global pool."""
+    graph passes a FusedConvPool (the first layer and its pooling), a FusedConv with its
+    residual and a global pool."""
     rng = np.random.default_rng(0)
     weights = {
         "w1": rng.standard_normal((CHANNELS, 3, 3, 3)) * 0.3,
@@ -77,13 +78,11 @@ def switched(plan: Plan) -> list[str]:
             if lean[-1].ctx.direct is not None and lean[0] is lean[-1].ctx.direct.call]
 
 
-def staged_convs(plan: Plan) -> int:
-    """The convolutions that read the NCHW input as it is (``_dnnl.Conv2d.staged``): where
-    oneDNN has kernels for it, the first one, which then takes a direct call too; elsewhere it
-    reads an NHWC copy and does not."""
-    return sum(1 for step in plan.steps
-               for conv in step.ctx.cache.get("dnnl_convs", {}).values()
-               if conv.staged is not None)
+def blocked_first_layers(plan: Plan) -> int:
+    """The first layers that read the NCHW input as it is and hand the pooling oneDNN's blocked
+    layout (``_dnnl.ConvPool``): where oneDNN has kernels for it, the FusedConvPool, which then
+    takes a direct call too; elsewhere its convolution reads an NHWC copy and it does not."""
+    return sum(1 for step in plan.steps if "dnnl_conv_pool" in step.ctx.cache)
 
 
 def feeds_for(batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -98,9 +97,10 @@ def test_steps_switch_after_the_first_run_and_keep_the_results() -> None:
     session = hetrix.InferenceSession(model.SerializeToString(), options)
     assert switched(session._plan) == []
     session.run(None, feeds_for(1, 0))
-    assert staged_convs(session._plan) in (0, 1)
+    assert blocked_first_layers(session._plan) in (0, 1)
     assert sorted(switched(session._plan)) == (
-        ["FusedConv"] * (1 + staged_convs(session._plan)) + ["GlobalAveragePool", "MaxPool"])
+        ["FusedConv"] + ["FusedConvPool"] * blocked_first_layers(session._plan)
+        + ["GlobalAveragePool"])
     for seed in range(1, 4):
         feeds = feeds_for(1, seed)
         np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
@@ -138,9 +138,11 @@ def test_a_weight_the_caller_may_feed_is_not_fixed() -> None:
     feeds = feeds_for(1, 0)
     session.run(None, feeds)
     session.run(None, feeds)
-    # the second conv's weight is a graph input: only the first conv may switch
-    assert switched(session._plan).count("FusedConv") == staged_convs(session._plan)
-    assert "MaxPool" in switched(session._plan)
+    # the second conv's weight is a graph input: only the first layer may switch
+    assert "FusedConv" not in switched(session._plan)
+    assert switched(session._plan).count("FusedConvPool") == \
+        blocked_first_layers(session._plan)
+    assert "GlobalAveragePool" in switched(session._plan)
     other = (np.random.default_rng(5).standard_normal((CHANNELS, CHANNELS, 3, 3)) * 0.2
              ).astype(np.float32)
     np.testing.assert_allclose(session.run(None, {**feeds, "w2": other})[0],
@@ -169,8 +171,8 @@ def test_reduced_precision_convolutions_switch_too() -> None:
 
 def test_profiled_runs_time_the_direct_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     """A profile times what a run makes: the switched steps' direct calls, not their kernels
-    (only a first convolution that reads an NHWC copy of the NCHW input goes through the
-    general oneDNN path)."""
+    (only a first layer whose convolution reads an NHWC copy of the NCHW input goes through
+    the general oneDNN path)."""
     from hetrix.backends.numpy_cpu.kernels import _onednn
 
     model = make_model()
@@ -178,9 +180,9 @@ def test_profiled_runs_time_the_direct_calls(monkeypatch: pytest.MonkeyPatch) ->
     options.warm_up = False
     session = hetrix.InferenceSession(model.SerializeToString(), options)
     session.run(None, feeds_for(1, 0))
-    staged = staged_convs(session._plan)
+    blocked = blocked_first_layers(session._plan)
     assert sorted(switched(session._plan)) == (
-        ["FusedConv"] * (1 + staged) + ["GlobalAveragePool", "MaxPool"])
+        ["FusedConv"] + ["FusedConvPool"] * blocked + ["GlobalAveragePool"])
     general_calls = []
     conv2d = _onednn.conv2d
 
@@ -193,9 +195,9 @@ def test_profiled_runs_time_the_direct_calls(monkeypatch: pytest.MonkeyPatch) ->
     feeds = feeds_for(1, 1)
     np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
                                rtol=1e-4, atol=1e-5)
-    assert len(general_calls) == 1 - staged
+    assert len(general_calls) == 1 - blocked
     assert {row["op_type"] for row in session.profile_nodes()} == {
-        "FusedConv", "MaxPool", "GlobalAveragePool"}
+        "FusedConvPool", "FusedConv", "GlobalAveragePool"}
 
 
 def test_slices_with_constant_bounds_switch_and_follow_the_input_size() -> None:

@@ -862,8 +862,13 @@ def test_pool_after_conv_then_conv(route: Route, rng: np.random.Generator) -> No
     compared.check({"x": f32(rng, 2, 3, 32, 32)})
     assert compared.count("Conv+Add") == 1
     route.check_convs()
-    if route.library and _dnnl.available():  # both pools and the global one on kept primitives
-        assert (route.pools, route.kept_pools) == (0, 3)
+    assert compared.count("conv+pool fusion") == 1  # the stem's pooling joins its conv
+    if route.library and _dnnl.available():
+        # the stem's pooling in the blocked layout after its conv, the other pool and the
+        # global one on kept primitives
+        (stem,) = _conv_pool_steps(compared.ours)
+        assert "dnnl_conv_pool" in stem.ctx.cache
+        assert (route.pools, route.kept_pools) == (0, 2)
     else:  # the two window pools on PyTorch's call (NumPy-only: neither)
         assert (route.pools, route.kept_pools) == (2 if route.library else 0, 0)
 
@@ -1083,12 +1088,14 @@ def test_pool_window_follows_the_input_shape(route: Route, rng: np.random.Genera
         np.testing.assert_array_equal(pool.max_pool(ctx, x), want.astype(np.float32))
 
 
+@pytest.mark.parametrize("level", [1, 99], ids=["apart", "first_layer_fused"])
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
-def test_pools_with_nan_in_a_window(op: str, route: Route) -> None:
+def test_pools_with_nan_in_a_window(op: str, level: int, route: Route) -> None:
     """What a window holding a NaN gives, route by route.  There is no one answer to match:
     ONNX Runtime's max and ONNX's reference evaluator keep the NaN or not by where it sits in
     the window.  Here an average gives NaN on every route; a max gives NaN on PyTorch's and
-    NumPy's paths and the window's largest number on the kept oneDNN primitive.  The conv
+    NumPy's paths and the window's largest number on oneDNN's (the kept primitive of the pool
+    alone, at level 1, or the first layer's fused pooling in the blocked layout).  The conv
     before the pool has no activation, whose oneDNN post-op would drop the NaN first."""
     # a depthwise 1x1 conv of ones: each channel passes through alone
     ones = np.ones((4, 1, 1, 1), np.float32)
@@ -1097,19 +1104,27 @@ def test_pools_with_nan_in_a_window(op: str, route: Route) -> None:
                        {"x": [1, 4, 4, 4]}, ["y"], {"c_w": ones, "c_b": np.zeros(4, np.float32)})
     x = np.arange(64, dtype=np.float32).reshape(1, 4, 4, 4)
     x[0, 0, 0, 0] = x[0, 2, 3, 3] = np.nan  # the first and the last element of a window
-    (got,) = hetrix.InferenceSession(model).run(None, {"x": x})
+    session = hetrix.InferenceSession(
+        model, hetrix.SessionOptions(graph_optimization_level=level))
+    (got,) = session.run(None, {"x": x})
     windows = x.reshape(1, 4, 2, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(1, 4, 2, 2, 4)
     nan_windows = np.isnan(windows).any(axis=-1)
     assert nan_windows.sum() == 2
+    on_onednn = route.library and _dnnl.available()
     if op == "AveragePool":
         want = windows.mean(axis=-1)  # NaN where the window holds one
-    elif route.kept_pools:
+    elif on_onednn:
         want = np.nanmax(windows, axis=-1)
     else:
         want = windows.max(axis=-1)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert bool(route.kept_pools) == (route.library and _dnnl.available())  # (with warm-up)
+    fused = _conv_pool_steps(session)
+    assert len(fused) == (level > 1)
+    if fused:
+        assert ("dnnl_conv_pool" in fused[0].ctx.cache) == on_onednn
+    else:
+        assert bool(route.kept_pools) == on_onednn  # (with warm-up)
 
 
 @pytest.mark.parametrize("hw", [6, 96], ids=["numpy_copy", "torch_cat"])
@@ -1487,3 +1502,152 @@ def test_hard_swish_of_a_large_activation_matches_float64(route: Route,
     with np.errstate(invalid="ignore"):
         want = wide * np.clip(wide / 6 + 0.5, 0, 1)
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- first layer + pooling
+
+FIRST_LAYERS = {
+    # name: (channels, conv attributes, pool op, pool attributes, activation)
+    "squeezenet": (3, {"kernel_shape": [3, 3], "strides": [2, 2]}, "MaxPool",
+                   {"kernel_shape": [3, 3], "strides": [2, 2]}, "Relu"),
+    "resnet": (3, {"kernel_shape": [7, 7], "strides": [2, 2], "pads": [3, 3, 3, 3]}, "MaxPool",
+               {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, "Relu"),
+    "ceil_mode": (4, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, "MaxPool",
+                  {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}, "Clip"),
+    "dilated": (2, {"kernel_shape": [3, 3], "dilations": [2, 2]}, "MaxPool",
+                {"kernel_shape": [3, 3], "strides": [1, 1], "dilations": [2, 2]}, ""),
+    "average": (3, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+                "AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+                "LeakyRelu"),
+    "average_pads_counted": (3, {"kernel_shape": [3, 3]}, "AveragePool",
+                             {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                              "count_include_pad": 1}, "Relu"),
+    # the ceil mode's overhang past counted pads: oneDNN would count it, so the two run apart
+    "average_overhang": (3, {"kernel_shape": [2, 2]}, "AveragePool",
+                         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                          "count_include_pad": 1, "ceil_mode": 1}, "Relu"),
+    # one channel: NCHW is NHWC, the convolution's own path reads it as it is
+    "one_channel": (1, {"kernel_shape": [3, 3]}, "MaxPool",
+                    {"kernel_shape": [2, 2], "strides": [2, 2]}, "Relu"),
+}
+"""First layers of CNNs (the convolution of the image, its activation, the pooling), and the
+variants the blocked path must get right or leave to the two kernels apart."""
+_BLOCKED = {"squeezenet", "resnet", "ceil_mode", "average", "average_pads_counted"}
+"""The cases the blocked path takes (a dilated pair: oneDNN offers only its reference kernel)."""
+
+
+def _first_layer_model(rng: np.random.Generator, name: str, batch: int | str = 1,
+                       size: int = 23) -> onnx.ModelProto:
+    channels, conv_attrs, pool_op, pool_attrs, activation = FIRST_LAYERS[name]
+    nodes = [conv("c", "x", "c")]
+    nodes[0].attribute.extend(helper.make_attribute(k, v) for k, v in conv_attrs.items())
+    init = conv_weights(rng, "c", [16, channels, *conv_attrs["kernel_shape"]])
+    if activation == "Clip":
+        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["a"]))
+        init.update(lo=np.array(0.0, np.float32), hi=np.array(0.5, np.float32))
+    elif activation:
+        nodes.append(helper.make_node(activation, ["c"], ["a"],
+                                      **({"alpha": 0.2} if activation == "LeakyRelu" else {})))
+    nodes.append(helper.make_node(pool_op, ["a" if activation else "c"], ["p"], **pool_attrs))
+    # a second convolution reads the pooled NHWC result, as in a network
+    nodes.append(conv("d", "p", "y", pads=[1, 1, 1, 1]))
+    init.update(conv_weights(rng, "d", [8, 16, 3, 3]))
+    return make_model(nodes, {"x": [batch, channels, size, size]}, ["y", "p"], init)
+
+
+def _conv_pool_steps(session: hetrix.InferenceSession) -> list[Any]:
+    return [step for step in session._plan.steps if step.ctx.op_type == "FusedConvPool"]
+
+
+@pytest.mark.parametrize("name", sorted(FIRST_LAYERS))
+def test_first_layer_and_pooling_run_as_one_node(route: Route, rng: np.random.Generator,
+                                                 name: str) -> None:
+    """The pass fuses every case; the blocked path takes the ones oneDNN computes as ONNX does
+    (the route with oneDNN's primitives), and every route gives ORT's answer, on the first
+    runs and on the direct calls after them."""
+    model = _first_layer_model(rng, name)
+    compared = Compared(model)
+    assert compared.count("conv+pool fusion") == 1
+    channels = FIRST_LAYERS[name][0]
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((1, channels, 23, 23)).astype(np.float32)
+        compared.check({"x": x})
+    (step,) = _conv_pool_steps(compared.ours)
+    blocked = "dnnl_conv_pool" in step.ctx.cache
+    assert blocked == (route.library and _dnnl.available() and name in _BLOCKED)
+    if blocked:
+        assert step.ctx.direct is not None and step.ctx.direct.source is \
+            step.ctx.cache["dnnl_conv_pool"]
+        # the convolution never ran on its own path
+        assert not {"dnnl_convs", "onednn_prepared"} & set(step.ctx.cache)
+    route.check_convs()
+
+
+def test_first_layer_follows_the_batch_and_a_channels_last_input(route: Route,
+                                                                 rng: np.random.Generator
+                                                                 ) -> None:
+    """A symbolic batch: each batch size gets its own primitives; an input the caller gives
+    channels-last takes the convolution's own path (oneDNN's NHWC kernels), with ORT's answer."""
+    compared = Compared(_first_layer_model(rng, "resnet", batch="N", size=30))
+    for batch in (1, 3, 1, 2):
+        compared.check({"x": f32(rng, batch, 3, 30, 30)})
+    channels_last = np.ascontiguousarray(f32(rng, 2, 3, 30, 30).transpose(0, 2, 3, 1))
+    compared.check({"x": channels_last.transpose(0, 3, 1, 2)})
+    route.check_convs()
+
+
+def test_first_layer_serves_two_threads(route: Route, rng: np.random.Generator) -> None:
+    """Each thread binds its own memory objects to the kept primitives (and the direct call
+    belongs to the thread that made it): concurrent runs give each their own answer."""
+    import threading
+
+    compared = Compared(_first_layer_model(rng, "squeezenet"))
+    feeds = [{"x": f32(rng, 1, 3, 23, 23)} for _ in range(4)]
+    expected = [compared.theirs.run(None, f) for f in feeds]
+    compared.ours.run(None, feeds[0])
+    results: dict[int, list[np.ndarray]] = {}
+
+    def run(index: int) -> None:
+        for _ in range(5):
+            results[index] = compared.ours.run(None, feeds[index])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, want in enumerate(expected):
+        assert_outputs_close(results[index], want)
+
+
+def test_first_layer_in_bfloat16_stays_near_float32(rng: np.random.Generator) -> None:
+    pytest.importorskip("torch")
+    from hetrix.errors import HetrixError
+
+    model = _first_layer_model(rng, "resnet", size=40)
+    try:
+        session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision="bf16"))
+    except HetrixError as exc:  # a CPU without bfloat16 convolutions
+        pytest.skip(str(exc))
+    assert len(_conv_pool_steps(session)) == 1
+    reference = ort.InferenceSession(model.SerializeToString(),
+                                     providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        feeds = {"x": np.random.default_rng(seed).standard_normal((1, 3, 40, 40))
+                 .astype(np.float32)}
+        for ours, theirs in zip(session.run(None, feeds), reference.run(None, feeds),
+                                strict=True):
+            scale = float(np.abs(theirs).max())
+            np.testing.assert_allclose(ours.astype(np.float32), theirs, rtol=0.05,
+                                       atol=0.03 * scale)
+
+
+def test_first_layer_profile_counts_the_convolution_work(rng: np.random.Generator) -> None:
+    model = _first_layer_model(rng, "resnet", size=30)
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(enable_profiling=True))
+    session.run(None, {"x": f32(rng, 1, 3, 30, 30)})
+    rows = {row["op_type"]: row for row in session.profile_nodes()}
+    # 7x7 stride 2 pad 3 on 30x30: 15x15 outputs of 16 channels, 3 * 49 multiply-adds each
+    assert rows["FusedConvPool"]["gflops_per_s"] is not None
+    flops = [f for step, _, f in session._timings if step.ctx.op_type == "FusedConvPool"]
+    assert flops and all(f == 2 * 16 * 15 * 15 * 3 * 49 for f in flops)

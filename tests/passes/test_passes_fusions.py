@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from conftest import make_model, optimize_and_run
-from onnx import helper
+from onnx import TensorProto, helper
 
 import hetrix
 from hetrix.passes import optimize
@@ -674,3 +674,67 @@ def test_a_shuffle_whose_grouped_value_is_read_elsewhere_stays() -> None:
     result = optimize_and_run(model, {"x": _f32(1, 12, 5, 4)})
     assert "hetrix::ChannelShuffle" not in result.ops()
     result.assert_close(rtol=0)
+
+
+# --------------------------------------------------------------------------- conv+pool fusion
+
+
+def _first_layer(pool: str = "MaxPool", activation: bool = True, **pool_attrs: object) -> list:
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
+    if activation:
+        nodes.append(helper.make_node("Relu", ["c"], ["a"]))
+    nodes.append(helper.make_node(pool, ["a" if activation else "c"], ["y"],
+                                  kernel_shape=[2, 2], **pool_attrs))
+    return nodes
+
+
+@pytest.mark.parametrize(("pool", "activation", "attrs"), [
+    ("MaxPool", True, {"strides": [2, 2]}),
+    ("MaxPool", False, {"strides": [1, 1], "ceil_mode": 1}),
+    ("AveragePool", True, {"strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+])
+def test_first_conv_and_its_pooling_become_fused_conv_pool(pool: str, activation: bool,
+                                                           attrs: dict) -> None:
+    model = make_model(_first_layer(pool, activation, **attrs), {"x": [1, 3, 6, 6]}, ["y"], CONV)
+    result = optimize_and_run(model, IMAGE)
+    assert result.ops() == {"hetrix::FusedConvPool": 1}
+    assert result.report.count("conv+pool fusion") == 1
+    (fused,) = result.model.graph
+    assert fused.attributes["activation"].value == ("Relu" if activation else "")
+    assert fused.attributes["pool_op_type"].value == pool
+    assert list(fused.attributes["pool_kernel_shape"].value) == [2, 2]
+    for name, value in attrs.items():
+        got = fused.attributes[f"pool_{name}"].value
+        assert (list(got) if isinstance(value, list) else got) == value
+    # the schema's defaults travel too: the kernel reads the pooling as its node would
+    assert fused.attributes["pool_auto_pad"].value == "NOTSET"
+    result.assert_close()
+
+
+def test_conv_pool_fusion_keeps_to_the_first_layer() -> None:
+    """Not fused: a conv of a computed value, of a many-channel input, one whose output is read
+    twice, and a MaxPool whose Indices output is read."""
+    hidden = [helper.make_node("Relu", ["x"], ["r"]),
+              helper.make_node("Conv", ["r", "w", "b"], ["c"]),
+              helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 2])]
+    wide = [helper.make_node("Conv", ["x", "w8", "b"], ["c"]),
+            helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 2])]
+    shared = [helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+              helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2]),
+              helper.make_node("ReduceMean", ["c"], ["m"], keepdims=1),
+              helper.make_node("Add", ["p", "m"], ["y"])]
+    indices = [helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+               helper.make_node("MaxPool", ["c"], ["p", "i"], kernel_shape=[2, 2]),
+               helper.make_node("Cast", ["i"], ["f"], to=TensorProto.FLOAT),
+               helper.make_node("Add", ["p", "f"], ["y"])]
+    init = {**CONV, "w8": _f32(4, 8, 3, 3)}
+    cases = [(hidden, {"x": [1, 3, 6, 6]}, IMAGE, ["y"], "4-D graph input"),
+             (wide, {"x": [1, 8, 6, 6]}, {"x": _f32(1, 8, 6, 6)}, ["y"], "more than 4"),
+             (shared, {"x": [1, 3, 6, 6]}, IMAGE, ["y"], "other readers"),
+             (indices, {"x": [1, 3, 6, 6]}, IMAGE, ["y"], "Indices")]
+    for nodes, inputs, feeds, outputs, reason in cases:
+        result = optimize_and_run(make_model(nodes, inputs, outputs, init), feeds)
+        assert "hetrix::FusedConvPool" not in result.ops()
+        assert any(reason in r for r in _rejected(result.report, "conv+pool fusion",
+                                                  "conv+pool fusion")), reason
+        result.assert_close()

@@ -188,7 +188,8 @@ def _unsupported_reason(precision: str) -> str:
     return _PROBED[precision]
 
 
-_WEIGHTED_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+_WEIGHTED_OPS = ("Conv", "FusedConv", "FusedConvPool", "Gemm", "FusedGemm", "MatMul",
+                 "FusedMatMul")
 """Ops whose inputs 1 and 2 are usually constant weight and bias."""
 
 
@@ -499,6 +500,7 @@ def _is_constant(value: ir.Value) -> bool:
 _KERNELS: dict[tuple[str, str], Kernel] = {
     ("", "Conv"): _conv,
     ("hetrix", "FusedConv"): _conv,
+    ("hetrix", "FusedConvPool"): fused.fused_conv_pool,  # takes reduced arrays as they are
     ("", "MatMul"): _matmul_kernel,
     ("", "Gemm"): _gemm_kernel,
     ("hetrix", "FusedGemm"): _fused_gemm,

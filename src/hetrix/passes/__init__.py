@@ -33,6 +33,7 @@ from hetrix.passes.batchnorm import BatchNormFoldingPass
 from hetrix.passes.constant_folding import ConstantFoldingPass
 from hetrix.passes.fusion import (
     ActivationFusionPass,
+    ConvPoolFusionPass,
     MatMulAddFusionPass,
     ResidualAddFusionPass,
 )
@@ -136,6 +137,8 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(EXTENDED, "conv+add fusion", ResidualAddFusionPass),
     # Activation fusion last: a Fused* node no longer looks like the Conv/Gemm/MatMul it was.
     Stage(EXTENDED, "activation fusion", ActivationFusionPass),
+    # After it: the first layer's FusedConv (with its Relu) then takes the pooling after it.
+    Stage(EXTENDED, "conv+pool fusion", ConvPoolFusionPass),
     # Dead code last, so whatever the rewrites orphaned is gone before the next iteration.
     Stage(BASIC, "dead code elimination", common.RemoveUnusedNodesPass),
 )

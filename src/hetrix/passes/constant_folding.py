@@ -40,7 +40,7 @@ DEFAULT_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 _WEIGHT_READERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm",
-                             "FusedMatMul"})
+                             "FusedMatMul", "FusedConvPool"})
 """Ops whose inputs 1 and 2 are weights and bias."""
 
 

@@ -21,6 +21,11 @@
   instead of writing one more full tensor.
 * A ``Concat`` followed by one of them becomes ``hetrix.FusedConcat``: ShuffleNet's downsampling
   units end in Concat then Relu, which the kernel applies while it copies the inputs.
+* A ``Conv``/``FusedConv`` of an image input (a graph input of up to four channels) read only by
+  a 2-D ``MaxPool`` or ``AveragePool`` becomes ``hetrix.FusedConvPool``, with the pooling's
+  attributes (schema defaults filled) prefixed ``pool_`` and its op type as ``pool_op_type``:
+  the first layer of ResNet, SqueezeNet, DenseNet, Inception and ShuffleNet, whose output the CPU
+  kernel passes to the pooling in oneDNN's blocked layout.
 """
 
 from __future__ import annotations
@@ -312,6 +317,68 @@ class HetrixGeluFusionRule(ActivationFusionRule):
     domain = _ir.HETRIX_DOMAIN
 
 
+FIRST_LAYER_MAX_CHANNELS = 4
+"""A convolution of a graph input with at most this many channels (an image, fed NCHW) fuses
+with the pooling after it: the CPU kernel then keeps the convolution's blocked output for the
+pooling (``_onednn.conv_pool``, which takes the same bound for its NCHW path)."""
+
+
+class ConvPoolRule(Rule):
+    """A model's first convolution (of an image input) -> the MaxPool or AveragePool reading
+    it: one ``hetrix.FusedConvPool``."""
+
+    name = "conv+pool fusion"
+    op_types = ("MaxPool", "AveragePool")
+
+    def match(self, node: ir.Node, ctx: RewriteContext) -> ir.Node:
+        if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+            raise Reject("the MaxPool's Indices output is read")
+        conv = _ir.producer(node.inputs[0])
+        if not (_ir.is_op(conv, "Conv") or _ir.is_op(conv, "FusedConv",
+                                                     domain=_ir.HETRIX_DOMAIN)):
+            raise Reject("input is not produced by a Conv")
+        assert conv is not None
+        if len(conv.inputs) > 3 and conv.inputs[3] is not None:
+            raise Reject("the Conv adds a residual")
+        if _ir.sole_consumer(conv.outputs[0]) is not node:
+            raise Reject("the Conv output has other readers")
+        image = conv.inputs[0]
+        shape = image.shape if image is not None else None
+        if image is None or not image.is_graph_input() or shape is None or len(shape) != 4:
+            raise Reject("the Conv does not read a 4-D graph input")
+        channels = shape[1] if isinstance(shape[1], int) else shape[1].value
+        if not isinstance(channels, int) or channels > FIRST_LAYER_MAX_CHANNELS:
+            raise Reject(f"the Conv's input has more than {FIRST_LAYER_MAX_CHANNELS} channels "
+                         "(or an unknown number)")
+        if image.dtype not in (None, ir.DataType.FLOAT):
+            raise Reject("not a float32 input")
+        pool_kernel = _ir.attribute(node, "kernel_shape", ctx.opset(node.domain))
+        if pool_kernel is None or len(pool_kernel) != 2:
+            raise Reject("not a 2-D pooling")
+        return conv
+
+    def apply(self, conv: ir.Node, ctx: RewriteContext) -> None:
+        pool = _ir.sole_consumer(conv.outputs[0])
+        assert pool is not None
+        ctx.import_hetrix()
+        attributes = [attr for attr in conv.attributes.values()]
+        if conv.op_type == "Conv":
+            attributes += [ir.Attr("activation", ir.AttributeType.STRING, ""),
+                           ir.Attr("activation_params", ir.AttributeType.FLOATS, [])]
+        attributes.append(ir.Attr("pool_op_type", ir.AttributeType.STRING, pool.op_type))
+        for name, attr in _ir.attributes_with_defaults(pool, ctx.opset(pool.domain)).items():
+            attributes.append(ir.Attr(f"pool_{name}", attr.type, attr.value))
+        fused = ir.Node(
+            _ir.HETRIX_DOMAIN,
+            "FusedConvPool",
+            [v for v in conv.inputs[:3]],
+            attributes,
+            name=conv.name,
+            outputs=[ir.Value(name=_ir.fresh_name(pool.outputs[0].name or "conv_pool"))],
+        )
+        _ir.replace(pool, [conv, pool], [fused], [pool.outputs[0]], fused.outputs)
+
+
 class MatMulAddFusionPass(RewritePass):
     """MatMul + bias Add -> Gemm (2-D) or hetrix FusedMatMul."""
 
@@ -331,3 +398,10 @@ class ActivationFusionPass(RewritePass):
 
     def __init__(self) -> None:
         super().__init__([ActivationFusionRule(), HetrixGeluFusionRule()])
+
+
+class ConvPoolFusionPass(RewritePass):
+    """A first-layer Conv (or FusedConv) + MaxPool/AveragePool -> hetrix FusedConvPool."""
+
+    def __init__(self) -> None:
+        super().__init__([ConvPoolRule()])

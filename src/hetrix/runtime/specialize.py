@@ -69,7 +69,8 @@ _STRUCTURAL = (
 
 SHAPE_ONLY_OPS: frozenset[tuple[str, str]] = frozenset(
     {("", op) for op in (_ELEMENTWISE + " " + _STRUCTURAL).split()}
-    | {("hetrix", op) for op in ("Attention", "FusedConv", "FusedGemm", "FusedMatMul", "Gelu",
+    | {("hetrix", op) for op in ("Attention", "FusedConv", "FusedConvPool", "FusedGemm",
+                                 "FusedMatMul", "Gelu",
                                  "LayerNormalization", "Copy", "FusedBatchNormalization",
                                  "FusedConcat")}
 )

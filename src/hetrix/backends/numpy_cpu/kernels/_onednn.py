@@ -280,6 +280,55 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
     return conv(x, w, b, residual, overwrite)
 
 
+def conv_pool(ctx: NodeContext, kernel: Kernel, x: np.ndarray, w: np.ndarray,
+              b: np.ndarray | None, conv_geometry: tuple, activation: str,
+              activation_params: list[float], pool_kind: str, window: Any) -> np.ndarray | None:
+    """``pool(act(conv(x, w) + b))`` for an NCHW image ``x`` of a few channels, by oneDNN
+    primitives that keep the convolution's blocked output for the pooling
+    (:class:`._dnnl.ConvPool`), kept in the node's cache; None where that path does not serve
+    the call (another layout, a weight computed at run time, no kernel for the pair).
+    ``kernel``: the node's kernel, which this result is, so the primitives may become its direct
+    call.  ``conv_geometry``: see ``conv.geometry``; ``window``: the pooling's window on the
+    convolution's output (``pool.window``), of the oneDNN kind ``pool_kind``.
+
+    Unlike a lone convolution's staging (:data:`STAGED_MAX_BYTES`), any batch takes this path:
+    the blocked output is the size of the NHWC one the two ops would pass each other, and the
+    NHWC copy of the input it saves is then memory saved too.
+    """
+    if (
+        w.flags.writeable
+        or (b is not None and b.flags.writeable)
+        or x.dtype not in _PREPARED_DTYPES
+        or not 1 < x.shape[1] <= STAGED_MAX_CHANNELS
+        or x.strides[1] == x.itemsize  # channels-last already: the convolution's own path
+        or not _dnnl.available()
+    ):
+        return None
+    strides, dilations, pads, _, group = conv_geometry
+    cache = ctx.cache
+
+    def make() -> _dnnl.ConvPool | None:
+        with _PACKING:  # see _PACKING: the weight's original may be released below
+            conv = _dnnl.create(
+                x, w, dense_weight(cache, w), b, strides=strides, dilations=dilations,
+                pads=pads, group=group, activation=activation,
+                activation_params=activation_params, residual=None,
+                weights=cache.setdefault("dnnl_weights", []))
+            if conv is None:
+                return None
+            made = _dnnl.create_conv_pool(
+                conv, kind=pool_kind, kernel=window.kernel, strides=window.strides,
+                dilations=window.dilations, pads_begin=window.begin,
+                pads_end=window.library_end(), out=window.out)
+            if (made is not None and 1 in ctx.owned_inputs and w.dtype == _FLOAT32
+                    and cache.get("onednn_released") is not w):
+                _release_packed(cache, w, conv)
+            return made
+
+    return _dnnl.run_kept(ctx, "dnnl_conv_pool", "convolution + pooling (blocked between)",
+                          x, make, kernel=kernel, inputs=(x, w, b)[:ctx.num_inputs])
+
+
 STAGED_MAX_CHANNELS = 4
 """An NCHW source of up to this many channels (a model's input image) goes to oneDNN as it is:
 its first-layer kernels read NCHW and write a blocked layout, which a reorder turns into NHWC

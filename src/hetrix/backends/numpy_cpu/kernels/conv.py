@@ -253,6 +253,27 @@ def _geometry(ctx: NodeContext, x: np.ndarray, w: np.ndarray) -> tuple:
     return strides, dilations, begin, end, int(ctx.attrs.get("group", 1))
 
 
+def geometry(ctx: NodeContext, x: np.ndarray, w: np.ndarray) -> tuple:
+    """(strides, dilations, pads begin, pads end, group) of a Conv node on these shapes, parsed
+    once per input shape and kept in the node's cache."""
+    key = (x.shape, w.shape)
+    cached = ctx.cache.get("geometry")
+    if cached is None or cached[0] != key:
+        cached = (key, _geometry(ctx, x, w))
+        ctx.cache["geometry"] = cached
+    return cached[1]
+
+
+def library_output_shape(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                         conv_geometry: tuple) -> tuple[int, ...] | None:
+    """The output shape where oneDNN computes this convolution (``conv_geometry`` from
+    :func:`geometry`), else None (the NumPy path then serves it, or raises what is wrong)."""
+    strides, dilations, begin, end, group = conv_geometry
+    if not (_onednn.can_run(x, w, b, begin, end) and _channels_match(x, w, group)):
+        return None
+    return _output_shape(x.shape, w.shape, strides, dilations, begin, end)
+
+
 def _channels_match(x: np.ndarray, w: np.ndarray, group: int) -> bool:
     """Whether x, w and group agree (else the NumPy path raises the descriptive error)."""
     return group > 0 and x.shape[1] == w.shape[1] * group and w.shape[0] % group == 0
@@ -309,14 +330,9 @@ def conv_fused(
         y = prepared(x, w, b, residual, overwrite)
         if y is not None:
             return y, ctx.cache["onednn_applied"]
-    key = (x.shape, w.shape)
-    geometry = ctx.cache.get("geometry")
-    if geometry is None or geometry[0] != key:  # attributes parsed once per input shape
-        geometry = (key, _geometry(ctx, x, w))
-        ctx.cache["geometry"] = geometry
-    strides, dilations, begin, end, group = geometry[1]
-    if _onednn.can_run(x, w, b, begin, end) and _channels_match(x, w, group):
-        out_shape = _output_shape(x.shape, w.shape, strides, dilations, begin, end)
+    strides, dilations, begin, end, group = geometry(ctx, x, w)
+    out_shape = library_output_shape(x, w, b, (strides, dilations, begin, end, group))
+    if out_shape is not None:
         # a residual that broadcasts is added by NumPy afterwards, and then so is the activation
         fuse_residual = residual is None or residual.shape == out_shape
         fusable = _onednn.fuses(activation, with_residual=residual is not None)

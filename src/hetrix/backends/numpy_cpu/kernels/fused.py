@@ -13,17 +13,29 @@ fresh output, so a fused node computes exactly what the unfused pair did minus o
   ``epsilon``: the standard ops for models whose opset predates them (20 and 17);
 * ``Attention(Q, Kt, V, mask?)`` with ``scale``: ``softmax(Q @ Kt * scale + mask) @ V`` where
   ``Kt`` is the key already transposed to ``[..., D, S_kv]``;
+* ``FusedConvPool(X, W, B?)``: FusedConv's attributes, plus the MaxPool or AveragePool after
+  it as ``pool_op_type`` and that node's attributes prefixed ``pool_``;
 * ``ChannelShuffle(X)`` with ``groups``: ShuffleNet's Reshape -> Transpose -> Reshape, channel
   ``i * groups + j`` of the output being channel ``j * (C / groups) + i`` of ``X``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 
-from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn, activations, normalization, tensor
+from hetrix.backends import registry
+from hetrix.backends.numpy_cpu.kernels import (
+    _dnnl,
+    _onednn,
+    activations,
+    conv,
+    normalization,
+    pool,
+    tensor,
+)
 from hetrix.backends.numpy_cpu.kernels import attention as attention_kernels
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
 from hetrix.backends.numpy_cpu.kernels.conv import conv_fused
@@ -170,6 +182,67 @@ def fused_conv(
     if not applied:
         return activate(ctx, y)
     _onednn.offer_direct_conv(ctx, fused_conv, (x, w, b, z)[:ctx.num_inputs])
+    return y
+
+
+POOL_PREFIX = "pool_"
+"""A FusedConvPool's pooling attributes are the pooling node's, under this prefix; its op type
+is ``pool_op_type`` (MaxPool or AveragePool)."""
+_POOLS = {"MaxPool": pool.max_pool, "AveragePool": pool.average_pool}
+
+
+def _part_contexts(ctx: NodeContext) -> tuple[NodeContext, NodeContext]:
+    """A FusedConvPool's convolution and pooling as nodes of their own (a FusedConv, a MaxPool
+    or AveragePool: their attributes, their direct calls), made once per node.  The
+    convolution shares the node's cache: its weight, packed once, serves both paths."""
+    made: tuple[NodeContext, NodeContext] | None = ctx.cache.get("part_contexts")
+    if made is None:
+        attrs = {name[len(POOL_PREFIX):]: value for name, value in ctx.attrs.items()
+                 if name.startswith(POOL_PREFIX)}
+        op_type = attrs.pop("op_type", "")
+        if op_type not in _POOLS:
+            raise ValueError(f"FusedConvPool {ctx.name!r}: pool_op_type must be MaxPool or "
+                             f"AveragePool, got {op_type!r}")
+        conv_attrs = {name: value for name, value in ctx.attrs.items()
+                      if not name.startswith(POOL_PREFIX)}
+        made = ctx.cache["part_contexts"] = (
+            dataclasses.replace(ctx, op_type="FusedConv", attrs=conv_attrs, direct=None),
+            dataclasses.replace(
+                ctx, op_type=op_type, domain="", attrs=attrs, num_inputs=1, num_outputs=1,
+                input_names=(f"{ctx.name}/conv",), cache={}, owned_inputs=frozenset(),
+                reusable_inputs=frozenset(), direct=None))
+    return made
+
+
+@kernel("FusedConvPool", since=1, domain="hetrix")
+def fused_conv_pool(
+    ctx: NodeContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
+) -> np.ndarray:
+    """``pool(activation(Conv(x, w, b)))``: a model's first convolution and the pooling after
+    it.  On an NCHW image oneDNN passes its blocked layout from one to the other
+    (:func:`._onednn.conv_pool`); elsewhere the two kernels run one after the other."""
+    conv_ctx, pool_ctx = _part_contexts(ctx)
+    name = activation_name(ctx)
+    conv_geometry = conv.geometry(ctx, x, w)
+    out_shape = conv.library_output_shape(x, w, b, conv_geometry)
+    if out_shape is not None and _onednn.fuses(name, with_residual=False):
+        window = pool.window(pool_ctx, out_shape)
+        kind = pool.library_pooling(pool_ctx, window)
+        if kind is not None:
+            y = _onednn.conv_pool(ctx, fused_conv_pool, x, w, b, conv_geometry, name,
+                                  list(ctx.attrs.get("activation_params") or []), kind, window)
+            if y is not None:
+                return y
+    inputs = (x, w, b)[:ctx.num_inputs]
+    y = _POOLS[pool_ctx.op_type](pool_ctx, fused_conv(conv_ctx, *inputs))
+    # the two parts' direct calls, one after the other, as the node's
+    first, then = conv_ctx.direct, pool_ctx.direct
+    if (first is not None and then is not None and first.positions == then.positions == (0,)
+            and first.owner == then.owner):
+        run_conv, run_pool = first.call, then.call
+        registry.offer_direct(ctx, fused_conv_pool, inputs, (0,),
+                              lambda _fallback: lambda x: run_pool(run_conv(x)),
+                              (first.source, then.source))
     return y
 
 

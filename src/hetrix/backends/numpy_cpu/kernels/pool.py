@@ -48,30 +48,51 @@ class _Window:
         """Every kernel tap, in row-major order."""
         return itertools.product(*(range(k) for k in self.kernel))
 
+    def library_end(self) -> list[int]:
+        """The end pads for a library that takes the ceil mode's overhang as padding."""
+        return [e + extra for e, extra in zip(self.end, self.extra, strict=True)]
 
-def _window(ctx: NodeContext, x: np.ndarray) -> _Window:
-    """The node's window on ``x``'s shape: measured once per input shape and kept in the node's
-    cache (parsing the attributes and pads cost 15-20 us a call, next to 20-100 us of pooling on
-    Inception's shapes).  Callers only read it."""
+
+def library_pooling(ctx: NodeContext, win: _Window) -> str | None:
+    """The oneDNN pooling kind (:data:`._dnnl.POOLINGS`) that computes this MaxPool or
+    AveragePool node's result on a 2-D window ``win``, or None where oneDNN's answer would
+    differ (MaxPool's Indices output; an average counting pads whose ceil-mode windows run
+    past them, taps oneDNN would count too)."""
+    if len(win.kernel) != 2:
+        return None
+    if ctx.op_type == "MaxPool":
+        return "max" if ctx.num_outputs < 2 else None
+    if ctx.op_type != "AveragePool":
+        return None
+    include_pad = bool(ctx.attrs.get("count_include_pad", 0))
+    if include_pad and any(win.extra):
+        return None
+    return "average_with_pads" if include_pad else "average"
+
+
+def window(ctx: NodeContext, shape: tuple[int, ...]) -> _Window:
+    """The node's window on an input of ``shape``: measured once per input shape and kept in
+    the node's cache (parsing the attributes and pads cost 15-20 us a call, next to 20-100 us
+    of pooling on Inception's shapes).  Callers only read it."""
     cached = ctx.cache.get("window")
-    if cached is not None and cached[0] == x.shape:
+    if cached is not None and cached[0] == shape:
         return cached[1]
-    window = _measure_window(ctx, x)
-    ctx.cache["window"] = (x.shape, window)
-    return window
+    measured = _measure_window(ctx, shape)
+    ctx.cache["window"] = (shape, measured)
+    return measured
 
 
-def _measure_window(ctx: NodeContext, x: np.ndarray) -> _Window:
+def _measure_window(ctx: NodeContext, shape: tuple[int, ...]) -> _Window:
     """Read kernel_shape/strides/dilations/pads/auto_pad/ceil_mode and size the output."""
-    nsp = x.ndim - 2
+    nsp = len(shape) - 2
     if nsp < 1:
-        raise ValueError(f"{ctx.op_type}: input must have rank >= 3, got shape {x.shape}")
+        raise ValueError(f"{ctx.op_type}: input must have rank >= 3, got shape {shape}")
     ksz = spatial_ints(ctx, "kernel_shape", nsp, 0)
     if not all(k > 0 for k in ksz):
         raise ValueError(f"{ctx.op_type} {ctx.name!r}: kernel_shape attribute is required")
     strides = spatial_ints(ctx, "strides", nsp, 1)
     dilations = spatial_ints(ctx, "dilations", nsp, 1)
-    sizes = x.shape[2:]
+    sizes = shape[2:]
     begin, end = resolve_pads(ctx, sizes, ksz, strides, dilations)
     ceil_mode = bool(ctx.attrs.get("ceil_mode", 0))
     out, extra = [], []
@@ -202,7 +223,7 @@ def _kept_pool(ctx: NodeContext, x: np.ndarray, kind: str, win: _Window | None,
         else:
             kernel, strides, dilations, begin, out = (win.kernel, win.strides, win.dilations,
                                                       win.begin, win.out)
-            end = [e + extra for e, extra in zip(win.end, win.extra, strict=True)]
+            end = win.library_end()
         return _dnnl.create_pool(x, kind=kind, kernel=kernel, strides=strides,
                                  dilations=dilations, pads_begin=begin, pads_end=end, out=out)
 
@@ -210,8 +231,8 @@ def _kept_pool(ctx: NodeContext, x: np.ndarray, kind: str, win: _Window | None,
 
 
 def _max_pool(ctx: NodeContext, x: np.ndarray) -> tuple[np.ndarray, ...] | np.ndarray:
-    win = _window(ctx, x)
-    if ctx.num_outputs < 2:
+    win = window(ctx, x.shape)
+    if library_pooling(ctx, win) is not None:
         y = _kept_pool(ctx, x, "max", win, max_pool)
         if y is not None:
             return y
@@ -263,13 +284,13 @@ def _window_counts(x_shape: tuple[int, ...], win: _Window, include_pad: bool) ->
 @kernel("AveragePool", since=1)
 def average_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Average pooling; count_include_pad chooses whether pads count in the divisor."""
-    win = _window(ctx, x)
+    win = window(ctx, x.shape)
     include_pad = bool(ctx.attrs.get("count_include_pad", 0))
     # oneDNN's mean with pads divides by the whole kernel: ONNX's too, unless the ceil mode
     # extends windows past the explicit pads (those extra taps do not count)
-    if not (include_pad and any(win.extra)):
-        y = _kept_pool(ctx, x, "average_with_pads" if include_pad else "average", win,
-                       average_pool)
+    library_kind = library_pooling(ctx, win)
+    if library_kind is not None:
+        y = _kept_pool(ctx, x, library_kind, win, average_pool)
         if y is not None:
             return y
     if _torch_pool_fits(x, win) and not any(win.extra) and all(d == 1 for d in win.dilations):
@@ -309,7 +330,7 @@ def _lp_power(x: np.ndarray, p: float) -> np.ndarray:
 def lp_pool(ctx: NodeContext, x: np.ndarray) -> np.ndarray:
     """Lp pooling: (sum over the window of |x|**p) ** (1/p), pads count as zeros."""
     p = _p_norm(ctx)
-    win = _window(ctx, x)
+    win = window(ctx, x.shape)
     acc = np.float32 if x.dtype.itemsize < 4 else x.dtype
     total = _separable(_padded(_lp_power(x.astype(acc, copy=False), p), win, 0), win, np.add)
     return _lp_finish(total, p).astype(x.dtype, copy=False)
