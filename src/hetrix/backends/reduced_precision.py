@@ -139,14 +139,9 @@ class ReducedPrecisionBackend(Backend):
     def from_host(self, value: Any) -> Any:
         if isinstance(value, np.ndarray) and value.dtype == np.float32:
             tensor = _onednn.as_tensor(value)
-            if tensor.dim() == 4 and value.shape[1] > _onednn.STAGED_MAX_CHANNELS:
+            if tensor.dim() == 4:
                 # channels-last, as oneDNN's convolutions and pools want it (PyTorch's bfloat16
-                # max pooling is 20x slower on NCHW: 1.36 against 0.07 ms on 96x55x55).  An
-                # image (a few channels) stays NCHW: oneDNN's first-layer kernels read it as it
-                # is (and a FusedConvPool passes their blocked output to its pooling), and the
-                # cast is a plain one, where the transposing one took 0.5 ms on 3x224x224 in a
-                # run (Inception v1 0.956, SqueezeNet 0.931, ResNet-50 0.965 of the time; batch
-                # 8 SqueezeNet 0.871; `benchmarks/RESULTS.md`)
+                # max pooling is 20x slower on NCHW: 1.36 against 0.07 ms on 96x55x55)
                 torch = import_torch()
                 return _onednn.to_numpy(
                     tensor.to(self._torch_dtype, memory_format=torch.channels_last))
