@@ -12,9 +12,11 @@ With ``--part staged``, of a first convolution reading the NCHW input into a blo
 reordered to NHWC against reading an NHWC copy of the input.  With ``--part batchnorm``, of
 inference BatchNormalization (+ Relu) on a kept oneDNN primitive against PyTorch's addcmul;
 with ``--part softmax``, of Softmax on a kept oneDNN primitive against PyTorch's softmax; with
-``--part lrn``, of LRN on a kept oneDNN primitive against PyTorch's shifted adds; with
-``--part inplace``, of residual convolutions adding their result into the residual's memory
-where the plan allows (``NodeContext.reusable_inputs``) against into a new array.
+``--part layernorm``, of LayerNormalization on a kept oneDNN primitive against PyTorch's
+layer_norm; with ``--part lrn``, of LRN on a kept oneDNN primitive against PyTorch's shifted
+adds; with ``--part inplace``, of residual convolutions adding their result into the
+residual's memory where the plan allows (``NodeContext.reusable_inputs``) against into a new
+array.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -25,7 +27,7 @@ correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differ
 pooling into 0.12, see RESULTS.md).
 
     python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged|
-                                            batchnorm|softmax|lrn|inplace]
+                                            batchnorm|softmax|layernorm|lrn|inplace]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -88,6 +90,8 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     "batchnorm": (_switch(_dnnl, "create_batch_norm", lambda *a, **k: None), "kept", "torch"),
     # Softmax / LogSoftmax on a kept oneDNN primitive (off: PyTorch's softmax)
     "softmax": (_switch(_dnnl, "create_softmax", lambda *a, **k: None), "kept", "torch"),
+    # LayerNormalization on a kept oneDNN primitive (off: PyTorch's layer_norm)
+    "layernorm": (_switch(_dnnl, "create_layer_norm", lambda *a, **k: None), "kept", "torch"),
     # LRN on a kept oneDNN primitive (off: PyTorch's shifted adds; bfloat16 through float32)
     "lrn": (_switch(_dnnl, "create_lrn", lambda *a, **k: None), "kept", "torch"),
     # a convolution adding its result into a residual nothing reads afterwards (off: into a
@@ -103,8 +107,9 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                                   if session._specializer else ())]
         return max(sum(1 for lean in plan.lean_steps if lean[-1].ctx.direct is not None
                        and lean[0] is lean[-1].ctx.direct.call) for plan in plans)
-    if part in ("batchnorm", "softmax", "lrn"):
-        name = {"batchnorm": "dnnl_batch_norm", "softmax": "dnnl_softmax", "lrn": "dnnl_lrn"}[part]
+    if part in ("batchnorm", "softmax", "layernorm", "lrn"):
+        name = {"batchnorm": "dnnl_batch_norm", "softmax": "dnnl_softmax",
+                "layernorm": "dnnl_layer_norm", "lrn": "dnnl_lrn"}[part]
         return sum(1 for step in session._plan.steps if step.ctx.cache.get(name))
     if part == "staged":
         return sum(1 for step in session._plan.steps for conv in
@@ -129,6 +134,7 @@ def main() -> None:
                              "staged: a first conv on the NCHW input or an NHWC copy; "
                              "batchnorm: BatchNormalization on a kept primitive or PyTorch; "
                              "softmax: Softmax on a kept primitive or PyTorch; "
+                             "layernorm: LayerNormalization on a kept primitive or PyTorch; "
                              "lrn: LRN on a kept primitive or PyTorch; "
                              "inplace: a residual convolution's result added in place or "
                              "into a new array")

@@ -227,6 +227,111 @@ def test_layer_norm_matches_float64(name: str, library: str) -> None:
     _assert_close(inv_std, inv_std64, rtol=1e-4)
 
 
+def _layer_norm_session(nodes: list, x_shape: tuple[int, ...],
+                        weights: dict[str, np.ndarray], fed: dict[str, np.ndarray] | None = None,
+                        opset: int = 17) -> hetrix.InferenceSession:
+    fed = fed or {}
+    graph = helper.make_graph(
+        nodes, "case",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))]
+        + [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape))
+           for k, v in fed.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor(k, TensorProto.FLOAT, list(v.shape), v.ravel())
+         for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=9)
+    return hetrix.InferenceSession(model)
+
+
+def _layer_norm64(x: np.ndarray, axis: int, scale: np.ndarray,
+                  bias: np.ndarray | None) -> np.ndarray:
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(axis=axes, keepdims=True)
+    normed = centred / np.sqrt((centred ** 2).mean(axis=axes, keepdims=True) + 1e-5)
+    return normed * scale + (0.0 if bias is None else bias)
+
+
+def _kept_layer_norms(session: hetrix.InferenceSession) -> list[object]:
+    return [step.ctx.cache.get("dnnl_layer_norm") for step in session._plan.steps
+            if step.ctx.op_type == "LayerNormalization"]
+
+
+def _on_onednn(library: str) -> bool:
+    from hetrix.backends.numpy_cpu.kernels import _dnnl
+
+    return library == "library" and _dnnl.available()
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_NORM_CASES))
+def test_layer_norm_of_one_output_on_its_kept_primitive(name: str, library: str) -> None:
+    """Y alone, as transformers use it: oneDNN's primitive the node keeps (where the ``onednn``
+    extra is installed) gives the float64 answer, on the first run and on the direct calls
+    after it; a row of equal values normalizes to the bias."""
+    axis, x_shape, p_shape, with_bias = LAYER_NORM_CASES[name]
+    weights = {"scale": _randn(*p_shape, seed=1)}
+    if with_bias:
+        weights["bias"] = _randn(*p_shape, seed=2)
+    node = helper.make_node("LayerNormalization", ["x", *weights], ["y"], axis=axis,
+                            epsilon=1e-5)
+    session = _layer_norm_session([node], x_shape, weights)
+    for seed in range(3):
+        x = _randn(*x_shape, seed=seed) * 3 + 5
+        x[0] = 7.0  # one whole normalized block constant: variance 0
+        (y,) = session.run(None, {"x": x})
+        _assert_close(y, _layer_norm64(x, axis, weights["scale"], weights.get("bias")),
+                      rtol=1e-4)
+    (kept,) = _kept_layer_norms(session)
+    assert (kept is not None) == _on_onednn(library)
+
+
+def test_layer_norm_of_a_strided_input_or_a_fed_scale_is_not_kept(library: str) -> None:
+    """A transposed input (oneDNN's primitive reads rows in C order) and a scale the caller
+    feeds (it may change between runs) take the other paths, with the float64 answer."""
+    scale, bias = _randn(96, seed=1), _randn(96, seed=2)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+             helper.make_node("LayerNormalization", ["t", "scale", "bias"], ["y"])]
+    session = _layer_norm_session(nodes, (16, 2, 96), {"scale": scale, "bias": bias})
+    x = _randn(16, 2, 96)
+    (y,) = session.run(None, {"x": x})
+    _assert_close(y, _layer_norm64(x.transpose(1, 0, 2), -1, scale, bias), rtol=1e-4)
+    assert _kept_layer_norms(session) == [None]
+
+    node = helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"])
+    session = _layer_norm_session([node], (2, 16, 96), {"bias": bias}, fed={"scale": scale})
+    x = _randn(2, 16, 96)
+    for fed_scale in (scale, scale * 2):
+        (y,) = session.run(None, {"x": x, "scale": fed_scale})
+        _assert_close(y, _layer_norm64(x, -1, fed_scale, bias), rtol=1e-4)
+    assert _kept_layer_norms(session) == [None]
+
+
+def test_layer_norm_recognized_below_opset_17_is_kept_too(library: str) -> None:
+    """The formula PyTorch exports below opset 17 becomes ``hetrix.LayerNormalization``, whose
+    kernel keeps the same primitive."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+             helper.make_node("Sub", ["x", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]),
+             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]),
+             helper.make_node("Mul", ["n", "scale"], ["s"]),
+             helper.make_node("Add", ["s", "bias"], ["y"])]
+    scale, bias = _randn(64, seed=1), _randn(64, seed=2)
+    weights = {"two": np.array(2, np.float32), "eps": np.array(1e-5, np.float32),
+               "scale": scale, "bias": bias}
+    session = _layer_norm_session(nodes, (2, 8, 64), weights, opset=14)
+    assert [s.ctx.domain for s in session._plan.steps] == ["hetrix"]
+    for seed in range(3):
+        x = _randn(2, 8, 64, seed=seed)
+        (y,) = session.run(None, {"x": x})
+        _assert_close(y, _layer_norm64(x, -1, scale, bias), rtol=1e-4)
+    (kept,) = _kept_layer_norms(session)
+    assert (kept is not None) == _on_onednn(library)
+
+
 # --- hetrix.Attention -----------------------------------------------------------------------
 
 

@@ -321,7 +321,7 @@ def layer_norm(
     ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None
 ) -> np.ndarray | tuple[np.ndarray, ...]:
     """The standard LayerNormalization (opset 17) for models of older opsets."""
-    return normalization.layer_norm(ctx, x, scale, bias)
+    return normalization.layer_norm_of(ctx, layer_norm, x, scale, bias)
 
 
 @kernel("Attention", since=1, domain="hetrix")

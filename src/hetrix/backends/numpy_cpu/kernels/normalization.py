@@ -399,11 +399,23 @@ def layer_norm(
     ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None
 ) -> np.ndarray | tuple[np.ndarray, ...]:
     """Normalize over axes [axis, rank), scale and shift; optional Mean and InvStdDev outputs."""
+    return layer_norm_of(ctx, layer_norm, x, scale, bias)
+
+
+def layer_norm_of(
+    ctx: NodeContext, kernel: Any, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None
+) -> np.ndarray | tuple[np.ndarray, ...]:
+    """LayerNormalization for the node whose kernel is ``kernel`` (the standard op's, or
+    Hetrix's for older opsets): that kernel's call is what a kept primitive may replace."""
     op = "LayerNormalization"
     axis = _trailing_axis(op, ctx.attrs.get("axis", -1), x.ndim)
     stash = tensor_dtype_to_np_dtype(ctx.attrs.get("stash_type", 1))
     wd = _work_dtype(x.dtype, stash)
     eps = ctx.attrs.get("epsilon", 1e-5)
+    if ctx.num_outputs == 1 and x.dtype == wd == np.float32:
+        y = kept_layer_norm(ctx, kernel, (x, scale, bias)[:ctx.num_inputs], axis, eps)
+        if y is not None:
+            return y
     if (
         x.dtype == wd == np.float32
         and x.size
@@ -422,6 +434,31 @@ def layer_norm(
             dt = (ctx.output_dtypes[i] if i < len(ctx.output_dtypes) else None) or stash
             outs.append(stat.reshape(stat_shape).astype(dt, copy=False))
     return tuple(outs)
+
+
+def kept_layer_norm(ctx: NodeContext, kernel: Any, inputs: tuple[np.ndarray | None, ...],
+                    axis: int, eps: float) -> np.ndarray | None:
+    """LayerNormalization of ``inputs`` (X, scale, B?) over the axes from ``axis`` on by the
+    oneDNN primitive the node keeps (:class:`._dnnl.LayerNorm`), offered as ``kernel``'s direct
+    call; None where that path does not serve it (no library, parameters that may change between
+    runs or are not float32 values of the normalized shape)."""
+    x, scale = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    assert x is not None and scale is not None
+    if (type(x) is not np.ndarray or not _onednn.available()
+            or any(p is not None and p.flags.writeable for p in (scale, bias))
+            or not _layer_norm_params_fit(x, axis, scale, bias)):
+        return None
+    normalized = x.shape[axis:]
+
+    def make() -> Any:
+        scale_values, bias_values = (None if p is None else np.broadcast_to(p, normalized)
+                                     for p in (scale, bias))
+        assert scale_values is not None
+        return _dnnl.create_layer_norm(x, axis, scale_values, bias_values, float(eps))
+
+    return _dnnl.run_kept(ctx, "dnnl_layer_norm", "layer normalization", x, make,
+                          kernel=kernel, inputs=inputs)
 
 
 def _numpy_layer_norm(
