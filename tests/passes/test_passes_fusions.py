@@ -738,3 +738,69 @@ def test_conv_pool_fusion_keeps_to_the_first_layer() -> None:
         assert any(reason in r for r in _rejected(result.report, "conv+pool fusion",
                                                   "conv+pool fusion")), reason
         result.assert_close()
+
+
+# --------------------------------------------------------------------------- Conv of a Concat
+
+
+def _concat_conv(parts: int, out_channels: int = 4, **conv_attrs: object) -> list:
+    names = [f"x{i}" for i in range(parts)]
+    return [helper.make_node("Concat", names, ["c"], axis=1),
+            helper.make_node("Conv", ["c", "w", "b"], ["v"], **conv_attrs),
+            helper.make_node("Relu", ["v"], ["y"])]
+
+
+@pytest.mark.parametrize(("parts", "attrs"), [
+    (2, {"pads": [1, 1, 1, 1]}),
+    (3, {"strides": [2, 2], "dilations": [2, 2]}),
+])
+def test_conv_of_a_concat_becomes_one_conv_per_part(parts: int, attrs: dict) -> None:
+    """Each part convolves with its slice of the weight; the later ones add into the sum so
+    far (FusedConv's residual), the last with the bias and the Relu after it."""
+    channels = [3, 5, 4][:parts]
+    inputs = {f"x{i}": [1, c, 9, 9] for i, c in enumerate(channels)}
+    feeds = {name: _f32(*shape) for name, shape in inputs.items()}
+    init = {"w": _f32(4, sum(channels), 3, 3), "b": _f32(4)}
+    result = optimize_and_run(make_model(_concat_conv(parts, **attrs), inputs, ["y"], init),
+                              feeds)
+    assert result.ops() == {"Conv": 1, "hetrix::FusedConv": parts - 1}
+    assert result.report.count("Conv of Concat") == 1
+    nodes = list(result.model.graph)
+    assert [list(n.inputs[1].shape) for n in nodes] == [[4, c, 3, 3] for c in channels]
+    assert nodes[-1].inputs[2] is not None and nodes[-1].inputs[2].name == "b"
+    assert all(n.inputs[2] is None for n in nodes[1:-1])
+    assert nodes[-1].attributes["activation"].value == "Relu"
+    assert "w" not in result.model.graph.initializers  # the whole weight is not kept as well
+    result.assert_close()
+
+
+def test_conv_of_a_concat_is_kept_where_splitting_does_not_pay_or_apply() -> None:
+    """Not split: a Concat read twice, a grouped conv, a concatenation along another axis, a
+    weight the caller feeds, and partial sums larger than the concatenation."""
+    two = {"x0": [1, 4, 6, 6], "x1": [1, 4, 6, 6]}
+    feeds = {"x0": _f32(1, 4, 6, 6), "x1": _f32(1, 4, 6, 6)}
+    shared = [helper.make_node("Concat", ["x0", "x1"], ["c"], axis=1),
+              helper.make_node("Conv", ["c", "w"], ["v"]),
+              helper.make_node("ReduceMean", ["c"], ["m"], axes=[1], keepdims=1),
+              helper.make_node("Add", ["v", "m"], ["y"])]
+    grouped = [helper.make_node("Concat", ["x0", "x1"], ["c"], axis=1),
+               helper.make_node("Conv", ["c", "wg"], ["y"], group=2)]
+    spatial = [helper.make_node("Concat", ["x0", "x1"], ["c"], axis=2),
+               helper.make_node("Conv", ["c", "wg"], ["y"])]
+    wide = [helper.make_node("Concat", ["x0", "x1"], ["c"], axis=1),
+            helper.make_node("Conv", ["c", "ww"], ["y"])]
+    init = {"w": _f32(2, 8, 1, 1), "wg": _f32(2, 4, 1, 1), "ww": _f32(16, 8, 1, 1)}
+    cases = [(shared, init, {}, "other readers"), (grouped, init, {}, "grouped"),
+             (spatial, init, {}, "not a concatenation of channels"),
+             (wide, init, {}, "outweigh"),
+             (_concat_conv(2, 2)[:2], {"b": _f32(2)}, {"w": _f32(2, 8, 1, 1)},
+              "not a constant")]
+    for nodes, weights, fed, reason in cases:
+        outputs = ["y"] if nodes[-1].output[0] == "y" else ["v"]
+        model = make_model(nodes, {**two, **{k: list(v.shape) for k, v in fed.items()}},
+                           outputs, weights)
+        result = optimize_and_run(model, {**feeds, **fed})
+        assert "Concat" in result.ops(), reason
+        assert any(reason in r for r in _rejected(result.report, "concat+conv split",
+                                                  "Conv of Concat")), reason
+        result.assert_close()

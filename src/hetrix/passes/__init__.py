@@ -33,6 +33,7 @@ from hetrix.passes.batchnorm import BatchNormFoldingPass
 from hetrix.passes.constant_folding import ConstantFoldingPass
 from hetrix.passes.fusion import (
     ActivationFusionPass,
+    ConcatConvSplitPass,
     ConvPoolFusionPass,
     MatMulAddFusionPass,
     ResidualAddFusionPass,
@@ -133,6 +134,9 @@ PIPELINE: tuple[Stage, ...] = (
     # Recognition before activation fusion: the Gelu it emits then fuses into its MatMul.
     Stage(EXTENDED, "pattern recognition", PatternRecognitionPass),
     Stage(ALL, "attention fusion", AttentionFusionPass),
+    # A Conv of a Concat becomes per-part convolutions summed as residuals, before the Relu
+    # after it fuses (into the last of them).
+    Stage(EXTENDED, "concat+conv split", ConcatConvSplitPass),
     # The residual Add of ResNet-style blocks joins its Conv before the activation after it does.
     Stage(EXTENDED, "conv+add fusion", ResidualAddFusionPass),
     # Activation fusion last: a Fused* node no longer looks like the Conv/Gemm/MatMul it was.

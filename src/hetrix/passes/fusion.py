@@ -21,6 +21,12 @@
   instead of writing one more full tensor.
 * A ``Concat`` followed by one of them becomes ``hetrix.FusedConcat``: ShuffleNet's downsampling
   units end in Concat then Relu, which the kernel applies while it copies the inputs.
+* ``Conv(Concat(a, b, ...), W, B)`` (channels, the Concat read by the Conv alone, a constant
+  ungrouped weight) becomes ``Conv(a, W_a)`` then ``hetrix.FusedConv(b, W_b, B, Z)`` adding into
+  the sum so far: a convolution is linear in its input channels, so the parts are read where
+  they are and the concatenation, a copy of all of them, is never written (SqueezeNet's fire
+  modules, a U-Net decoder's skip connection).  Not where the partial sums (one output per part
+  after the first) would be larger than the concatenation.
 * A ``Conv``/``FusedConv`` of an image input (a graph input of up to four channels) read only by
   a 2-D ``MaxPool`` or ``AveragePool`` becomes ``hetrix.FusedConvPool``, with the pooling's
   attributes (schema defaults filled) prefixed ``pool_`` and its op type as ``pool_op_type``:
@@ -154,6 +160,87 @@ class ResidualAddRule(Rule):
             outputs=[ir.Value(name=_ir.fresh_name(add.outputs[0].name or "conv_add"))],
         )
         _ir.replace(add, [conv, add], [fused], [add.outputs[0]], fused.outputs)
+
+
+class ConcatConvSplitRule(Rule):
+    """``Conv(Concat(a, b, ...), W, B)`` -> ``Conv(a, W_a)``, then ``FusedConv(b, W_b, B, Z)``
+    adding each part's convolution into the sum of those before: a convolution is linear in
+    its input channels, so the concatenation (a full copy of every part) is never made."""
+
+    name = "Conv of Concat"
+    op_types = ("Conv",)
+
+    def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, list[int], np.ndarray]:
+        concat = _ir.producer(node.inputs[0])
+        if not _ir.is_op(concat, "Concat"):
+            raise Reject("input is not produced by a Concat")
+        assert concat is not None
+        if _ir.sole_consumer(concat.outputs[0]) is not node:
+            raise Reject("the Concat output has other readers")
+        if len(concat.inputs) < 2 or any(v is None for v in concat.inputs):
+            raise Reject("fewer than two parts")
+        version = ctx.opset(node.domain)
+        if (_ir.attribute(node, "group", version) or 1) != 1:
+            raise Reject("a grouped convolution")
+        weight = _ir.const_array(node.inputs[1])
+        if weight is None or weight.ndim < 3:
+            raise Reject("the weight is not a constant")
+        rank = weight.ndim
+        axis = _ir.attribute(concat, "axis", ctx.opset(concat.domain))
+        if axis is None or axis % rank != 1:
+            raise Reject("not a concatenation of channels")
+        channels = []
+        for part in concat.inputs:
+            shape = part.shape if part is not None else None
+            dim = shape[1] if shape is not None and len(shape) == rank else None
+            size = dim if isinstance(dim, int) else getattr(dim, "value", None)
+            if not isinstance(size, int):
+                raise Reject("a part's channel count is unknown")
+            channels.append(size)
+        if sum(channels) != weight.shape[1]:
+            raise Reject("the parts' channels do not add up to the weight's")
+        # each part after the first writes and reads back a partial sum of the output's size:
+        # worth it while that is less than the concatenation it replaces (written and read)
+        if weight.shape[0] * (len(channels) - 1) > sum(channels):
+            raise Reject("the partial sums would outweigh the concatenation")
+        if node.outputs[0].dtype not in (None, ir.DataType.FLOAT):
+            raise Reject("not a float32 output")
+        return concat, channels, weight
+
+    def apply(self, match: tuple[ir.Node, list[int], np.ndarray], ctx: RewriteContext) -> None:
+        concat, channels, weight = match
+        conv = _ir.sole_consumer(concat.outputs[0])
+        assert conv is not None and conv.graph is not None
+        ctx.import_hetrix()
+        bias = conv.inputs[2] if len(conv.inputs) > 2 else None
+        attributes = list(conv.attributes.values())
+
+        def copied(extra: list[ir.Attr]) -> list[ir.Attr]:  # each node gets its own
+            return [ir.Attr(a.name, a.type, a.value) for a in [*attributes, *extra]]
+
+        nodes: list[ir.Node] = []
+        start = 0
+        total: ir.Value | None = None
+        for index, (part, count) in enumerate(zip(concat.inputs, channels, strict=True)):
+            piece = _ir.add_initializer(conv.graph, _ir.name_of(conv.inputs[1], "w") + "_part",
+                                        np.ascontiguousarray(weight[:, start:start + count]))
+            start += count
+            last = index == len(channels) - 1
+            out = ir.Value(name=_ir.fresh_name((conv.outputs[0].name or "conv") + "_part"))
+            if total is None:
+                nodes.append(ir.Node("", "Conv", [part, piece], copied([]), name=conv.name,
+                                     outputs=[out]))
+            else:
+                activation = ir.Attr("activation", ir.AttributeType.STRING, "")
+                nodes.append(ir.Node(_ir.HETRIX_DOMAIN, "FusedConv",
+                                     [part, piece, bias if last else None, total],
+                                     copied([activation]), name=f"{conv.name}_part{index}",
+                                     outputs=[out]))
+            out.dtype = conv.outputs[0].dtype
+            out.shape = conv.outputs[0].shape
+            total = out
+        assert total is not None
+        _ir.replace(conv, [concat, conv], nodes, [conv.outputs[0]], [total])
 
 
 def _known_different_shapes(a: ir.Shape | None, b: ir.Shape | None) -> bool:
@@ -405,3 +492,10 @@ class ConvPoolFusionPass(RewritePass):
 
     def __init__(self) -> None:
         super().__init__([ConvPoolRule()])
+
+
+class ConcatConvSplitPass(RewritePass):
+    """Conv of a channel Concat read by it alone -> one convolution per part, summed."""
+
+    def __init__(self) -> None:
+        super().__init__([ConcatConvSplitRule()])
