@@ -236,7 +236,7 @@ class ConcatConvSplitRule(Rule):
                                      [part, piece, bias if last else None, total],
                                      copied([activation]), name=f"{conv.name}_part{index}",
                                      outputs=[out]))
-            out.dtype = conv.outputs[0].dtype
+            out.type = conv.outputs[0].type
             out.shape = conv.outputs[0].shape
             total = out
         assert total is not None
