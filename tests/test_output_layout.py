@@ -71,3 +71,34 @@ def test_a_convolution_output_reaches_the_caller_in_c_order() -> None:
         [y] = session.run(None, {"x": x})
         assert y.flags.c_contiguous and y.flags.owndata
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_input_image_enters_bfloat16_channels_last_as_pytorch_rounds_it() -> None:
+    """The reduced-precision backend converts a 4-D float32 value by oneDNN's reorder
+    (``_dnnl.channels_last_cast``): the same bfloat16 values as PyTorch's cast (round to
+    nearest even; NaN, infinities and overflow kept), channels-last, for any source layout,
+    except that float32 subnormals may become zero (oneDNN's vectorised reorder flushes them,
+    its reorder of strided sources keeps them; the matrix units that compute in bfloat16 read
+    them as zero anyway); types oneDNN does not have here (float16) are left to PyTorch."""
+    torch = pytest.importorskip("torch")
+    if not _dnnl.available():
+        pytest.skip("the onednn extra is not installed")
+    from hetrix.backends.reduced_precision import ReducedPrecisionBackend
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 9, 11)).astype(np.float32) * 100
+    flat = x.reshape(-1)
+    flat[:8] = [np.nan, np.inf, -np.inf, 1e-40, -1e-42, 3.4e38, 1.00390625, 1.01171875]
+    backend = ReducedPrecisionBackend("bf16")
+    for source in (x, x[:, :, ::2], np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                   .transpose(0, 3, 1, 2)):
+        ours = backend.from_host(source)
+        want = torch.from_numpy(np.ascontiguousarray(source)).to(torch.bfloat16).float().numpy()
+        assert ours.dtype == ml_dtypes.bfloat16 and ours.shape == source.shape
+        assert ours.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last memory
+        got = ours.astype(np.float32)
+        subnormal = np.abs(source) < np.finfo(np.float32).tiny
+        np.testing.assert_array_equal(got[~subnormal], want[~subnormal])
+        assert np.all((got[subnormal] == 0) | (got[subnormal] == want[subnormal]))
+    assert _dnnl.channels_last_cast(x, np.float16) is None
+    assert _dnnl.channels_last_cast(x[0], ml_dtypes.bfloat16) is None

@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hetrix.backends.base import Backend
-from hetrix.backends.numpy_cpu.kernels import _onednn, fused, normalization, pool, tensor
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn, fused, normalization, pool, tensor
 from hetrix.backends.numpy_cpu.kernels.conv import conv_fused
 from hetrix.backends.registry import Kernel, NodeContext
 from hetrix.backends.torch_setup import import_torch
@@ -141,7 +141,11 @@ class ReducedPrecisionBackend(Backend):
             tensor = _onednn.as_tensor(value)
             if tensor.dim() == 4:
                 # channels-last, as oneDNN's convolutions and pools want it (PyTorch's bfloat16
-                # max pooling is 20x slower on NCHW: 1.36 against 0.07 ms on 96x55x55)
+                # max pooling is 20x slower on NCHW: 1.36 against 0.07 ms on 96x55x55); by a
+                # oneDNN reorder where it serves the type (half PyTorch's time on an image)
+                cast = _dnnl.channels_last_cast(value, PRECISIONS[self.precision])
+                if cast is not None:
+                    return cast
                 torch = import_torch()
                 return _onednn.to_numpy(
                     tensor.to(self._torch_dtype, memory_format=torch.channels_last))
