@@ -1662,7 +1662,9 @@ def test_conv_of_a_concat_split_into_parts_matches_ort(route: Route, rng: np.ran
     """A U-Net decoder step (the upsampled features concatenated with the skip connection,
     then a 3x3 conv and Relu) and a SqueezeNet fire module (two expands concatenated, then the
     next squeeze): the convolution of each part added into the sum so far gives ORT's answer,
-    on every route, on the first runs and the direct calls after them."""
+    on every route, on the first runs and the direct calls after them; the fire module's
+    pooling (SqueezeNet's between its stages) pools each part before the convolution reads
+    them."""
     nodes = [conv("s", "x", "s0", **PAD1), helper.make_node("Relu", ["s0"], ["skip"]),
              conv("d", "skip", "d0", strides=[2, 2], **PAD1),
              helper.make_node("Relu", ["d0"], ["low"]),
@@ -1672,13 +1674,16 @@ def test_conv_of_a_concat_split_into_parts_matches_ort(route: Route, rng: np.ran
              # a fire module on the decoded features
              conv("e1", "dec", "e1o"), conv("e3", "dec", "e3o", **PAD1),
              helper.make_node("Concat", ["e1o", "e3o"], ["fire"], axis=1),
-             conv("q", "fire", "y")]
+             helper.make_node("MaxPool", ["fire"], ["pooled"], kernel_shape=[3, 3],
+                              strides=[2, 2], ceil_mode=1),
+             conv("q", "pooled", "y")]
     weights = {**conv_weights(rng, "s", (16, 3, 3, 3)), **conv_weights(rng, "d", (32, 16, 3, 3)),
                **conv_weights(rng, "m", (16, 48, 3, 3)), **conv_weights(rng, "e1", (24, 16, 1, 1)),
                **conv_weights(rng, "e3", (24, 16, 3, 3)), **conv_weights(rng, "q", (8, 48, 1, 1)),
                "scales": np.array([1, 1, 2, 2], np.float32)}
     compared = Compared(make_model(nodes, {"x": [batch, 3, 20, 20]}, ["y", "dec"], weights))
     assert compared.count("Conv of Concat") == 2
+    assert compared.count("Pool of Concat") == 1
     ops = [step.ctx.op_type for step in compared.ours._plan.steps]
     assert "Concat" not in ops
     for seed in range(3):

@@ -804,3 +804,47 @@ def test_conv_of_a_concat_is_kept_where_splitting_does_not_pay_or_apply() -> Non
         assert any(reason in r for r in _rejected(result.report, "concat+conv split",
                                                   "Conv of Concat")), reason
         result.assert_close()
+
+
+# --------------------------------------------------------------------------- Pool of a Concat
+
+
+@pytest.mark.parametrize(("pool", "attrs"), [
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                     "count_include_pad": 1}),
+])
+def test_pool_of_a_concat_pools_each_part(pool: str, attrs: dict) -> None:
+    """Pooling never mixes channels: each part is pooled where it is and the (smaller) pooled
+    parts are concatenated; a convolution after that then reads the parts (Conv of Concat)."""
+    inputs = {"x0": [1, 3, 9, 9], "x1": [1, 5, 9, 9]}
+    feeds = {name: _f32(*shape) for name, shape in inputs.items()}
+    nodes = [helper.make_node("Concat", ["x0", "x1"], ["c"], axis=1),
+             helper.make_node(pool, ["c"], ["y"], **attrs)]
+    result = optimize_and_run(make_model(nodes, inputs, ["y"]), feeds)
+    assert result.ops() == {pool: 2, "Concat": 1}
+    assert result.report.count("Pool of Concat") == 1
+    result.assert_close(rtol=0)
+
+    nodes.append(helper.make_node("Conv", ["y", "w"], ["z"]))
+    result = optimize_and_run(make_model(nodes, inputs, ["z"], {"w": _f32(4, 8, 1, 1)}), feeds)
+    assert result.ops() == {pool: 2, "Conv": 1, "hetrix::FusedConv": 1}
+    result.assert_close()
+
+
+def test_pool_of_a_concat_is_kept_where_it_would_not_shrink_or_is_read_twice() -> None:
+    inputs = {"x0": [1, 3, 8, 8], "x1": [1, 5, 8, 8]}
+    feeds = {name: _f32(*shape) for name, shape in inputs.items()}
+    concat = helper.make_node("Concat", ["x0", "x1"], ["c"], axis=1)
+    same_size = [concat, helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[3, 3],
+                                          pads=[1, 1, 1, 1])]
+    read_twice = [concat, helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2],
+                                           strides=[2, 2]),
+                  helper.make_node("ReduceMax", ["c"], ["m"], axes=[2, 3], keepdims=1),
+                  helper.make_node("Add", ["p", "m"], ["y"])]
+    for nodes, reason in ((same_size, "does not shrink"), (read_twice, "other readers")):
+        result = optimize_and_run(make_model(nodes, inputs, ["y"]), feeds)
+        assert result.ops()["Concat"] == 1
+        assert any(reason in r for r in _rejected(result.report, "pool of concat",
+                                                  "Pool of Concat")), reason
+        result.assert_close(rtol=0)

@@ -36,6 +36,7 @@ from hetrix.passes.fusion import (
     ConcatConvSplitPass,
     ConvPoolFusionPass,
     MatMulAddFusionPass,
+    PoolOfConcatPass,
     ResidualAddFusionPass,
 )
 from hetrix.passes.noop import NoOpEliminationPass
@@ -134,6 +135,9 @@ PIPELINE: tuple[Stage, ...] = (
     # Recognition before activation fusion: the Gelu it emits then fuses into its MatMul.
     Stage(EXTENDED, "pattern recognition", PatternRecognitionPass),
     Stage(ALL, "attention fusion", AttentionFusionPass),
+    # Pooling moves before a channel Concat (it never mixes channels): the Conv of Concat rule
+    # then finds the Concat of the pooled parts before the next convolution.
+    Stage(EXTENDED, "pool of concat", PoolOfConcatPass),
     # A Conv of a Concat becomes per-part convolutions summed as residuals, before the Relu
     # after it fuses (into the last of them).
     Stage(EXTENDED, "concat+conv split", ConcatConvSplitPass),

@@ -21,6 +21,10 @@
   instead of writing one more full tensor.
 * A ``Concat`` followed by one of them becomes ``hetrix.FusedConcat``: ShuffleNet's downsampling
   units end in Concat then Relu, which the kernel applies while it copies the inputs.
+* ``MaxPool(Concat(a, b, ...))`` or ``AveragePool`` (channels, the Concat read by the pooling
+  alone, a stride above 1) becomes ``Concat(MaxPool(a), MaxPool(b), ...)``: pooling never
+  mixes channels, so the parts are pooled where they are and only the smaller pooled parts
+  are copied (or, before a convolution, not at all: the rule below).
 * ``Conv(Concat(a, b, ...), W, B)`` (channels, the Concat read by the Conv alone, a constant
   ungrouped weight) becomes ``Conv(a, W_a)`` then ``hetrix.FusedConv(b, W_b, B, Z)`` adding into
   the sum so far: a convolution is linear in its input channels, so the parts are read where
@@ -241,6 +245,56 @@ class ConcatConvSplitRule(Rule):
             total = out
         assert total is not None
         _ir.replace(conv, [concat, conv], nodes, [conv.outputs[0]], [total])
+
+
+class PoolOfConcatRule(Rule):
+    """``MaxPool(Concat(a, b, ...))`` (or AveragePool) -> ``Concat(MaxPool(a), MaxPool(b),
+    ...)``: pooling never mixes channels, so each part is pooled where it is and only the
+    pooled parts, a fraction of the size, are concatenated (then, before a convolution, the
+    Conv of Concat rule removes that concatenation too)."""
+
+    name = "Pool of Concat"
+    op_types = ("MaxPool", "AveragePool")
+
+    def match(self, node: ir.Node, ctx: RewriteContext) -> ir.Node:
+        if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output()):
+            raise Reject("the MaxPool's Indices output is read")
+        concat = _ir.producer(node.inputs[0])
+        if not _ir.is_op(concat, "Concat"):
+            raise Reject("input is not produced by a Concat")
+        assert concat is not None
+        if _ir.sole_consumer(concat.outputs[0]) is not node:
+            raise Reject("the Concat output has other readers")
+        rank = _ir.rank(concat.outputs[0])
+        axis = _ir.attribute(concat, "axis", ctx.opset(concat.domain))
+        if rank is None or axis is None or axis % rank != 1:
+            raise Reject("not a concatenation of channels")
+        version = ctx.opset(node.domain)
+        strides = _ir.attribute(node, "strides", version) or []
+        if not any(s > 1 for s in strides):
+            raise Reject("the pooling does not shrink its input")
+        return concat
+
+    def apply(self, concat: ir.Node, ctx: RewriteContext) -> None:
+        pool = _ir.sole_consumer(concat.outputs[0])
+        assert pool is not None
+        pooled = []
+        result = pool.outputs[0]
+        for index, part in enumerate(concat.inputs):
+            out = ir.Value(name=_ir.fresh_name((result.name or "pool") + "_part"))
+            # the pooled part's shape: the result's, with the part's channels
+            if part is not None and result.shape is not None and part.shape is not None:
+                out.shape = ir.Shape([result.shape[0], part.shape[1], *result.shape[2:]])
+                out.type = part.type
+            pooled.append(ir.Node(pool.domain, pool.op_type, [part],
+                                  [ir.Attr(a.name, a.type, a.value)
+                                   for a in pool.attributes.values()],
+                                  name=f"{pool.name}_part{index}", outputs=[out]))
+        joined = ir.Node(concat.domain, concat.op_type, [p.outputs[0] for p in pooled],
+                         [ir.Attr(a.name, a.type, a.value) for a in concat.attributes.values()],
+                         name=concat.name,
+                         outputs=[ir.Value(name=_ir.fresh_name(pool.outputs[0].name or "cat"))])
+        _ir.replace(pool, [concat, pool], [*pooled, joined], [pool.outputs[0]], joined.outputs)
 
 
 def _known_different_shapes(a: ir.Shape | None, b: ir.Shape | None) -> bool:
@@ -499,3 +553,10 @@ class ConcatConvSplitPass(RewritePass):
 
     def __init__(self) -> None:
         super().__init__([ConcatConvSplitRule()])
+
+
+class PoolOfConcatPass(RewritePass):
+    """MaxPool/AveragePool of a channel Concat read by it alone -> the Concat of pooled parts."""
+
+    def __init__(self) -> None:
+        super().__init__([PoolOfConcatRule()])
