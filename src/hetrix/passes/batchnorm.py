@@ -289,5 +289,4 @@ BATCHNORM_RULES: tuple[type[Rule], ...] = (
 class BatchNormFoldingPass(RewritePass):
     """Folds BatchNormalization and per-channel Mul/Add into Conv/Gemm/MatMul/BatchNorm."""
 
-    def __init__(self) -> None:
-        super().__init__([rule() for rule in BATCHNORM_RULES])
+    rule_types = tuple(BATCHNORM_RULES)

@@ -523,40 +523,34 @@ class ConvPoolRule(Rule):
 class MatMulAddFusionPass(RewritePass):
     """MatMul + bias Add -> Gemm (2-D) or hetrix FusedMatMul."""
 
-    def __init__(self) -> None:
-        super().__init__([MatMulAddRule()])
+    rule_types = (MatMulAddRule,)
 
 
 class ResidualAddFusionPass(RewritePass):
     """Conv + same-shaped Add -> hetrix FusedConv with the residual input Z."""
 
-    def __init__(self) -> None:
-        super().__init__([ResidualAddRule()])
+    rule_types = (ResidualAddRule,)
 
 
 class ActivationFusionPass(RewritePass):
     """Folds an activation into the Conv/Gemm/MatMul that feeds it (hetrix Fused* ops)."""
 
-    def __init__(self) -> None:
-        super().__init__([ActivationFusionRule(), HetrixGeluFusionRule()])
+    rule_types = (ActivationFusionRule, HetrixGeluFusionRule)
 
 
 class ConvPoolFusionPass(RewritePass):
     """A first-layer Conv (or FusedConv) + MaxPool/AveragePool -> hetrix FusedConvPool."""
 
-    def __init__(self) -> None:
-        super().__init__([ConvPoolRule()])
+    rule_types = (ConvPoolRule,)
 
 
 class ConcatConvSplitPass(RewritePass):
     """Conv of a channel Concat read by it alone -> one convolution per part, summed."""
 
-    def __init__(self) -> None:
-        super().__init__([ConcatConvSplitRule()])
+    rule_types = (ConcatConvSplitRule,)
 
 
 class PoolOfConcatPass(RewritePass):
     """MaxPool/AveragePool of a channel Concat read by it alone -> the Concat of pooled parts."""
 
-    def __init__(self) -> None:
-        super().__init__([PoolOfConcatRule()])
+    rule_types = (PoolOfConcatRule,)

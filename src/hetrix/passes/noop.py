@@ -209,5 +209,4 @@ NOOP_RULES: tuple[type[Rule], ...] = (
 class NoOpEliminationPass(RewritePass):
     """Removes the nodes :data:`NOOP_RULES` prove to be identities (see the module docstring)."""
 
-    def __init__(self) -> None:
-        super().__init__([rule() for rule in NOOP_RULES])
+    rule_types = tuple(NOOP_RULES)

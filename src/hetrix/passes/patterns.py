@@ -500,12 +500,10 @@ class PatternRecognitionPass(RewritePass):
     """LayerNorm, GELU and channel-shuffle formulas -> LayerNormalization / Gelu /
     ChannelShuffle ops."""
 
-    def __init__(self) -> None:
-        super().__init__([LayerNormRule(), GeluRule(), ChannelShuffleRule()])
+    rule_types = (LayerNormRule, GeluRule, ChannelShuffleRule)
 
 
 class AttentionFusionPass(RewritePass):
     """Scaled dot-product attention -> hetrix Attention."""
 
-    def __init__(self) -> None:
-        super().__init__([AttentionRule()])
+    rule_types = (AttentionRule,)

@@ -3,8 +3,9 @@
 A :class:`Rule` has the three parts of a fusion: a *pattern* (the op types of its anchor node,
 then :meth:`Rule.match` walking from it), a *check* (``match`` raises :class:`Reject` with the
 reason when a precondition fails) and a *rewrite* (:meth:`Rule.apply`).  :class:`RewritePass`
-runs a list of rules over every graph of a model, counts what fired by rule name and keeps the
-rejections, so ``hetrix info --optimized`` can say why a fusion did not fire::
+runs its rules (a subclass names their classes in ``rule_types``) over every graph of a
+model, counts what fired by rule name and keeps the rejections, so ``hetrix info --optimized``
+can say why a fusion did not fire::
 
     class ConvRelu(Rule):
         name = "Conv+Relu"
@@ -100,11 +101,14 @@ class RewritePass(ir.passes.InPlacePass):
     runs passes to a fixpoint).  ``stats`` holds the counts of the last call.
     """
 
-    def __init__(self, rules: list[Rule]) -> None:
+    rule_types: ClassVar[tuple[type[Rule], ...]] = ()
+    """The rules a pass subclass applies, in priority order; one of each is made per pass."""
+
+    def __init__(self, rules: list[Rule] | None = None) -> None:
         super().__init__()
-        self.rules = rules
+        self.rules = rules if rules is not None else [rule() for rule in self.rule_types]
         self._by_op: dict[tuple[str, str], list[Rule]] = {}
-        for rule in rules:
+        for rule in self.rules:
             for op_type in rule.op_types:
                 self._by_op.setdefault((normal_domain(rule.domain), op_type), []).append(rule)
         self.stats = RewriteStats()
