@@ -458,3 +458,38 @@ def test_bfloat16_single_rows_on_the_bfloat16_gemm(form: str, tmp_path) -> None:
         caches = [s.ctx.cache for s in session._plan.steps if "Gemm" in s.ctx.op_type
                   or "MatMul" in s.ctx.op_type]
         assert len(caches) == 1 and path_key in caches[0], (rows, list(caches[0]))
+
+
+@pytest.mark.parametrize("size", [1, 1000, 1 << 14, (1 << 14) + 1, 1 << 16])
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_values_leave_the_reduced_space_as_exact_float32(size: int, dtype_name: str) -> None:
+    """Small values leave by NumPy's cast, large ones by PyTorch's: either way the float32
+    result is the exact widening of every element (NaN, infinities, -0, subnormals included),
+    C-ordered in the value's shape, whatever the source's memory order."""
+    import ml_dtypes
+
+    from hetrix.backends.reduced_precision import ReducedPrecisionBackend
+
+    if not _cpu_runs("bf16"):
+        pytest.skip("bf16 is not available on this CPU")
+    backend = ReducedPrecisionBackend("bf16")
+    dtype = np.dtype(getattr(ml_dtypes, dtype_name, None) or dtype_name)
+    tiny = float(ml_dtypes.finfo(dtype).smallest_subnormal)
+    values = np.random.default_rng(size).standard_normal(size) * 100
+    values[: min(size, 6)] = [np.nan, np.inf, -np.inf, -0.0, tiny, -3 * tiny][: min(size, 6)]
+    reduced = values.astype(dtype)
+    expected = reduced.astype(np.float64)
+    channels = 4 if size % 4 == 0 else 1
+    layouts = [reduced, reduced.reshape(1, channels, -1, 1)]
+    if channels == 4:  # an NCHW view of NHWC memory, as oneDNN's convolutions write
+        layouts.append(np.ascontiguousarray(reduced.reshape(1, 4, -1, 1).transpose(0, 2, 3, 1))
+                       .transpose(0, 3, 1, 2))
+    for source in layouts:
+        host = backend.to_host(source)
+        assert host.dtype == np.float32 and host.flags.c_contiguous
+        assert host.shape == source.shape
+        np.testing.assert_array_equal(host.astype(np.float64), expected.reshape(source.shape))
+        assert np.array_equal(np.signbit(host), np.signbit(source.astype(np.float32)))
+    scalar = backend.to_host(reduced[-1:].reshape(()))
+    assert scalar.shape == () and scalar.dtype == np.float32
+    np.testing.assert_array_equal(scalar, expected[-1])
