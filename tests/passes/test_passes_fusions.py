@@ -848,3 +848,84 @@ def test_pool_of_a_concat_is_kept_where_it_would_not_shrink_or_is_read_twice() -
         assert any(reason in r for r in _rejected(result.report, "pool of concat",
                                                   "Pool of Concat")), reason
         result.assert_close(rtol=0)
+
+
+# --------------------------------------------------------------------------- Relu of a Concat
+
+
+def _downsampling_unit(pool: str = "AveragePool") -> list:
+    """ShuffleNet's downsampling unit: Concat(a conv branch, a pooling of the Relu'd input),
+    then Relu."""
+    return [helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Conv", ["r", "w", "b"], ["branch"], strides=[2, 2],
+                             pads=[1, 1, 1, 1]),
+            helper.make_node(pool, ["r"], ["short"], kernel_shape=[3, 3], strides=[2, 2],
+                             pads=[1, 1, 1, 1]),
+            helper.make_node("Concat", ["branch", "short"], ["c"], axis=1),
+            helper.make_node("Relu", ["c"], ["y"])]
+
+
+@pytest.mark.parametrize("pool", ["AveragePool", "MaxPool"])
+def test_relu_of_a_concat_moves_into_the_parts(pool: str) -> None:
+    """The Relu goes into the convolution (a fused activation) and is dropped on the pooling
+    of Relu'd values, which cannot be negative: what is left is a plain Concat."""
+    inputs = {"x": [1, 4, 9, 9]}
+    x = _f32(1, 4, 9, 9, low=-3, high=3)  # no NaN: a fused Relu's NaN is the library's choice
+    weights = {"w": _f32(6, 4, 3, 3), "b": _f32(6)}
+    result = optimize_and_run(make_model(_downsampling_unit(pool), inputs, ["y"], weights),
+                              {"x": x})
+    assert result.report.count("Relu of Concat") == 1
+    assert result.ops() == {"Relu": 1, pool: 1, "Concat": 1, "hetrix::FusedConv": 1}
+    fused = next(n for n in result.model.graph if n.op_type == "FusedConv")
+    assert fused.attributes["activation"].value == "Relu"
+    assert (result.actual[0] >= 0).all() and (result.actual[0] > 0).any()
+    result.assert_close()
+    # the reference is ONNX Runtime on the model as written
+    import onnxruntime as ort
+
+    proto = make_model(_downsampling_unit(pool), inputs, ["y"], weights)
+    expected = ort.InferenceSession(proto.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(result.actual[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_relu_of_a_concat_stays_where_a_part_may_be_negative_and_cannot_take_it() -> None:
+    from hetrix.passes.fusion import ReluOfConcatPass
+
+    inputs = {"x": [1, 4, 9, 9]}
+    weights = {"w": _f32(6, 4, 3, 3), "b": _f32(6)}
+    feeds = {"x": _f32(1, 4, 9, 9, low=-3, high=3)}
+    unrelued = _downsampling_unit()[1:]  # the pooling reads the raw input: may be negative
+    unrelued[0].input[0] = unrelued[1].input[0] = "x"
+    branch_read_twice = [*_downsampling_unit()[:-1], helper.make_node("Relu", ["c"], ["y0"]),
+                         helper.make_node("Add", ["y0", "branch_sum"], ["y"]),
+                         helper.make_node("ReduceSum", ["branch"], ["branch_sum"], keepdims=1)]
+    for nodes, reason in ((unrelued, "producer takes no activation"),
+                          (branch_read_twice, "other readers")):
+        proto = make_model(nodes, inputs, ["y"], weights)
+        alone = ReluOfConcatPass()  # the report keeps a pass's last run: the Relu is fused by then
+        alone(ir.serde.deserialize_model(proto))
+        assert any(reason in r.reason for r in alone.stats.rejections), reason
+        result = optimize_and_run(proto, feeds)
+        assert result.report.count("Relu of Concat") == 0
+        assert result.ops().get("hetrix::FusedConcat") == 1, reason
+        result.assert_close()
+
+
+def test_non_negative_follows_relus_through_poolings_reshapes_and_concats() -> None:
+    from hetrix.passes.fusion import non_negative
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Concat", ["r", "x"], ["mixed"], axis=1),
+             helper.make_node("Concat", ["r", "r"], ["both"], axis=1),
+             helper.make_node("Neg", ["r"], ["n"]),
+             helper.make_node("Conv", ["x", "w"], ["conv"])]
+    model = ir.serde.deserialize_model(make_model(
+        nodes, {"x": [1, 2, 4, 4]}, ["p", "f", "mixed", "both", "n", "conv"],
+        {"w": _f32(2, 2, 1, 1)}))
+    values = {v.name: v for v in model.graph.outputs}
+    assert [non_negative(values[n]) for n in ("p", "f", "mixed", "both", "n", "conv")] == \
+        [True, True, False, True, False, False]
+    assert not non_negative(model.graph.inputs[0])

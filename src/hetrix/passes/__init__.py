@@ -37,6 +37,7 @@ from hetrix.passes.fusion import (
     ConvPoolFusionPass,
     MatMulAddFusionPass,
     PoolOfConcatPass,
+    ReluOfConcatPass,
     ResidualAddFusionPass,
 )
 from hetrix.passes.noop import NoOpEliminationPass
@@ -143,6 +144,9 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(EXTENDED, "concat+conv split", ConcatConvSplitPass),
     # The residual Add of ResNet-style blocks joins its Conv before the activation after it does.
     Stage(EXTENDED, "conv+add fusion", ResidualAddFusionPass),
+    # A Relu after a Concat moves onto the parts, where the activation fusion next folds it
+    # into their producers (or drops it on parts that cannot be negative).
+    Stage(EXTENDED, "relu of concat", ReluOfConcatPass),
     # Activation fusion last: a Fused* node no longer looks like the Conv/Gemm/MatMul it was.
     Stage(EXTENDED, "activation fusion", ActivationFusionPass),
     # After it: the first layer's FusedConv (with its Relu) then takes the pooling after it.

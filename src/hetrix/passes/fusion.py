@@ -21,6 +21,9 @@
   instead of writing one more full tensor.
 * A ``Concat`` followed by one of them becomes ``hetrix.FusedConcat``: ShuffleNet's downsampling
   units end in Concat then Relu, which the kernel applies while it copies the inputs.
+* ``Relu(Concat(a, b, ...))`` becomes ``Concat`` of the parts, each with a Relu only where it
+  may be negative, which the activation fusion then folds into its producer (ShuffleNet's
+  downsampling units: the Concat of a Conv and a pooling of Relu'd values, then Relu).
 * ``MaxPool(Concat(a, b, ...))`` or ``AveragePool`` (channels, the Concat read by the pooling
   alone, a stride above 1) becomes ``Concat(MaxPool(a), MaxPool(b), ...)``: pooling never
   mixes channels, so the parts are pooled where they are and only the smaller pooled parts
@@ -297,6 +300,89 @@ class PoolOfConcatRule(Rule):
         _ir.replace(pool, [concat, pool], [*pooled, joined], [pool.outputs[0]], joined.outputs)
 
 
+class ReluOfConcatRule(Rule):
+    """``Relu(Concat(a, b, ...))`` -> ``Concat(Relu(a), b, ...)``: Relu is elementwise, so it
+    moves onto the parts, where it costs nothing.  A part that cannot be negative (a Relu's
+    output, or a pooling or reshape of one) needs none; any other part gets a Relu that the
+    activation fusion after this rule folds into its producer (a Conv, Gemm, MatMul or
+    BatchNormalization read by the Concat alone).  The Concat is then a plain copy (a library
+    primitive) instead of a copy that computes a maximum.  ShuffleNet's downsampling units:
+    Concat(Conv, AveragePool of the block's Relu'd input), then Relu."""
+
+    name = "Relu of Concat"
+    op_types = ("Relu",)
+
+    def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, list[bool]]:
+        concat = _ir.producer(node.inputs[0])
+        if not _ir.is_op(concat, "Concat"):
+            raise Reject("input is not produced by a Concat")
+        assert concat is not None
+        if _ir.sole_consumer(concat.outputs[0]) is not node:
+            raise Reject("the Concat output has other readers")
+        parts = list(concat.inputs)
+        if any(part is None for part in parts) or len({id(p) for p in parts}) != len(parts):
+            raise Reject("a part is missing or repeated")
+        needs_relu = []
+        for part in parts:
+            assert part is not None
+            if non_negative(part):
+                needs_relu.append(False)
+                continue
+            source = _ir.producer(part)
+            if not (_ir.is_op(source, "Conv", "Gemm", "MatMul") or _is_plain_fused(source)
+                    or _is_inference_batch_norm(source, ctx)):
+                raise Reject("a part may be negative and its producer takes no activation")
+            if _ir.sole_consumer(part) is not concat:
+                raise Reject("a part that needs the Relu has other readers")
+            needs_relu.append(True)
+        return concat, needs_relu
+
+    def apply(self, match: tuple[ir.Node, list[bool]], ctx: RewriteContext) -> None:
+        concat, needs_relu = match
+        relu = _ir.sole_consumer(concat.outputs[0])
+        assert relu is not None
+        added, parts = [], []
+        for index, (part, needs) in enumerate(zip(concat.inputs, needs_relu, strict=True)):
+            assert part is not None
+            if not needs:
+                parts.append(part)
+                continue
+            out = ir.Value(name=_ir.fresh_name((part.name or "part") + "_relu"),
+                           type=part.type, shape=part.shape)
+            added.append(ir.Node(relu.domain, relu.op_type, [part], name=f"{relu.name}_part{index}",
+                                 outputs=[out]))
+            parts.append(out)
+        joined = ir.Node(concat.domain, concat.op_type, parts,
+                         [ir.Attr(a.name, a.type, a.value) for a in concat.attributes.values()],
+                         name=concat.name,
+                         outputs=[ir.Value(name=_ir.fresh_name(relu.outputs[0].name or "cat"))])
+        _ir.replace(relu, [concat, relu], [*added, joined], [relu.outputs[0]], joined.outputs)
+
+
+_NON_NEGATIVE_DEPTH = 8
+"""How many pooling/reshape/concat steps :func:`non_negative` looks back through."""
+
+
+def non_negative(value: ir.Value, depth: int = _NON_NEGATIVE_DEPTH) -> bool:
+    """Whether ``value`` provably holds no negative number: the output of a Relu (or of a fused
+    node whose activation is Relu), or a pooling, reshape or concatenation of such values (NaN
+    may pass, as it passes a Relu)."""
+    node = _ir.producer(value)
+    if node is None or depth == 0:
+        return False
+    if _ir.is_op(node, "Relu"):
+        return True
+    if _ir.normal_domain(node.domain) == _ir.HETRIX_DOMAIN:
+        return bool(node.op_type.startswith("Fused")
+                    and _ir.attribute(node, "activation", None) == "Relu")
+    if _ir.is_op(node, "MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool",
+                 *_RESHAPES, "Transpose", "Identity"):
+        return value is node.outputs[0] and non_negative(node.inputs[0], depth - 1)
+    if _ir.is_op(node, "Concat"):
+        return all(part is not None and non_negative(part, depth - 1) for part in node.inputs)
+    return False
+
+
 def _known_different_shapes(a: ir.Shape | None, b: ir.Shape | None) -> bool:
     """Whether the shapes are provably different.  Unknown dims (dynamic image sizes) do not
     stop the fusion: the kernel adds a residual that turns out to broadcast separately."""
@@ -548,6 +634,12 @@ class ConcatConvSplitPass(RewritePass):
     """Conv of a channel Concat read by it alone -> one convolution per part, summed."""
 
     rule_types = (ConcatConvSplitRule,)
+
+
+class ReluOfConcatPass(RewritePass):
+    """The Relu of a Concat moved onto its parts (:class:`ReluOfConcatRule`)."""
+
+    rule_types = (ReluOfConcatRule,)
 
 
 class PoolOfConcatPass(RewritePass):
