@@ -16,7 +16,8 @@ with ``--part softmax``, of Softmax on a kept oneDNN primitive against PyTorch's
 layer_norm; with ``--part lrn``, of LRN on a kept oneDNN primitive against PyTorch's shifted
 adds; with ``--part inplace``, of residual convolutions adding their result into the
 residual's memory where the plan allows (``NodeContext.reusable_inputs``) against into a new
-array.
+array.  With ``--part tohost`` (and ``--precision bf16``), of small values leaving the reduced
+space by NumPy's cast (``reduced_precision.SMALL_TO_HOST_ELEMENTS``) against PyTorch's.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -27,7 +28,7 @@ correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differ
 pooling into 0.12, see RESULTS.md).
 
     python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged|
-                                            batchnorm|softmax|layernorm|lrn|inplace]
+                                            batchnorm|softmax|layernorm|lrn|inplace|tohost]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -44,6 +45,7 @@ import _ab  # benchmarks/_ab.py, beside this script
 import numpy as np
 
 import hetrix
+from hetrix.backends import reduced_precision
 from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn
 from hetrix.bench.inputs import make_feeds, model_inputs
 from hetrix.runtime import executor
@@ -98,6 +100,9 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     # new output, the residual read as a second source)
     "inplace": (_switch(_onednn, "residual_overwritable", lambda ctx, z: False), "inplace",
                 "fresh"),
+    # bfloat16 / float16 values of up to SMALL_TO_HOST_ELEMENTS leaving the reduced space by
+    # NumPy's cast (off: PyTorch's, as larger ones do)
+    "tohost": (_switch(reduced_precision, "SMALL_TO_HOST_ELEMENTS", -1), "numpy", "torch"),
 }
 
 
@@ -116,6 +121,10 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                    step.ctx.cache.get("dnnl_convs", {}).values() if conv.staged is not None)
     if part == "concat":
         return sum(1 for step in session._plan.steps if step.ctx.cache.get("dnnl_concat"))
+    if part == "tohost":  # the plan's copies to float32, and the outputs in the reduced space
+        memories = session._plan.output_memory
+        return (sum(1 for step in session._plan.steps if step.ctx.name.endswith("@host"))
+                + sum(1 for memory in memories if memory != "host"))
     if part == "inplace":
         return sum(1 for step in session._plan.steps if any(
             conv.accumulates for conv in step.ctx.cache.get("dnnl_convs", {}).values()))
@@ -137,7 +146,8 @@ def main() -> None:
                              "layernorm: LayerNormalization on a kept primitive or PyTorch; "
                              "lrn: LRN on a kept primitive or PyTorch; "
                              "inplace: a residual convolution's result added in place or "
-                             "into a new array")
+                             "into a new array; tohost: small reduced-precision values "
+                             "converted to float32 by NumPy or PyTorch (--precision bf16)")
     args = parser.parse_args()
     switch, on_name, off_name = _PARTS[args.part]
     if not _dnnl.available():

@@ -44,10 +44,10 @@ PyTorch's (vectorised and threaded: 6.6 against 19.8 us for 65,536 elements, bac
 Why: a classifier's scores (1,000 numbers) leave the reduced space after the model's last
 convolution or product, once or twice a run, and PyTorch's call path then runs cold: its
 cast took 213 us a run on Inception v2 (NumPy's: under 1 us back to back, either path 3 us
-or less).  Converted by NumPy instead, batch 1 after a 0.1 s pause (two sessions of one
-process, runs alternating, medians): SqueezeNet 0.911 of the time, ShuffleNet 0.944,
-Inception v1 0.945, Inception v2 0.957, ResNet-50 and DenseNet-121 0.988.  The two casts
-give the same float32 values (widening is exact)."""
+or less).  Converted by NumPy instead, batch 1 after a 0.1 s pause (``benchmarks/ab_dnnl.py
+MODEL --part tohost --precision bf16``: two sessions of one process, runs alternating,
+medians): SqueezeNet 0.940 of the time, ShuffleNet 0.951, Inception v1 0.985, Inception v2
+0.989, ResNet-50 0.996.  The two casts give the same float32 values (widening is exact)."""
 
 
 class ReducedPrecisionBackend(Backend):
