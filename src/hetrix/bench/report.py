@@ -158,6 +158,9 @@ def summary_lines(result: BenchResult) -> list[str]:
             lines.append(f"[red]{r.name} failed: {r.error}[/red]")
         if r.memory_error:
             lines.append(f"[yellow]{r.name} memory not measured: {r.memory_error}[/yellow]")
+    if any(r.load_s is not None for r in result.runtimes):
+        lines.append("load: seconds to create the session, once the runtime and the libraries it "
+                     "computes with are imported")
     if any(r.memory for r in result.runtimes):
         lines.append("memory: RSS growth, each runtime in a fresh process, over a baseline taken "
                      "once the runtime and the libraries it computes with are imported and have "

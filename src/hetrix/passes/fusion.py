@@ -377,7 +377,9 @@ def non_negative(value: ir.Value, depth: int = _NON_NEGATIVE_DEPTH) -> bool:
                     and _ir.attribute(node, "activation", None) == "Relu")
     if _ir.is_op(node, "MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool",
                  *_RESHAPES, "Transpose", "Identity"):
-        return value is node.outputs[0] and non_negative(node.inputs[0], depth - 1)
+        source = node.inputs[0]
+        return value is node.outputs[0] and source is not None and non_negative(source,
+                                                                                depth - 1)
     if _ir.is_op(node, "Concat"):
         return all(part is not None and non_negative(part, depth - 1) for part in node.inputs)
     return False
