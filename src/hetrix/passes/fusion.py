@@ -169,6 +169,17 @@ class ResidualAddRule(Rule):
         _ir.replace(add, [conv, add], [fused], [add.outputs[0]], fused.outputs)
 
 
+def _concat_read_only_by(node: ir.Node) -> ir.Node:
+    """The Concat that produces ``node``'s first input and that nothing else reads, or Reject:
+    the premise of the rules that move an op onto a concatenation's parts."""
+    concat = _ir.producer(node.inputs[0])
+    if not _ir.is_op(concat, "Concat"):
+        raise Reject("input is not produced by a Concat")
+    if _ir.sole_consumer(concat.outputs[0]) is not node:
+        raise Reject("the Concat output has other readers")
+    return concat
+
+
 class ConcatConvSplitRule(Rule):
     """``Conv(Concat(a, b, ...), W, B)`` -> ``Conv(a, W_a)``, then ``FusedConv(b, W_b, B, Z)``
     adding each part's convolution into the sum of those before: a convolution is linear in
@@ -178,12 +189,7 @@ class ConcatConvSplitRule(Rule):
     op_types = ("Conv",)
 
     def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, list[int], np.ndarray]:
-        concat = _ir.producer(node.inputs[0])
-        if not _ir.is_op(concat, "Concat"):
-            raise Reject("input is not produced by a Concat")
-        assert concat is not None
-        if _ir.sole_consumer(concat.outputs[0]) is not node:
-            raise Reject("the Concat output has other readers")
+        concat = _concat_read_only_by(node)
         if len(concat.inputs) < 2 or any(v is None for v in concat.inputs):
             raise Reject("fewer than two parts")
         version = ctx.opset(node.domain)
@@ -262,12 +268,7 @@ class PoolOfConcatRule(Rule):
     def match(self, node: ir.Node, ctx: RewriteContext) -> ir.Node:
         if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output()):
             raise Reject("the MaxPool's Indices output is read")
-        concat = _ir.producer(node.inputs[0])
-        if not _ir.is_op(concat, "Concat"):
-            raise Reject("input is not produced by a Concat")
-        assert concat is not None
-        if _ir.sole_consumer(concat.outputs[0]) is not node:
-            raise Reject("the Concat output has other readers")
+        concat = _concat_read_only_by(node)
         rank = _ir.rank(concat.outputs[0])
         axis = _ir.attribute(concat, "axis", ctx.opset(concat.domain))
         if rank is None or axis is None or axis % rank != 1:
@@ -313,12 +314,7 @@ class ReluOfConcatRule(Rule):
     op_types = ("Relu",)
 
     def match(self, node: ir.Node, ctx: RewriteContext) -> tuple[ir.Node, list[bool]]:
-        concat = _ir.producer(node.inputs[0])
-        if not _ir.is_op(concat, "Concat"):
-            raise Reject("input is not produced by a Concat")
-        assert concat is not None
-        if _ir.sole_consumer(concat.outputs[0]) is not node:
-            raise Reject("the Concat output has other readers")
+        concat = _concat_read_only_by(node)
         parts = list(concat.inputs)
         if any(part is None for part in parts) or len({id(p) for p in parts}) != len(parts):
             raise Reject("a part is missing or repeated")
