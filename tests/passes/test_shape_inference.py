@@ -80,3 +80,57 @@ def test_a_model_inference_rejects_is_left_unchanged() -> None:
     before = _types(model)
     result = ShapeInferencePass()(model)
     assert not result.modified and _types(model) == before
+
+
+@pytest.mark.parametrize("make", [make_control_flow_model, make_dynamic_shape_model, _squeezenet],
+                         ids=["control_flow", "dynamic_shapes", "squeezenet"])
+def test_inference_read_from_the_source_protobuf_gives_the_same_types(make, monkeypatch) -> None:
+    """A model read from a protobuf infers from that protobuf once, without serializing the IR
+    (the first inference of a session), and gives every value the type and shape that
+    inference on the IR gives; the next inference serializes the IR again."""
+    from hetrix.passes import shape_inference
+
+    proto = _without_value_info(make())
+    reference = ir.serde.deserialize_model(proto)
+    ShapeInferencePass()(reference)
+    model = ir.serde.deserialize_model(proto)
+    shape_inference.read_from(model, proto)
+    serialized = []
+    real = shape_inference.call_onnx_api
+    monkeypatch.setattr(shape_inference, "call_onnx_api",
+                        lambda fn, m: serialized.append(m) or real(fn, m))
+    assert ShapeInferencePass()(model).modified
+    assert serialized == [] and _types(model) == _types(reference)
+    assert shape_inference.SOURCE_KEY not in model.meta
+    ShapeInferencePass()(model)  # the graph may have changed since: the IR is serialized
+    assert serialized == [model]
+
+
+def test_a_source_protobuf_holding_large_weights_is_not_serialized(monkeypatch) -> None:
+    from hetrix.passes import shape_inference
+
+    proto = _without_value_info(_squeezenet())
+    model = ir.serde.deserialize_model(proto)
+    shape_inference.read_from(model, proto)
+    monkeypatch.setattr(shape_inference, "SOURCE_MAX_BYTES", proto.ByteSize() - 1)
+    serialized = []
+    real = shape_inference.call_onnx_api
+    monkeypatch.setattr(shape_inference, "call_onnx_api",
+                        lambda fn, m: serialized.append(m) or real(fn, m))
+    ShapeInferencePass()(model)
+    assert serialized == [model]
+
+
+def test_a_session_infers_its_first_shapes_from_the_file_it_parsed(monkeypatch) -> None:
+    import hetrix
+    from hetrix.passes import shape_inference
+
+    calls = []
+    real = shape_inference.call_onnx_api
+    monkeypatch.setattr(shape_inference, "call_onnx_api",
+                        lambda fn, m: calls.append(m) or real(fn, m))
+    path = light_model_paths()["squeezenet"]
+    session = hetrix.InferenceSession(path)
+    report = session.get_optimization_report()
+    inferences = sum(1 for run in report.runs if run.name == "shape inference")
+    assert inferences >= 2 and len(calls) == inferences - 1

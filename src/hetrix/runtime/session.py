@@ -29,6 +29,7 @@ from hetrix.errors import InvalidArgumentError, InvalidInputError
 from hetrix.model.loader import LoadedModel, ModelSource, load_model, to_ir
 from hetrix.passes import optimize
 from hetrix.passes.report import OptimizationReport
+from hetrix.passes.shape_inference import read_from
 from hetrix.placement.placer import PriorityPlacer
 from hetrix.runtime.executor import SubgraphRunner, execute
 from hetrix.runtime.memory import collects_load_garbage, retain_freed_memory
@@ -168,6 +169,7 @@ class InferenceSession:
             self._source = path_or_bytes  # for compare_precision's float32 twin
         self._loaded = load_model(path_or_bytes, self._can_run)
         self._model = self._to_ir(self._loaded)
+        read_from(self._model, self._loaded.proto)  # the first shape inference reads it
         self._optimization = self._optimize()
         self._plan = self._build_plan()
         self._specializer = self._make_specializer()
