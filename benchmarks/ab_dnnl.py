@@ -17,7 +17,9 @@ layer_norm; with ``--part lrn``, of LRN on a kept oneDNN primitive against PyTor
 adds; with ``--part inplace``, of residual convolutions adding their result into the
 residual's memory where the plan allows (``NodeContext.reusable_inputs``) against into a new
 array.  With ``--part tohost`` (and ``--precision bf16``), of small values leaving the reduced
-space by NumPy's cast (``reduced_precision.SMALL_TO_HOST_ELEMENTS``) against PyTorch's.
+space by NumPy's cast (``reduced_precision.SMALL_TO_HOST_ELEMENTS``) against PyTorch's; with
+``--part scaleshift`` (and ``--precision bf16``), of the normalization of a Concat chain's
+channel prefix on a kept copy and binary primitive against PyTorch's addcmul.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -28,7 +30,8 @@ correctness; light SqueezeNet's Softmax of logits near 7e9 turns last-bit differ
 pooling into 0.12, see RESULTS.md).
 
     python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged|
-                                            batchnorm|softmax|layernorm|lrn|inplace|tohost]
+                                            batchnorm|softmax|layernorm|lrn|inplace|tohost|
+                                            scaleshift]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -103,6 +106,9 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     # bfloat16 / float16 values of up to SMALL_TO_HOST_ELEMENTS leaving the reduced space by
     # NumPy's cast (off: PyTorch's, as larger ones do)
     "tohost": (_switch(reduced_precision, "SMALL_TO_HOST_ELEMENTS", -1), "numpy", "torch"),
+    # bfloat16 BatchNormalization of a channel prefix (DenseNet's chain) on a kept copy and
+    # binary primitive (off: PyTorch's addcmul)
+    "scaleshift": (_switch(_dnnl, "create_scale_shift", lambda *a, **k: None), "kept", "torch"),
 }
 
 
@@ -112,9 +118,10 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                                   if session._specializer else ())]
         return max(sum(1 for lean in plan.lean_steps if lean[-1].ctx.direct is not None
                        and lean[0] is lean[-1].ctx.direct.call) for plan in plans)
-    if part in ("batchnorm", "softmax", "layernorm", "lrn"):
+    if part in ("batchnorm", "softmax", "layernorm", "lrn", "scaleshift"):
         name = {"batchnorm": "dnnl_batch_norm", "softmax": "dnnl_softmax",
-                "layernorm": "dnnl_layer_norm", "lrn": "dnnl_lrn"}[part]
+                "layernorm": "dnnl_layer_norm", "lrn": "dnnl_lrn",
+                "scaleshift": "dnnl_scale_shift"}[part]
         return sum(1 for step in session._plan.steps if step.ctx.cache.get(name))
     if part == "staged":
         return sum(1 for step in session._plan.steps for conv in
@@ -147,7 +154,9 @@ def main() -> None:
                              "lrn: LRN on a kept primitive or PyTorch; "
                              "inplace: a residual convolution's result added in place or "
                              "into a new array; tohost: small reduced-precision values "
-                             "converted to float32 by NumPy or PyTorch (--precision bf16)")
+                             "converted to float32 by NumPy or PyTorch (--precision bf16); "
+                             "scaleshift: a Concat prefix's normalization on a kept primitive "
+                             "or PyTorch (--precision bf16)")
     args = parser.parse_args()
     switch, on_name, off_name = _PARTS[args.part]
     if not _dnnl.available():

@@ -493,3 +493,89 @@ def test_values_leave_the_reduced_space_as_exact_float32(size: int, dtype_name: 
     scalar = backend.to_host(reduced[-1:].reshape(()))
     assert scalar.shape == () and scalar.dtype == np.float32
     np.testing.assert_array_equal(scalar, expected[-1])
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("shape", [(1, 48, 7, 5), (2, 32, 6, 6)])
+def test_normalization_of_a_channel_prefix_on_the_kept_primitive(relu: bool, shape) -> None:
+    """``x * multiplier + offset`` (then Relu) of bfloat16 channels that are a prefix of a wider
+    NHWC buffer, copied dense then computed in place by oneDNN's binary primitive: within one
+    bfloat16 rounding of float64, infinities as float64 gives them, NaN as the kept
+    normalization treats it; another layout is declined."""
+    import ml_dtypes
+
+    from hetrix.backends.numpy_cpu.kernels import _dnnl
+
+    if not _dnnl.available() or not _cpu_runs("bf16"):
+        pytest.skip("needs oneDNN's library and bfloat16")
+    rng = np.random.default_rng(5)
+    n, c, h, w = shape
+    buffer = rng.standard_normal((n, h, w, 2 * c + 16)).astype(ml_dtypes.bfloat16)
+    x = buffer[..., :c].transpose(0, 3, 1, 2)  # a Concat chain's prefix: strided channels
+    x[0, :4, 0, 0] = [np.nan, np.inf, -np.inf, -3.0]
+    multiplier, offset = rng.uniform(0.5, 2, c), rng.standard_normal(c)
+    kept = _dnnl.create_scale_shift(x, multiplier, offset, relu)
+    assert kept is not None and "jit" in kept.implementation
+    y = kept(x)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.strides[1] == y.itemsize
+    wide = x.astype(np.float64) * multiplier[:, None, None] + offset[:, None, None]
+    want = np.maximum(wide, 0) if relu else wide
+    finite = np.isfinite(want)
+    got = y.astype(np.float64)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=2 ** -8, atol=1e-6)
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+    if relu:  # oneDNN's fused Relu, as the kept BatchNormalization's: NaN becomes 0
+        dense = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        ones = np.ones(c, np.float32)
+        norm = _dnnl.create_batch_norm(dense, ones, np.zeros(c, np.float32),
+                                       np.zeros(c, np.float32), ones, epsilon=0.0, relu=True)
+        assert norm is not None
+        assert got[0, 0, 0, 0] == norm(dense).astype(np.float64)[0, 0, 0, 0]
+    else:
+        assert np.isnan(got[0, 0, 0, 0])
+    assert kept(np.ascontiguousarray(x)) is None  # C order: another layout
+    assert _dnnl.create_scale_shift(np.ascontiguousarray(x), multiplier, offset, relu) is None
+
+
+def test_bf16_normalizations_of_a_concat_chain_take_the_kept_primitive() -> None:
+    """DenseNet's pattern in small: each layer's Concat extends the previous one, and the
+    BatchNormalization + Relu of the chain reads a strided channel prefix; in bfloat16 the
+    kept copy-and-binary primitive serves it, and the output stays within bfloat16's
+    rounding of ONNX Runtime's float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    ort = pytest.importorskip("onnxruntime")
+    if not _cpu_runs("bf16"):
+        pytest.skip("bf16 is not available on this CPU")
+    rng = np.random.default_rng(7)
+    nodes, inits, last, channels = [], [], "x", 16
+    for layer in range(4):  # from the third, the chain's strided prefixes
+        names = {k: f"{k}{layer}" for k in ("scale", "bias", "mean", "var", "w")}
+        stats = {"scale": rng.uniform(0.5, 1.5, channels), "bias": rng.standard_normal(channels),
+                 "mean": rng.standard_normal(channels) * 0.1, "var": rng.uniform(0.5, 2, channels)}
+        inits += [numpy_helper.from_array(v.astype(np.float32), names[k]) for k, v in stats.items()]
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal((16, channels, 3, 3)) * 0.2).astype(np.float32), names["w"]))
+        nodes += [helper.make_node("BatchNormalization", [last, *(names[k] for k in stats)],
+                                   [f"bn{layer}"], epsilon=1e-5),
+                  helper.make_node("Relu", [f"bn{layer}"], [f"r{layer}"]),
+                  helper.make_node("Conv", [f"r{layer}", names["w"]], [f"c{layer}"],
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Concat", [last, f"c{layer}"], [f"cat{layer}"], axis=1)]
+        last, channels = f"cat{layer}", channels + 16
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w_in"], ["x"], pads=[1, 1, 1, 1]), *nodes],
+        "chain", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)],
+        [numpy_helper.from_array((rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32),
+                                 "w_in"), *inits])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision="bf16"))
+    feeds = {"image": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)}
+    (y,) = session.run(None, feeds)
+    kernels = [step.ctx.cache.get("library_kernel") or "" for step in session._plan.steps
+               if step.ctx.op_type == "FusedBatchNormalization"]
+    assert sum("scale and shift" in k for k in kernels) >= 2, kernels  # the strided prefixes
+    ref = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(y, ref, rtol=0.03, atol=0.03 * np.abs(ref).max())
