@@ -19,7 +19,9 @@ residual's memory where the plan allows (``NodeContext.reusable_inputs``) agains
 array.  With ``--part tohost`` (and ``--precision bf16``), of small values leaving the reduced
 space by NumPy's cast (``reduced_precision.SMALL_TO_HOST_ELEMENTS``) against PyTorch's; with
 ``--part scaleshift`` (and ``--precision bf16``), of the normalization of a Concat chain's
-channel prefix on a kept copy and binary primitive against PyTorch's addcmul.
+channel prefix on a kept copy and binary primitive against PyTorch's addcmul; with ``--part
+viewcopy``, of a Concat chain's new channels written into its buffer by a kept oneDNN reorder
+against NumPy's assignment.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -31,7 +33,7 @@ pooling into 0.12, see RESULTS.md).
 
     python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged|
                                             batchnorm|softmax|layernorm|lrn|inplace|tohost|
-                                            scaleshift]
+                                            scaleshift|viewcopy]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -109,6 +111,9 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     # bfloat16 BatchNormalization of a channel prefix (DenseNet's chain) on a kept copy and
     # binary primitive (off: PyTorch's addcmul)
     "scaleshift": (_switch(_dnnl, "create_scale_shift", lambda *a, **k: None), "kept", "torch"),
+    # a Concat chain's new channels written into its buffer's room by a kept oneDNN reorder
+    # (off: NumPy's strided assignment)
+    "viewcopy": (_switch(_dnnl, "copy_into", lambda source, target: False), "reorder", "numpy"),
 }
 
 
@@ -128,6 +133,9 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                    step.ctx.cache.get("dnnl_convs", {}).values() if conv.staged is not None)
     if part == "concat":
         return sum(1 for step in session._plan.steps if step.ctx.cache.get("dnnl_concat"))
+    if part == "viewcopy":  # the Concats that extend a chain
+        return sum(1 for step in session._plan.steps if step.ctx.op_type == "Concat"
+                   and not step.ctx.cache.get("dnnl_concat"))
     if part == "tohost":  # the plan's copies to float32, and the outputs in the reduced space
         memories = session._plan.output_memory
         return (sum(1 for step in session._plan.steps if step.ctx.name.endswith("@host"))
@@ -156,7 +164,8 @@ def main() -> None:
                              "into a new array; tohost: small reduced-precision values "
                              "converted to float32 by NumPy or PyTorch (--precision bf16); "
                              "scaleshift: a Concat prefix's normalization on a kept primitive "
-                             "or PyTorch (--precision bf16)")
+                             "or PyTorch (--precision bf16); viewcopy: a Concat chain's "
+                             "new channels copied by a kept reorder or by NumPy")
     args = parser.parse_args()
     switch, on_name, off_name = _PARTS[args.part]
     if not _dnnl.available():

@@ -1149,6 +1149,29 @@ def test_channel_concat_refuses_inputs_of_other_spatial_sizes() -> None:
         _onednn.concat_channels([big, small])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_copy_into_a_channel_slice_keeps_every_bit(dtype: str, rng: np.random.Generator) -> None:
+    """``_dnnl.copy_into`` (a Concat chain's new channels written into the room of its NHWC
+    buffer): every bit of the source lands in the slice (NaN, infinities, -0 included), the
+    rest of the buffer untouched; a type oneDNN does not compute in is left to the caller."""
+    import ml_dtypes
+
+    if not _dnnl.available():
+        pytest.skip("needs oneDNN's library")
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    source = _channels_last(f32(rng, 2, 6, 5, 7)).astype(dt)
+    source[0, :4, 0, 0] = [np.nan, np.inf, -np.inf, -0.0]
+    buffer = np.full((2, 5, 7, 20), 7, dt)
+    target = buffer[..., 9:15].transpose(0, 3, 1, 2)
+    served = _dnnl.copy_into(source, target)
+    assert served == (dtype != "float64")
+    if served:
+        bits = f"u{dt.itemsize}"
+        assert target.view(bits).tolist() == source.view(bits).tolist()
+        assert (buffer[..., :9] == 7).all() and (buffer[..., 15:] == 7).all()
+    assert not _dnnl.copy_into(source, buffer[..., :5].transpose(0, 3, 1, 2))  # another shape
+
+
 def test_concat_chain_appends_into_one_buffer_and_branches_stay_apart(
         route: Route, rng: np.random.Generator) -> None:
     """DenseNet's pattern: each Concat appends a conv's channels to the previous Concat's

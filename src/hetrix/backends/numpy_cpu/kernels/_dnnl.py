@@ -816,6 +816,55 @@ def _copy_into(array: np.ndarray, dtype: np.dtype, channels_last: bool) -> np.nd
     return out.transpose(0, 3, 1, 2) if channels_last else out
 
 
+class _ViewCopy(_Primitive):
+    """A reorder between two strided layouts of one shape and type (it owns their
+    descriptors)."""
+
+    def __init__(self, lib: _Library, shape: tuple[int, ...], source: tuple[int, ...],
+                 target: tuple[int, ...], dtype: np.dtype) -> None:
+        super().__init__(lib)
+        data_type = _DATA_TYPES[dtype]
+        self.copy = _Reorder(lib, self._desc(shape, source, data_type),
+                             self._desc(shape, target, data_type))
+
+
+_VIEW_COPIES: dict[tuple[Any, ...], _ViewCopy | None] = {}
+_MAX_VIEW_COPIES = 64
+
+
+def copy_into(source: np.ndarray, target: np.ndarray) -> bool:
+    """Copy ``source`` into ``target``, a view of the same shape and type (a channel slice of a
+    wider NHWC buffer), by a oneDNN reorder kept per pair of layouts and shared by every node
+    that copies them; False where this module does not serve it (the caller copies).
+
+    Why: DenseNet's Concat chain copies each layer's new channels into the room of the chain's
+    buffer, on NumPy's single-threaded strided assignment; the reorder runs on both threads
+    (measured with the bound the caller applies: ``tensor.CHAIN_REORDER_MIN_BYTES``)."""
+    lib = library()
+    if (lib is None or source.dtype not in _DATA_TYPES or target.dtype != source.dtype
+            or target.shape != source.shape or source.size == 0):
+        return False
+    source_strides, target_strides = _element_strides(source), _element_strides(target)
+    if source_strides is None or target_strides is None:
+        return False
+    key = (source.shape, source_strides, target_strides, source.dtype)
+    try:
+        kept = _VIEW_COPIES[key]
+    except KeyError:
+        try:
+            kept = _ViewCopy(lib, source.shape, source_strides, target_strides, source.dtype)
+        except DnnlError as exc:
+            logger.debug("oneDNN reorder not made (%s); NumPy copies", exc)
+            kept = None
+        if len(_VIEW_COPIES) >= _MAX_VIEW_COPIES:
+            _VIEW_COPIES.clear()
+        _VIEW_COPIES[key] = kept
+    if kept is None:
+        return False
+    kept.copy._execute((source.ctypes.data, target.ctypes.data))
+    return True
+
+
 def c_order_copy(array: np.ndarray) -> np.ndarray | None:
     """``array`` copied into a new C-ordered array by a oneDNN reorder (see
     :func:`_copy_into`), or None where oneDNN does not serve it.  For a channels-last result

@@ -457,13 +457,30 @@ def _appended(inputs: tuple[np.ndarray, ...]) -> np.ndarray | None:
         roomy[1] = total
     else:  # a chain's second link, a full buffer or a branch: a new buffer, twice the size
         buffer = np.empty((n, h, w, 2 * total), first.dtype)
-        buffer[..., :channels] = first.transpose(0, 2, 3, 1)
+        _copy_channels(first, buffer, 0)
         _remember(_ROOMY, buffer, total)
     start = channels
     for array in inputs[1:]:
-        buffer[..., start:start + array.shape[1]] = array.transpose(0, 2, 3, 1)
+        _copy_channels(array, buffer, start)
         start += array.shape[1]
     return buffer[..., :total].transpose(0, 3, 1, 2)
+
+
+CHAIN_REORDER_MIN_BYTES = 64 << 10
+"""From this size a chain's copy goes to oneDNN's reorder (both threads), below it to NumPy's
+assignment (DenseNet's last block copies 6-12 KB, where the call costs more than the copy).
+DenseNet-121, ``benchmarks/ab_dnnl.py MODEL --part viewcopy`` (reorder/NumPy, 0.1 s pause):
+bfloat16 0.983 at batch 1 and 0.940 at batch 8, float32 0.994 and 0.975; every copy on the
+reorder read 1.008-1.015 bfloat16 at batch 1."""
+
+
+def _copy_channels(array: np.ndarray, buffer: np.ndarray, start: int) -> None:
+    """Write ``array`` (NCHW-indexed) into channels ``start...`` of the NHWC ``buffer``: by a
+    kept oneDNN reorder from :data:`CHAIN_REORDER_MIN_BYTES` where it serves, else NumPy's
+    assignment."""
+    target = buffer[..., start:start + array.shape[1]].transpose(0, 3, 1, 2)
+    if array.nbytes < CHAIN_REORDER_MIN_BYTES or not _dnnl.copy_into(array, target):
+        target[...] = array
 
 
 def _split(x: np.ndarray, axis: int, sizes: list[int] | None, parts: int, uneven: bool) -> tuple:
