@@ -786,6 +786,25 @@ _COPIES: dict[tuple[Any, ...], _CopyInto | None] = {}
 _MAX_COPIES = 16
 
 
+def _kept_reorder(cache: dict[tuple[Any, ...], Any], limit: int, key: tuple[Any, ...],
+                  make: Callable[[], Any]) -> Any:
+    """The reorder ``cache`` keeps for ``key``, made by ``make()`` on first use (None where
+    oneDNN refuses it, remembered as well); the cache is emptied when it reaches ``limit``."""
+    try:
+        return cache[key]
+    except KeyError:
+        pass
+    try:
+        kept = make()
+    except DnnlError as exc:
+        logger.debug("oneDNN reorder not made (%s); the other paths copy", exc)
+        kept = None
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = kept
+    return kept
+
+
 def _copy_into(array: np.ndarray, dtype: np.dtype, channels_last: bool) -> np.ndarray | None:
     """``array`` copied into a new array of ``dtype`` (C order, or channels-last and handed
     back as the NCHW view) by a oneDNN reorder kept per shape, types and layouts, or None
@@ -797,18 +816,9 @@ def _copy_into(array: np.ndarray, dtype: np.dtype, channels_last: bool) -> np.nd
     strides = _element_strides(array)
     if strides is None:
         return None
-    key = (array.shape, strides, array.dtype, dtype, channels_last)
-    try:
-        copy = _COPIES[key]
-    except KeyError:
-        try:
-            copy = _CopyInto(lib, array, strides, dtype, channels_last)
-        except DnnlError as exc:
-            logger.debug("oneDNN reorder not made (%s); the other paths copy", exc)
-            copy = None
-        if len(_COPIES) >= _MAX_COPIES:
-            _COPIES.clear()
-        _COPIES[key] = copy
+    copy = _kept_reorder(_COPIES, _MAX_COPIES,
+                         (array.shape, strides, array.dtype, dtype, channels_last),
+                         lambda: _CopyInto(lib, array, strides, dtype, channels_last))
     if copy is None:
         return None
     out = np.empty(copy.out_shape, dtype)
@@ -847,18 +857,10 @@ def copy_into(source: np.ndarray, target: np.ndarray) -> bool:
     source_strides, target_strides = _element_strides(source), _element_strides(target)
     if source_strides is None or target_strides is None:
         return False
-    key = (source.shape, source_strides, target_strides, source.dtype)
-    try:
-        kept = _VIEW_COPIES[key]
-    except KeyError:
-        try:
-            kept = _ViewCopy(lib, source.shape, source_strides, target_strides, source.dtype)
-        except DnnlError as exc:
-            logger.debug("oneDNN reorder not made (%s); NumPy copies", exc)
-            kept = None
-        if len(_VIEW_COPIES) >= _MAX_VIEW_COPIES:
-            _VIEW_COPIES.clear()
-        _VIEW_COPIES[key] = kept
+    kept = _kept_reorder(
+        _VIEW_COPIES, _MAX_VIEW_COPIES,
+        (source.shape, source_strides, target_strides, source.dtype),
+        lambda: _ViewCopy(lib, source.shape, source_strides, target_strides, source.dtype))
     if kept is None:
         return False
     kept.copy._execute((source.ctypes.data, target.ctypes.data))
