@@ -165,7 +165,7 @@ def optimize(model: ir.Model, level: int = ALL, max_iterations: int = 5) -> Opti
     report = OptimizationReport(level=level, nodes_before=count_nodes(model))
     # no pass adds control flow: a model without subgraphs is counted by its graph's length
     # (the report counts before and after every pass; recounting node by node made those
-    # counts a fifth of a 1,200-node model's optimization)
+    # counts a third of a 1,200-node model's optimization)
     counted = len(model.graph) == report.nodes_before
     count = _graph_length if counted else count_nodes
     stages = [s for s in PIPELINE if DISABLED < s.level <= level]

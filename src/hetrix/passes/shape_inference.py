@@ -43,7 +43,8 @@ def read_from(model: ir.Model, proto: onnx.ModelProto) -> None:
     Why: the first inference runs right after loading, when the two describe the same graph
     (lifting constants and freezing initializers keep the values' names, which is all the
     merge goes by).  Serializing the IR built about 1.5 MiB of protobuf objects on the
-    1,200-node small_ops model at the load's peak, and took 30-65 ms on ResNet-50."""
+    1,200-node small_ops model at the load's peak: 6.6 MiB peak growth with it, 5.8 without
+    (``hetrix bench``, fresh processes)."""
     model.meta[SOURCE_KEY] = proto
 
 
