@@ -23,6 +23,7 @@ objects pointing at its arrays, and the scratchpad) is kept per thread.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.metadata
 import logging
 import math
@@ -30,7 +31,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -96,6 +97,28 @@ class _Version(ctypes.Structure):
 
 class DnnlError(RuntimeError):
     """A oneDNN call returned an error status (the primitive is then not used)."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _declined_as_none(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R | None]]:
+    """Decorate a ``create_*`` factory: where oneDNN refuses to make the primitive (or offers
+    only its reference kernel), it returns None, logged, and the node's other paths serve it."""
+
+    def decorate(create: Callable[_P, _R]) -> Callable[_P, _R | None]:
+        @functools.wraps(create)
+        def made(*args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+            try:
+                return create(*args, **kwargs)
+            except DnnlError as exc:
+                logger.debug("oneDNN %s not made (%s); the other paths serve it", what, exc)
+                return None
+
+        return made
+
+    return decorate
 
 
 class _Library:
@@ -1037,17 +1060,14 @@ class ConvPool:
         return call
 
 
+@_declined_as_none("convolution + pooling")
 def create_conv_pool(conv: Conv2d, *, kind: str, kernel: list[int], strides: list[int],
                      dilations: list[int], pads_begin: list[int], pads_end: list[int],
                      out: list[int]) -> ConvPool | None:
     """A :class:`ConvPool` of ``conv`` (made for an NCHW source) and a 2-D pooling of its
     output, or None where oneDNN does not serve that pair with its fast kernels."""
-    try:
-        return ConvPool(conv, kind=kind, kernel=kernel, strides=strides, dilations=dilations,
-                        pads_begin=pads_begin, pads_end=pads_end, out=out)
-    except DnnlError as exc:
-        logger.debug("oneDNN convolution + pooling not made (%s); the two run apart", exc)
-        return None
+    return ConvPool(conv, kind=kind, kernel=kernel, strides=strides, dilations=dilations,
+                    pads_begin=pads_begin, pads_end=pads_end, out=out)
 
 
 class ChannelShuffle(_Primitive):
@@ -1319,6 +1339,7 @@ class LayerNorm(_Primitive):
         return self._run_one(x)
 
 
+@_declined_as_none("layer normalization")
 def create_layer_norm(x: np.ndarray, axis: int, scale: np.ndarray, bias: np.ndarray | None,
                       epsilon: float) -> LayerNorm | None:
     """A :class:`LayerNorm` of ``x`` over its axes from ``axis`` on, with ``scale`` and ``bias``
@@ -1330,11 +1351,7 @@ def create_layer_norm(x: np.ndarray, axis: int, scale: np.ndarray, bias: np.ndar
     columns = math.prod(x.shape[axis:])
     if any(p is not None and p.size != columns for p in (scale, bias)):
         return None
-    try:
-        return LayerNorm(lib, x, columns, scale, bias, epsilon)
-    except DnnlError as exc:
-        logger.debug("oneDNN layer normalization not made (%s); the other paths serve it", exc)
-        return None
+    return LayerNorm(lib, x, columns, scale, bias, epsilon)
 
 
 class LocalResponseNorm(_SameShape):
@@ -1359,6 +1376,7 @@ class LocalResponseNorm(_SameShape):
         self._finish(pd)
 
 
+@_declined_as_none("LRN")
 def create_lrn(x: np.ndarray, size: int, alpha: float, beta: float,
                bias: float) -> LocalResponseNorm | None:
     """A :class:`LocalResponseNorm` for ``x``, or None where this module does not serve it (no
@@ -1371,11 +1389,7 @@ def create_lrn(x: np.ndarray, size: int, alpha: float, beta: float,
     x_strides = _unbroadcast_strides(x)
     if x_strides is None:
         return None
-    try:
-        return LocalResponseNorm(lib, x, x_strides, size, alpha, beta, bias)
-    except DnnlError as exc:
-        logger.debug("oneDNN LRN not made (%s); the other paths serve it", exc)
-        return None
+    return LocalResponseNorm(lib, x, x_strides, size, alpha, beta, bias)
 
 
 class Softmax(_Primitive):
@@ -1433,6 +1447,7 @@ class Softmax(_Primitive):
         return call
 
 
+@_declined_as_none("softmax")
 def create_softmax(x: np.ndarray, view: tuple[int, int, int], log: bool) -> Softmax | None:
     """A :class:`Softmax` of ``x`` seen as ``view`` (outer, axis, inner) over the middle axis,
     or None where this module does not serve it (no library, a type it does not compute in,
@@ -1448,13 +1463,10 @@ def create_softmax(x: np.ndarray, view: tuple[int, int, int], log: bool) -> Soft
     view_strides = _element_strides(seen)
     if view_strides is None:
         return None
-    try:
-        return Softmax(lib, x, view, view_strides, 1, log)
-    except DnnlError as exc:
-        logger.debug("oneDNN softmax not made (%s); the other paths serve it", exc)
-        return None
+    return Softmax(lib, x, view, view_strides, 1, log)
 
 
+@_declined_as_none("scale and shift")
 def create_scale_shift(x: np.ndarray, multiplier: np.ndarray, offset: np.ndarray,
                        relu: bool) -> ScaleShift | None:
     """A :class:`ScaleShift` for ``x`` (4-D, channels-last strides, channels a prefix of a
@@ -1466,13 +1478,10 @@ def create_scale_shift(x: np.ndarray, multiplier: np.ndarray, offset: np.ndarray
     x_strides = _element_strides(x)
     if x_strides is None or x_strides[1] != 1:
         return None
-    try:
-        return ScaleShift(lib, x, x_strides, multiplier, offset, relu)
-    except DnnlError as exc:
-        logger.debug("oneDNN scale and shift not made (%s); PyTorch's path serves it", exc)
-        return None
+    return ScaleShift(lib, x, x_strides, multiplier, offset, relu)
 
 
+@_declined_as_none("batch normalization")
 def create_batch_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray,
                       var: np.ndarray, epsilon: float, relu: bool) -> BatchNorm | None:
     """A :class:`BatchNorm` for ``x``, or None where this module does not serve it (no library,
@@ -1488,13 +1497,10 @@ def create_batch_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: 
     x_strides = _unbroadcast_strides(x)
     if x_strides is None:
         return None
-    try:
-        return BatchNorm(lib, x, x_strides, parameters, epsilon, relu)
-    except DnnlError as exc:
-        logger.debug("oneDNN batch normalization not made (%s); PyTorch's path serves it", exc)
-        return None
+    return BatchNorm(lib, x, x_strides, parameters, epsilon, relu)
 
 
+@_declined_as_none("concatenation")
 def create_concat(arrays: tuple[np.ndarray, ...] | list[np.ndarray]) -> Concat | None:
     """A :class:`Concat` of ``arrays`` along the channels, or None where this module does not
     serve it (no library, not 4-D, types it does not compute in or that differ, other dims
@@ -1512,11 +1518,7 @@ def create_concat(arrays: tuple[np.ndarray, ...] | list[np.ndarray]) -> Concat |
                 or array.shape[0] != first.shape[0] or array.shape[2:] != first.shape[2:]):
             return None
         strides.append(element_strides)
-    try:
-        return Concat(lib, arrays, strides)
-    except DnnlError as exc:
-        logger.debug("oneDNN concatenation not made (%s); the other paths serve it", exc)
-        return None
+    return Concat(lib, arrays, strides)
 
 
 def run_kept(ctx: NodeContext, name: str, label: str, x: np.ndarray,
@@ -1549,6 +1551,7 @@ def run_kept(ctx: NodeContext, name: str, label: str, x: np.ndarray,
     return y
 
 
+@_declined_as_none("channel shuffle")
 def create_shuffle(x: np.ndarray, groups: int) -> ChannelShuffle | None:
     """A :class:`ChannelShuffle` for ``x``, or None where this module does not serve it (no
     library, not 4-D, a type it does not compute in, channels not divisible by ``groups``)."""
@@ -1559,13 +1562,10 @@ def create_shuffle(x: np.ndarray, groups: int) -> ChannelShuffle | None:
     x_strides = _unbroadcast_strides(x)
     if x_strides is None:
         return None
-    try:
-        return ChannelShuffle(lib, x, x_strides, groups)
-    except DnnlError as exc:
-        logger.debug("oneDNN channel shuffle not made (%s); the other paths serve it", exc)
-        return None
+    return ChannelShuffle(lib, x, x_strides, groups)
 
 
+@_declined_as_none("pooling")
 def create_pool(x: np.ndarray, *, kind: str, kernel: list[int], strides: list[int],
                 dilations: list[int], pads_begin: list[int], pads_end: list[int],
                 out: list[int]) -> Pool2d | None:
@@ -1577,14 +1577,11 @@ def create_pool(x: np.ndarray, *, kind: str, kernel: list[int], strides: list[in
     x_strides = _element_strides(x)
     if x_strides is None:
         return None
-    try:
-        return Pool2d(lib, x, x_strides, kind=kind, kernel=kernel, strides=strides,
-                      dilations=dilations, pads_begin=pads_begin, pads_end=pads_end, out=out)
-    except DnnlError as exc:
-        logger.debug("oneDNN pooling not made (%s); the other paths serve it", exc)
-        return None
+    return Pool2d(lib, x, x_strides, kind=kind, kernel=kernel, strides=strides,
+                  dilations=dilations, pads_begin=pads_begin, pads_end=pads_end, out=out)
 
 
+@_declined_as_none("convolution")
 def create(x: np.ndarray, w: np.ndarray, dense: np.ndarray, b: np.ndarray | None, *,
            strides: list[int], dilations: list[int], pads: list[int], group: int,
            activation: str, activation_params: list[float], residual: np.ndarray | None,
@@ -1610,15 +1607,11 @@ def create(x: np.ndarray, w: np.ndarray, dense: np.ndarray, b: np.ndarray | None
     residual_strides = None if residual is None else _element_strides(residual)
     if x_strides is None or (residual is not None and residual_strides is None):
         return None
-    try:
-        return Conv2d(lib, x, x_strides, w, dense, b, strides=strides, dilations=dilations,
-                      pads=pads, group=group, activation=activation,
-                      activation_params=activation_params, residual=residual,
-                      residual_strides=residual_strides, weights=weights,
-                      accumulate=accumulate)
-    except DnnlError as exc:
-        logger.debug("oneDNN convolution not made (%s); PyTorch's path serves it", exc)
-        return None
+    return Conv2d(lib, x, x_strides, w, dense, b, strides=strides, dilations=dilations,
+                  pads=pads, group=group, activation=activation,
+                  activation_params=activation_params, residual=residual,
+                  residual_strides=residual_strides, weights=weights,
+                  accumulate=accumulate)
 
 
 def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
