@@ -305,9 +305,7 @@ def _prefix_batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias:
     epsilon = float(ctx.attrs.get("epsilon", 1e-5))
 
     def make() -> Any:
-        multiplier = np.asarray(scale, np.float64) / np.sqrt(np.asarray(var, np.float64)
-                                                             + epsilon)
-        offset = np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * multiplier
+        multiplier, offset = normalization.batch_norm_factors(scale, bias, mean, var, epsilon)
         return _dnnl.create_scale_shift(x, multiplier, offset, relu)
 
     return _dnnl.run_kept(ctx, "dnnl_scale_shift", "scale and shift", x, make)

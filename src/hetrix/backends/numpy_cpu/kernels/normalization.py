@@ -141,6 +141,14 @@ def kept_batch_norm(ctx: NodeContext, kernel: Any, inputs: tuple[np.ndarray, ...
         kernel=kernel, inputs=inputs)
 
 
+def batch_norm_factors(scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                       eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inference BatchNormalization's statistics folded, in float64, into ``(multiplier,
+    offset)`` with ``x * multiplier + offset`` the op."""
+    multiplier = np.asarray(scale, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    return multiplier, np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * multiplier
+
+
 def folded_batch_norm(
     cache: dict[str, Any] | None, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray,
     var: np.ndarray, eps: float, ndim: int, dtype: Any,
@@ -158,8 +166,7 @@ def folded_batch_norm(
     if folded is not None and folded[1] == key and all(
             a is b for a, b in zip(folded[0], params, strict=True)):
         return folded[2], folded[3]
-    multiplier = np.asarray(scale, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
-    offset = np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * multiplier
+    multiplier, offset = batch_norm_factors(scale, bias, mean, var, eps)
     shape = (1, -1) + (1,) * (ndim - 2)
     tensors = (torch.from_numpy(multiplier.reshape(shape)).to(dtype),
                torch.from_numpy(offset.reshape(shape)).to(dtype))
