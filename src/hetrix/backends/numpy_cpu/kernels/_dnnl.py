@@ -787,44 +787,41 @@ class _Reorder(_Primitive):
         self._finish(pd)
 
 
-class _CopyInto(_Primitive):
-    """A reorder of arrays of one shape, type and strided layout into new arrays of a given
-    type, in C order or (4-D) channels-last."""
+class _StridedCopy(_Primitive):
+    """A reorder between two strided layouts of one shape, from one type to another (it owns
+    the two descriptors)."""
 
-    def __init__(self, lib: _Library, array: np.ndarray, strides: tuple[int, ...],
-                 dtype: np.dtype, channels_last: bool) -> None:
+    def __init__(self, lib: _Library, shape: tuple[int, ...], source: tuple[int, ...],
+                 source_dtype: np.dtype, target: tuple[int, ...], target_dtype: np.dtype) -> None:
         super().__init__(lib)
-        self.shape, self.x_strides, self.dtype = array.shape, array.strides, dtype
-        if channels_last:
-            n, c, h, w = array.shape
-            target, self.out_shape = _nhwc(c, h, w), (n, h, w, c)
-        else:
-            target, self.out_shape = _c_strides(array.shape), array.shape
-        self.channels_last = channels_last
-        self.copy = _Reorder(lib, self._desc(array.shape, strides, _DATA_TYPES[array.dtype]),
-                             self._desc(array.shape, target, _DATA_TYPES[dtype]))
+        self.copy = _Reorder(lib, self._desc(shape, source, _DATA_TYPES[source_dtype]),
+                             self._desc(shape, target, _DATA_TYPES[target_dtype]))
 
 
-_COPIES: dict[tuple[Any, ...], _CopyInto | None] = {}
-_MAX_COPIES = 16
+_COPIES: dict[tuple[Any, ...], _StridedCopy | None] = {}
+_MAX_COPIES = 64
 
 
-def _kept_reorder(cache: dict[tuple[Any, ...], Any], limit: int, key: tuple[Any, ...],
-                  make: Callable[[], Any]) -> Any:
-    """The reorder ``cache`` keeps for ``key``, made by ``make()`` on first use (None where
-    oneDNN refuses it, remembered as well); the cache is emptied when it reaches ``limit``."""
+def _kept_copy(shape: tuple[int, ...], source: tuple[int, ...], source_dtype: np.dtype,
+               target: tuple[int, ...], target_dtype: np.dtype) -> _StridedCopy | None:
+    """The reorder kept for copying ``shape`` from the ``source`` element strides and type to
+    the ``target`` ones, made on first use and shared by every caller that copies between
+    those layouts (None where oneDNN refuses it, remembered as well); the cache is emptied when
+    it reaches :data:`_MAX_COPIES`."""
+    key = (shape, source, source_dtype, target, target_dtype)
     try:
-        return cache[key]
+        kept = _COPIES[key]
     except KeyError:
-        pass
-    try:
-        kept = make()
-    except DnnlError as exc:
-        logger.debug("oneDNN reorder not made (%s); the other paths copy", exc)
-        kept = None
-    if len(cache) >= limit:
-        cache.clear()
-    cache[key] = kept
+        lib = library()
+        try:
+            kept = None if lib is None else _StridedCopy(lib, shape, source, source_dtype,
+                                                         target, target_dtype)
+        except DnnlError as exc:
+            logger.debug("oneDNN reorder not made (%s); the other paths copy", exc)
+            kept = None
+        if len(_COPIES) >= _MAX_COPIES:
+            _COPIES.clear()
+        _COPIES[key] = kept
     return kept
 
 
@@ -839,30 +836,17 @@ def _copy_into(array: np.ndarray, dtype: np.dtype, channels_last: bool) -> np.nd
     strides = _element_strides(array)
     if strides is None:
         return None
-    copy = _kept_reorder(_COPIES, _MAX_COPIES,
-                         (array.shape, strides, array.dtype, dtype, channels_last),
-                         lambda: _CopyInto(lib, array, strides, dtype, channels_last))
+    if channels_last:
+        n, c, h, w = array.shape
+        target, out_shape = _nhwc(c, h, w), (n, h, w, c)
+    else:
+        target, out_shape = _c_strides(array.shape), array.shape
+    copy = _kept_copy(array.shape, strides, array.dtype, target, dtype)
     if copy is None:
         return None
-    out = np.empty(copy.out_shape, dtype)
+    out = np.empty(out_shape, dtype)
     copy.copy._execute((array.ctypes.data, out.ctypes.data))
     return out.transpose(0, 3, 1, 2) if channels_last else out
-
-
-class _ViewCopy(_Primitive):
-    """A reorder between two strided layouts of one shape and type (it owns their
-    descriptors)."""
-
-    def __init__(self, lib: _Library, shape: tuple[int, ...], source: tuple[int, ...],
-                 target: tuple[int, ...], dtype: np.dtype) -> None:
-        super().__init__(lib)
-        data_type = _DATA_TYPES[dtype]
-        self.copy = _Reorder(lib, self._desc(shape, source, data_type),
-                             self._desc(shape, target, data_type))
-
-
-_VIEW_COPIES: dict[tuple[Any, ...], _ViewCopy | None] = {}
-_MAX_VIEW_COPIES = 64
 
 
 def copy_into(source: np.ndarray, target: np.ndarray) -> bool:
@@ -880,13 +864,10 @@ def copy_into(source: np.ndarray, target: np.ndarray) -> bool:
     source_strides, target_strides = _element_strides(source), _element_strides(target)
     if source_strides is None or target_strides is None:
         return False
-    kept = _kept_reorder(
-        _VIEW_COPIES, _MAX_VIEW_COPIES,
-        (source.shape, source_strides, target_strides, source.dtype),
-        lambda: _ViewCopy(lib, source.shape, source_strides, target_strides, source.dtype))
-    if kept is None:
+    copy = _kept_copy(source.shape, source_strides, source.dtype, target_strides, source.dtype)
+    if copy is None:
         return False
-    kept.copy._execute((source.ctypes.data, target.ctypes.data))
+    copy.copy._execute((source.ctypes.data, target.ctypes.data))
     return True
 
 
