@@ -322,7 +322,8 @@ def test_softmax_switches_and_follows_other_shapes(op: str, opset: int, axis: in
                                                    shape: list) -> None:
     """Softmax's direct call is the node's kept oneDNN primitive for the shape it saw: ORT's
     results on later runs, at another batch size (the kernel serves it), and a NaN spreading
-    over its whole row as in ONNX (oneDNN's own answer would not: the call hands it back)."""
+    over its whole row as in ONNX, and a +inf too (oneDNN's own answer would not: the call
+    hands it back)."""
     pytest.importorskip("torch")
     graph = helper.make_graph(
         [helper.make_node(op, ["x"], ["y"], axis=axis)], "softmax",
@@ -337,6 +338,8 @@ def test_softmax_switches_and_follows_other_shapes(op: str, opset: int, axis: in
         x = (rng.standard_normal([batch, *shape[1:]]) * 5).astype(np.float32)
         if run in (2, 4):  # after the first run, which switched the step
             x.reshape(-1)[3] = np.nan
+        elif run == 3:  # the batch-2 primitive's first call (not a direct one): +inf
+            x.reshape(-1)[-2] = np.inf
         feeds = {"x": x}
         np.testing.assert_allclose(session.run(None, feeds)[0], ort_run(model, feeds),
                                    rtol=1e-4, atol=1e-5)
