@@ -20,6 +20,8 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from hetrix.runtime.memory import release_free_memory
+
 logger = logging.getLogger(__name__)
 
 try:  # onnx-ir's helper that leaves the large weights out of the serialized copy
@@ -72,6 +74,10 @@ class ShapeInferencePass(ir.passes.InPlacePass):
         modified = False
         for graph, graph_proto in _graph_pairs(model.graph, inferred.graph):
             modified |= _merge(graph, graph_proto)
+        del inferred
+        import os
+        if os.environ.get("TRIM"):
+            release_free_memory()
         return ir.passes.PassResult(model, modified)
 
 

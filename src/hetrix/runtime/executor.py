@@ -79,7 +79,8 @@ def _walk_lean(plan: Plan, slots: list[Any]) -> None:
     instructions per node are the whole per-node overhead of Hetrix: one- and two-input
     steps (nearly all) fetch their arguments without building a list, and a step's single
     output is stored without a loop."""
-    for call, count, first, second, inputs, output, outputs, frees, step in plan.lean_steps:
+    steps = plan.lean_run if plan.lean_run is not None else plan.lean_steps
+    for call, count, first, second, inputs, output, outputs, frees, step in steps:
         try:
             if count == 1:
                 result = call(slots[first])

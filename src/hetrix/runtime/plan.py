@@ -82,6 +82,9 @@ class Plan:
     and the session brings them to the host unless the caller keeps them on the device."""
     direct_calls_bound: bool = False
     """Whether :func:`bind_direct_calls` has looked at this plan (after its first run)."""
+    lean_run: list[tuple[Any, ...]] | None = None
+    """What the lean run loop walks once direct calls are bound: ``lean_steps`` with each run
+    of joinable direct calls as one entry (:func:`join_direct_calls`); None before."""
 
 
 class KernelChooser:
@@ -302,7 +305,59 @@ def bind_direct_calls(plan: Plan) -> int:
             *lean[5:],
         )
         switched += 1
+    plan.lean_run = join_direct_calls(plan.lean_steps, plan.output_slots)
     return switched
+
+
+JOIN_MIN_STEPS = 2
+"""The fewest consecutive joinable direct calls made one call."""
+
+
+def join_direct_calls(lean_steps: list[tuple[Any, ...]],
+                      output_slots: Sequence[int]) -> list[tuple[Any, ...]]:
+    """``lean_steps`` with each run of consecutive steps whose direct calls name the same
+    ``join`` function (a library's, e.g. oneDNN's kept primitives: one replay of their
+    executions) replaced by one entry for the call that function makes of them.  That call
+    reads the slots the run reads before writing them, returns the slots it writes that
+    outlive it (read after it, or graph outputs) as a tuple, and the entry frees what the
+    steps freed.  The steps' own entries stay in ``lean_steps`` (the profiling loop times each)."""
+    joined: list[tuple[Any, ...]] = []
+    index = 0
+    while index < len(lean_steps):
+        join = getattr(lean_steps[index][0], "join", None)
+        end = index + 1
+        while (join is not None and end < len(lean_steps)
+               and getattr(lean_steps[end][0], "join", None) is join):
+            end += 1
+        if join is None or end - index < JOIN_MIN_STEPS:
+            joined.append(lean_steps[index])
+            index += 1
+            continue
+        run = lean_steps[index:end]
+        written: set[int] = set()
+        reads: list[int] = []
+        freed: list[int] = []
+        for entry in run:
+            reads += [s for s in entry[4] if s not in written and s not in reads]
+            written.update(entry[6])
+            freed += entry[7]
+        kept = [s for s in written if s not in freed or s in output_slots]
+        outputs = tuple(sorted(kept))
+        links = [(entry[0], entry[4], entry[6], entry[7]) for entry in run]
+        inputs = tuple(reads)
+        joined.append((
+            join(links, inputs, outputs),
+            len(inputs),
+            inputs[0] if inputs else 0,
+            inputs[1] if len(inputs) > 1 else 0,
+            inputs,
+            outputs[0] if outputs else 0,
+            outputs,
+            tuple(s for s in freed if s not in written),
+            run[0][-1],
+        ))
+        index = end
+    return joined
 
 
 def _nodes_in_order(graph: ir.Graph, scope: _Scope, initializers: set[str]) -> list[ir.Node]:

@@ -303,10 +303,26 @@ def _element_strides(array: np.ndarray) -> tuple[int, ...] | None:
     return tuple(s // itemsize for s in array.strides)
 
 
+tracer: Any = None
+"""While a run of direct calls is traced to be replayed on fixed buffers
+(:mod:`._dnnl_chain`), the object told of every primitive execution and every staging buffer
+made; None otherwise (one test per execution)."""
+
+
+def join_kept(links: Any, inputs: tuple[int, ...], outputs: tuple[int, ...]) -> Any:
+    """The ``join`` of the direct calls that run kept primitives and nothing else: consecutive
+    ones in a plan become one replay of their executions (:mod:`._dnnl_chain`)."""
+    from hetrix.backends.numpy_cpu.kernels._dnnl_chain import join
+
+    return join(links, inputs, outputs)
+
+
 def _aligned_empty(nbytes: int) -> tuple[np.ndarray, int]:
     """A byte buffer and the 64-byte-aligned address inside it (oneDNN's kernels load whole
     cache lines; NumPy aligns to 16 bytes only)."""
     buffer = np.empty(nbytes + 64, np.uint8)
+    if tracer is not None:
+        tracer.allocated(buffer)
     address = buffer.ctypes.data
     return buffer, address + (-address % 64)
 
@@ -455,6 +471,8 @@ class _Primitive:
             set_handle(memory, address)
         if bindings.scratchpad is not _SCRATCHPAD.buffer:  # another primitive grew it
             bindings.point_scratchpad()
+        if tracer is not None:
+            tracer.executed(self, bindings.count, bindings.args_address)
         status = self.lib.execute(self.primitive, self.lib.stream, bindings.count,
                                   bindings.args_address)
         if status != _SUCCESS:
@@ -498,6 +516,7 @@ class _Primitive:
                 return y if axes is None else y.transpose(axes)
 
             call.primitive = self  # type: ignore[attr-defined]
+            call.join = join_kept  # type: ignore[attr-defined]
             return call
         residual_layout, residual_memory = self.residual, bindings.runtime[2]
 
@@ -513,6 +532,7 @@ class _Primitive:
             return y if axes is None else y.transpose(axes)
 
         call_with_residual.primitive = self  # type: ignore[attr-defined]
+        call_with_residual.join = join_kept  # type: ignore[attr-defined]
         return call_with_residual
 
     def _bound_run(self, bindings: _Bindings) -> Callable[[np.ndarray, np.ndarray], None]:
@@ -547,6 +567,8 @@ class _Primitive:
         def go() -> None:
             if bindings.scratchpad is not _SCRATCHPAD.buffer:
                 bindings.point_scratchpad()
+            if tracer is not None:
+                tracer.executed(self, count, args)
             status = execute(primitive, stream, count, args)
             if status != _SUCCESS:
                 raise DnnlError(f"oneDNN {label} failed with status {status}")
@@ -737,6 +759,7 @@ class Conv2d(_Primitive):
             return z
 
         call_accumulating.primitive = self  # type: ignore[attr-defined]
+        call_accumulating.join = join_kept  # type: ignore[attr-defined]
         return call_accumulating
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
@@ -1038,6 +1061,7 @@ class ConvPool:
             return run(x)
 
         call.primitive = self  # type: ignore[attr-defined]
+        call.join = join_kept  # type: ignore[attr-defined]
         return call
 
 
@@ -1172,6 +1196,7 @@ class Concat(_Primitive):
             return y.transpose(0, 3, 1, 2)
 
         call.primitive = self  # type: ignore[attr-defined]
+        call.join = join_kept  # type: ignore[attr-defined]
         return call
 
 

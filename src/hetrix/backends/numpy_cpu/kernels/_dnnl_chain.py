@@ -1,0 +1,477 @@
+"""A run of kept oneDNN primitives replayed on fixed buffers: one library call per primitive.
+
+Why.  After an idle pause (the suite's 0.1 s, a server between requests) whatever a run
+touches comes from memory again, and Hetrix's Python around each kept primitive (the direct
+call's layout checks, its output's allocation, the data-handle calls) then costs about 20 us a
+step, as much as many of the kernels.  A replay of the same executions from one list, on
+buffers placed once, leaves only the library calls.  Measured before this module (a prototype
+replaying one recorded run on a liveness arena, alternating with the whole run and ORT after
+0.1 s pauses, medians of 20): SqueezeNet batch 1 5.32 ms against 7.20 (ORT 5.32), ShuffleNet's
+primitives 5.04 ms against 7.30 for its whole run (ORT 6.31).
+
+How.  The plan hands over a run of consecutive steps whose direct calls offer to be joined
+(their ``join`` attribute, :func:`join`).  The joined call's first call runs the steps one by
+one while :data:`._dnnl.tracer` records each execution (its memory objects and the addresses
+they point at) and each staging buffer made.  Each address is then placed: inside one of the
+run's inputs (pointed at per call, relative to the array passed), inside a buffer that a later
+step reads (made per call, as the steps did), or inside one that dies within the run (a place
+in an arena kept for good, shared by buffers whose lifetimes do not overlap); the weights and
+the thread's scratchpad stay as they are.  An address anywhere else (memory the trace cannot
+account for: a kernel's own copy) or a step that is not a single array out leaves the run to
+its steps.  The replay has its own memory objects and is checked once, on copies of the traced
+inputs, against the traced outputs bit for bit (the same primitives on the same values).
+Afterwards it serves the calls made on the tracing thread with the traced layouts (and, where
+a primitive writes into an input, while that input may be overwritten: ``sole_view``); any
+other call runs the steps one by one, each with its own checks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from hetrix.backends.numpy_cpu.kernels import _dnnl
+from hetrix.runtime.memory import sole_view
+
+logger = logging.getLogger(__name__)
+
+Link = tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+"""One step of a run: its direct call, the slots it reads, the slots it writes, the slots
+freed after it."""
+
+_WRITTEN = frozenset({_dnnl._ARG_DST, _dnnl._ARG_DST + 1, _dnnl._ARG_DST + 2})
+"""Execution arguments a primitive writes (``DNNL_ARG_DST``, ``_DST_1``, ``_DST_2``)."""
+
+ALIGNMENT = 64
+"""Byte alignment of each buffer placed in the arena (a cache line, as ``_aligned_empty``)."""
+
+
+_TRACING = threading.Lock()
+"""Held while a run is traced: :data:`._dnnl.tracer` is one per process."""
+
+
+class _Declined(Exception):
+    """The traced run cannot be replayed (the message says why)."""
+
+
+def join(links: Sequence[Link], inputs: tuple[int, ...],
+         outputs: tuple[int, ...]) -> Callable[..., tuple[Any, ...]]:
+    """One call for the steps ``links``: it takes the values of the slots ``inputs`` (those the
+    steps read before any of them writes them) and returns those of ``outputs`` (the ones they
+    write that outlive the run), as the steps one by one would."""
+    return _Chain(tuple(links), inputs, outputs).call
+
+
+class _Chain:
+    def __init__(self, links: tuple[Link, ...], inputs: tuple[int, ...],
+                 outputs: tuple[int, ...]) -> None:
+        self.links, self.inputs, self.outputs = links, inputs, outputs
+        self.replay: _Replay | None = None
+        self.traced = False
+
+    def call(self, *values: Any) -> tuple[Any, ...]:
+        replay = self.replay
+        if replay is not None:
+            result = replay.run(values)
+            if result is not None:
+                return result
+        elif not self.traced and _TRACING.acquire(blocking=False):  # else: a later call
+            try:
+                if not self.traced:
+                    self.traced = True
+                    return self._trace(values)
+            finally:
+                _TRACING.release()
+        return self.one_by_one(values)
+
+    def one_by_one(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        slots = dict(zip(self.inputs, values, strict=True))
+        for call, reads, writes, frees in self.links:
+            result = call(*[slots[slot] for slot in reads])
+            if type(result) is tuple:
+                for slot, value in zip(writes, result, strict=False):
+                    slots[slot] = value
+            else:
+                slots[writes[0]] = result
+            for slot in frees:
+                slots.pop(slot, None)
+        return tuple(slots[slot] for slot in self.outputs)
+
+    def _trace(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Run the steps one by one, traced; make the replay when the trace allows one."""
+        library = _dnnl.library()
+        copies = [_same_layout_copy(v) for v in values]  # for the check, before any write
+        tracer = _Tracer(library) if library is not None else None
+        _dnnl.tracer = tracer
+        try:
+            slots = dict(zip(self.inputs, values, strict=True))
+            for index, (call, reads, writes, frees) in enumerate(self.links):
+                arguments = [slots[slot] for slot in reads]
+                if tracer is not None:
+                    tracer.begin(index, values, list(slots.values()), _parts(call))
+                result = call(*arguments)
+                if tracer is not None:
+                    tracer.end(result, len(writes))
+                if type(result) is tuple:
+                    for slot, value in zip(writes, result, strict=False):
+                        slots[slot] = value
+                else:
+                    slots[writes[0]] = result
+                del arguments, result
+                for slot in frees:
+                    slots.pop(slot, None)
+            outputs = tuple(slots[slot] for slot in self.outputs)
+        finally:
+            _dnnl.tracer = None
+        if tracer is None:
+            return outputs
+        try:
+            replay = _Replay(library, tracer, values, outputs, self.links)
+            replay.check(copies, outputs)
+        except _Declined as why:
+            logger.debug("steps %s stay one by one: %s", _names(self.links), why)
+        else:
+            self.replay = replay
+        return outputs
+
+
+def _names(links: Sequence[Link]) -> str:
+    first, last = links[0][0], links[-1][0]
+    return f"{getattr(first, '__qualname__', first)}..{getattr(last, '__qualname__', last)}"
+
+
+def _parts(call: Callable[..., Any]) -> set[int]:
+    """The ids of the kept primitives a direct call runs when it serves the call itself (its
+    primitive, a staging reorder, a convolution + pooling's three): a step that ran any other
+    went to its kernel, whose work the trace may not see whole."""
+    made = getattr(call, "primitive", None)
+    found = [made]
+    for name in ("conv", "pool", "reorder"):
+        found.append(getattr(made, name, None))
+    found += [getattr(part, "staged", None) for part in list(found)]
+    return {id(part) for part in found if part is not None}
+
+
+def _same_layout_copy(value: Any) -> np.ndarray | None:
+    """A copy of ``value`` with its shape, strides and type, or None where NumPy's copy would
+    not keep them (a strided view)."""
+    if type(value) is not np.ndarray:
+        return None
+    copy = np.empty_like(value, order="K")
+    if copy.strides != value.strides:
+        return None
+    np.copyto(copy, value)
+    return copy
+
+
+def _bounds(array: np.ndarray) -> tuple[int, int]:
+    """The first and one past the last byte address ``array``'s elements occupy."""
+    low = high = array.ctypes.data
+    for size, stride in zip(array.shape, array.strides, strict=True):
+        if size == 0:
+            return low, low
+        if stride < 0:
+            low += stride * (size - 1)
+        else:
+            high += stride * (size - 1)
+    return low, high + array.itemsize
+
+
+def _root(array: np.ndarray) -> np.ndarray:
+    """The array that owns ``array``'s memory (the end of its chain of NumPy bases)."""
+    while type(array.base) is np.ndarray:
+        array = array.base
+    return array
+
+
+class _Buffer:
+    """A buffer the steps made, identified across the trace while it is alive."""
+
+    def __init__(self, serial: int, root: np.ndarray, temporary: bool) -> None:
+        self.serial = serial
+        self.alive = weakref.ref(root)
+        self.start, self.end = _bounds(root)
+        self.shape, self.dtype = root.shape, root.dtype
+        self.temporary = temporary
+        self.first = self.last = -1  # the executions that touch it, in order
+        self.escapes = False
+        self.place = -1  # its offset in the arena, or its index among the buffers made per call
+
+
+class _Tracer:
+    """Told of each execution and staging buffer of the steps (see :data:`._dnnl.tracer`);
+    places every address they use once each step has returned."""
+
+    def __init__(self, library: Any) -> None:
+        self.library = library
+        self.owner = threading.get_ident()
+        self.executions: list[tuple[Any, list[tuple[int, int, Any]]]] = []
+        """Each traced execution: the primitive object and its (argument, memory, place)."""
+        self.buffers: list[_Buffer] = []
+        self._by_id: dict[int, _Buffer] = {}
+        self._pending: list[tuple[int, int, int | None]] = []
+        self._pending_start = 0
+        self._temporaries: list[np.ndarray] = []
+        self.declined = ""
+        self.step = 0
+        self._inputs: tuple[Any, ...] = ()
+        self._live: list[Any] = []
+        self._parts: set[int] = set()
+        get = library.lib.dnnl_memory_get_data_handle
+        get.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
+        self._get_handle = get
+
+    # -- called by _dnnl while a step runs ---------------------------------------------------
+
+    def executed(self, primitive: Any, count: int, args_address: int) -> None:
+        if threading.get_ident() != self.owner:
+            return
+        entries = (_dnnl._ExecArg * count).from_address(args_address)
+        args = []
+        for entry in entries:
+            handle = ctypes.c_void_p()
+            self._get_handle(entry.memory, ctypes.byref(handle))
+            args.append((entry.arg, entry.memory, handle.value))
+        self.executions.append((primitive, args))  # places filled in by end()
+
+    def allocated(self, buffer: np.ndarray) -> None:
+        if threading.get_ident() == self.owner:
+            self._temporaries.append(buffer)
+
+    # -- called by the chain around each step --------------------------------------------------
+
+    def begin(self, step: int, inputs: tuple[Any, ...], live: list[Any],
+              parts: set[int]) -> None:
+        self.step, self._inputs, self._live, self._parts = step, inputs, live, parts
+        self._pending_start = len(self.executions)
+
+    def end(self, result: Any, writes: int) -> None:
+        temporaries, self._temporaries = self._temporaries, []
+        if self.declined:
+            return
+        if type(result) is not np.ndarray or writes != 1:
+            self.declined = f"step {self.step} does not give one array"
+            return
+        if len(self.executions) == self._pending_start:
+            self.declined = f"step {self.step} ran no kept primitive"
+            return
+        if any(id(p) not in self._parts for p, _ in self.executions[self._pending_start:]):
+            self.declined = f"step {self.step} went to its kernel"
+            return
+        # the buffers the step's memory may lie in, the inputs' own aside (placed below)
+        inputs = {id(_root(v)) for v in self._inputs if type(v) is np.ndarray}
+        made = [_root(v) for v in (*self._live, result) if type(v) is np.ndarray]
+        candidates = [self._buffer(root) for root in made if id(root) not in inputs]
+        candidates += [self._buffer(t, temporary=True) for t in temporaries]
+        constants_of: dict[int, set[int]] = {}
+        for index in range(self._pending_start, len(self.executions)):
+            primitive, args = self.executions[index]
+            constants = constants_of.setdefault(id(primitive), {
+                m.value for _, m in primitive.constant_args})
+            placed = []
+            for arg, memory, address in args:
+                placed.append((arg, memory, self._place(arg, memory, address, constants,
+                                                        candidates, index)))
+                if self.declined:
+                    return
+            self.executions[index] = (primitive, placed)
+
+    def _buffer(self, root: np.ndarray, temporary: bool = False) -> _Buffer:
+        known = self._by_id.get(id(root))
+        if known is not None and known.alive() is root:
+            return known
+        made = _Buffer(len(self.buffers), root, temporary)
+        self.buffers.append(made)
+        self._by_id[id(root)] = made
+        return made
+
+    def _place(self, arg: int, memory: int, address: int | None, constants: set[int],
+               candidates: list[_Buffer], execution: int) -> Any:
+        """Where an execution's argument points: ("scratchpad",), ("same",) for a memory the
+        primitive holds for good, ("input", i, offset) or ("buffer", buffer, offset)."""
+        if arg == _dnnl._ARG_SCRATCHPAD:
+            return ("scratchpad",)
+        if memory in constants:
+            return ("same",)
+        if address is None:
+            self.declined = f"an argument {arg} with no data"
+            return None
+        for buffer in candidates:
+            if buffer.start <= address < buffer.end:
+                if buffer.first < 0:
+                    buffer.first = execution
+                buffer.last = execution
+                return ("buffer", buffer, address - buffer.start)
+        for i, value in enumerate(self._inputs):
+            if type(value) is np.ndarray:
+                low, high = _bounds(value)
+                if low <= address < high:
+                    return ("input", i, address - value.ctypes.data, arg in _WRITTEN)
+        self.declined = f"step {self.step} uses memory the trace cannot place"
+        return None
+
+
+class _Replay:
+    """The traced executions on their own memory objects; :meth:`run` makes them."""
+
+    def __init__(self, library: Any, tracer: _Tracer, values: tuple[Any, ...],
+                 outputs: tuple[Any, ...], links: tuple[Link, ...]) -> None:
+        if tracer.declined:
+            raise _Declined(tracer.declined)
+        self.library, self.links = library, links
+        self._primitives = [primitive for primitive, _ in tracer.executions]  # their handles
+        lib = library.lib
+        lib.dnnl_memory_get_memory_desc.argtypes = [ctypes.c_void_p,
+                                                     ctypes.POINTER(ctypes.c_void_p)]
+        self._memories: list[Any] = []
+        weakref.finalize(self, _dnnl._destroy, lib, [], self._memories, [], [])
+        self.layouts = tuple(
+            (v.shape, v.strides, v.dtype) if type(v) is np.ndarray else None for v in values)
+        self.results = self._results(tracer, values, outputs)
+        made_per_call = [b for b in tracer.buffers if b.escapes]
+        for index, buffer in enumerate(made_per_call):
+            buffer.place = index
+        self.made_per_call = tuple((b.shape, b.dtype) for b in made_per_call)
+        arena_bytes = self._place_in_arena([b for b in tracer.buffers
+                                            if not b.escapes and b.first >= 0])
+        self.arena = np.empty(arena_bytes + ALIGNMENT, np.uint8)
+        base = self.arena.ctypes.data + (-self.arena.ctypes.data % ALIGNMENT)
+        self.from_inputs: list[tuple[Any, int, int]] = []
+        self.from_made: list[tuple[Any, int, int]] = []
+        self.scratchpads: list[Any] = []
+        self.written_inputs: set[int] = set()
+        self.scratchpad_bytes = 0
+        self.executions = []
+        self._args = []
+        for primitive, placed in tracer.executions:
+            entries = []
+            for arg, memory, place in placed:
+                entries.append(_dnnl._ExecArg(arg, self._memory_for(
+                    primitive, memory, place, base)))
+            array = (_dnnl._ExecArg * len(entries))(*entries)
+            self._args.append(array)
+            self.executions.append((primitive.primitive, len(entries), ctypes.addressof(array)))
+        self.scratchpad: np.ndarray | None = None
+        self.owner = threading.get_ident()
+
+    def _results(self, tracer: _Tracer, values: tuple[Any, ...],
+                 outputs: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
+        """How to make each output per call: ("input", i) for an input passed through, or
+        ("made", buffer, offset, shape, strides, dtype) for a view of a buffer made per call."""
+        results = []
+        for value in outputs:
+            if type(value) is not np.ndarray:
+                raise _Declined("an output that is not an array")
+            passed = [i for i, v in enumerate(values) if v is value]
+            if passed:
+                results.append(("input", passed[0]))
+                continue
+            root = _root(value)
+            buffer = tracer._by_id.get(id(root))
+            if buffer is None or buffer.alive() is not root or buffer.temporary or buffer.first < 0:
+                raise _Declined("an output the traced executions did not write")
+            buffer.escapes = True
+            results.append(("made", buffer, value.ctypes.data - buffer.start, value.shape,
+                            value.strides, value.dtype))
+        return tuple(results)
+
+    @staticmethod
+    def _place_in_arena(buffers: list[_Buffer]) -> int:
+        """Give each buffer an offset in one arena, first fit among the buffers alive at the
+        same time (by execution); returns the arena's size in bytes."""
+        placed: list[_Buffer] = []
+        top = 0
+        for buffer in sorted(buffers, key=lambda b: b.first):
+            size = -(-(buffer.end - buffer.start) // ALIGNMENT) * ALIGNMENT
+            busy = sorted((b.place, b.place + -(-(b.end - b.start) // ALIGNMENT) * ALIGNMENT)
+                          for b in placed if b.last >= buffer.first)
+            offset = 0
+            for start, end in busy:
+                if offset + size <= start:
+                    break
+                offset = max(offset, end)
+            buffer.place = offset
+            placed.append(buffer)
+            top = max(top, offset + size)
+        return top
+
+    def _memory_for(self, primitive: Any, memory: int, place: tuple[Any, ...],
+                    base: int) -> Any:
+        """The memory object the replay passes for one traced argument."""
+        kind = place[0]
+        if kind == "same":
+            return memory
+        desc = ctypes.c_void_p()
+        self.library.check("dnnl_memory_get_memory_desc", ctypes.c_void_p(memory),
+                           ctypes.byref(desc))
+        made = self.library.memory(desc, None)
+        self._memories.append(made)
+        if kind == "scratchpad":
+            self.scratchpads.append(made)
+            self.scratchpad_bytes = max(self.scratchpad_bytes, primitive.scratchpad_bytes)
+        elif kind == "input":
+            _, index, offset, written = place
+            self.from_inputs.append((made, index, offset))
+            if written:
+                self.written_inputs.add(index)
+        else:
+            _, buffer, offset = place
+            if buffer.escapes:
+                self.from_made.append((made, buffer.place, offset))
+            else:
+                self.library.set_handle(made, base + buffer.place + offset)
+        return made
+
+    def check(self, copies: list[np.ndarray | None], traced: tuple[Any, ...]) -> None:
+        """Replay once on ``copies`` of the traced inputs: the outputs must equal the traced
+        ones bit for bit."""
+        if any(c is None and layout is not None for c, layout in zip(copies, self.layouts,
+                                                                    strict=True)):
+            raise _Declined("an input whose layout a copy does not keep")
+        got = self._execute(copies)
+        for mine, theirs in zip(got, traced, strict=True):
+            if not np.array_equal(mine, theirs, equal_nan=True):
+                raise _Declined("the replay's result differs from the steps'")
+
+    def run(self, values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The outputs for ``values``, or None where the replay does not serve them (another
+        thread, another layout, an input it writes that is not free to be written)."""
+        if threading.get_ident() != self.owner:
+            return None
+        for value, layout in zip(values, self.layouts, strict=True):
+            if layout is not None and (type(value) is not np.ndarray or (
+                    value.shape, value.strides, value.dtype) != layout):
+                return None
+        for index in self.written_inputs:
+            if not sole_view(values[index]):
+                return None
+        return self._execute(values)
+
+    def _execute(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        library = self.library
+        set_handle, execute, stream = library.set_handle, library.execute, library.stream
+        pad = _dnnl._SCRATCHPAD
+        if pad.buffer is not self.scratchpad:  # first call, or a primitive made since grew it
+            pad.fit(self.scratchpad_bytes)
+            for memory in self.scratchpads:
+                set_handle(memory, pad.address)
+            self.scratchpad = pad.buffer
+        for memory, index, offset in self.from_inputs:
+            set_handle(memory, values[index].ctypes.data + offset)
+        made = [np.empty(shape, dtype) for shape, dtype in self.made_per_call]
+        for memory, index, offset in self.from_made:
+            set_handle(memory, made[index].ctypes.data + offset)
+        for primitive, count, args in self.executions:
+            status = execute(primitive, stream, count, args)
+            if status:
+                raise _dnnl.DnnlError(f"oneDNN failed with status {status} in a replayed run")
+        return tuple(
+            values[r[1]] if r[0] == "input"
+            else np.ndarray(r[3], r[5], made[r[1].place], r[2], r[4])
+            for r in self.results)
