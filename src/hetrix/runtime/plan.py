@@ -305,16 +305,32 @@ def bind_direct_calls(plan: Plan) -> int:
             *lean[5:],
         )
         switched += 1
-    plan.lean_run = join_direct_calls(plan.lean_steps, plan.output_slots)
+    plan.lean_run = join_direct_calls(plan.lean_steps)
     return switched
+
+
+def run_interface(links: Sequence[tuple[Any, tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+                  ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """For consecutive steps ``(call, reads, writes, frees)`` run as one call: the slots it
+    reads before any step writes them, the slots it writes that outlive it (not freed by a
+    step of the run: read later, or graph outputs, which are never freed), and the slots it
+    frees that it did not write."""
+    written: set[int] = set()
+    reads: list[int] = []
+    freed: list[int] = []
+    for _, step_reads, writes, frees in links:
+        reads += [s for s in step_reads if s not in written and s not in reads]
+        written.update(writes)
+        freed += frees
+    outputs = tuple(sorted(s for s in written if s not in freed))
+    return tuple(reads), outputs, tuple(s for s in freed if s not in written)
 
 
 JOIN_MIN_STEPS = 2
 """The fewest consecutive joinable direct calls made one call."""
 
 
-def join_direct_calls(lean_steps: list[tuple[Any, ...]],
-                      output_slots: Sequence[int]) -> list[tuple[Any, ...]]:
+def join_direct_calls(lean_steps: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """``lean_steps`` with each run of consecutive steps whose direct calls name the same
     ``join`` function (a library's, e.g. oneDNN's kept primitives: one replay of their
     executions) replaced by one entry for the call that function makes of them.  That call
@@ -334,17 +350,8 @@ def join_direct_calls(lean_steps: list[tuple[Any, ...]],
             index += 1
             continue
         run = lean_steps[index:end]
-        written: set[int] = set()
-        reads: list[int] = []
-        freed: list[int] = []
-        for entry in run:
-            reads += [s for s in entry[4] if s not in written and s not in reads]
-            written.update(entry[6])
-            freed += entry[7]
-        kept = [s for s in written if s not in freed or s in output_slots]
-        outputs = tuple(sorted(kept))
         links = [(entry[0], entry[4], entry[6], entry[7]) for entry in run]
-        inputs = tuple(reads)
+        inputs, outputs, frees = run_interface(links)
         joined.append((
             join(links, inputs, outputs),
             len(inputs),
@@ -353,7 +360,7 @@ def join_direct_calls(lean_steps: list[tuple[Any, ...]],
             inputs,
             outputs[0] if outputs else 0,
             outputs,
-            tuple(s for s in freed if s not in written),
+            frees,
             run[0][-1],
         ))
         index = end

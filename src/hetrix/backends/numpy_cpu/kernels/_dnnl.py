@@ -309,14 +309,6 @@ tracer: Any = None
 made; None otherwise (one test per execution)."""
 
 
-def join_kept(links: Any, inputs: tuple[int, ...], outputs: tuple[int, ...]) -> Any:
-    """The ``join`` of the direct calls that run kept primitives and nothing else: consecutive
-    ones in a plan become one replay of their executions (:mod:`._dnnl_chain`)."""
-    from hetrix.backends.numpy_cpu.kernels._dnnl_chain import join
-
-    return join(links, inputs, outputs)
-
-
 def _aligned_empty(nbytes: int) -> tuple[np.ndarray, int]:
     """A byte buffer and the 64-byte-aligned address inside it (oneDNN's kernels load whole
     cache lines; NumPy aligns to 16 bytes only)."""
@@ -1655,3 +1647,13 @@ def _destroy(lib: ctypes.CDLL, descs: list[_Handle], memories: list[_Handle],
         lib.dnnl_memory_destroy(memory)
     for desc in descs:
         lib.dnnl_memory_desc_destroy(desc)
+
+
+# Last, as it reads this module's names.  Imported with it, not on a plan's first join: a
+# module compiled on import (no bytecode cache) costs 1.5 MiB of heap, which a model's first
+# run would otherwise show.
+from hetrix.backends.numpy_cpu.kernels import _dnnl_chain  # noqa: E402
+
+join_kept = _dnnl_chain.join
+"""The ``join`` of the direct calls that run kept primitives and nothing else: consecutive
+ones in a plan become one replay of their executions (:mod:`._dnnl_chain`)."""

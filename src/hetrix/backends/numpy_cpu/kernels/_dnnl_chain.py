@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels import _dnnl
-from hetrix.runtime.memory import sole_view
+from hetrix.runtime.memory import release_free_memory, sole_view
+from hetrix.runtime.plan import run_interface
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class _Chain:
         self.links, self.inputs, self.outputs = links, inputs, outputs
         self.replay: _Replay | None = None
         self.traced = False
+        self.parts: tuple[Link, ...] | None = None
+        """After a trace that a step stopped: the runs before and after it as chains of
+        their own, and the step (see :meth:`_split`)."""
 
     def call(self, *values: Any) -> tuple[Any, ...]:
         replay = self.replay
@@ -92,7 +96,7 @@ class _Chain:
 
     def one_by_one(self, values: Sequence[Any]) -> tuple[Any, ...]:
         slots = dict(zip(self.inputs, values, strict=True))
-        for call, reads, writes, frees in self.links:
+        for call, reads, writes, frees in self.parts or self.links:
             result = call(*[slots[slot] for slot in reads])
             if type(result) is tuple:
                 for slot, value in zip(writes, result, strict=False):
@@ -106,15 +110,14 @@ class _Chain:
     def _trace(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         """Run the steps one by one, traced; make the replay when the trace allows one."""
         library = _dnnl.library()
-        copies = [_same_layout_copy(v) for v in values]  # for the check, before any write
-        tracer = _Tracer(library) if library is not None else None
+        tracer = _Tracer(library, values) if library is not None else None
         _dnnl.tracer = tracer
         try:
             slots = dict(zip(self.inputs, values, strict=True))
             for index, (call, reads, writes, frees) in enumerate(self.links):
                 arguments = [slots[slot] for slot in reads]
                 if tracer is not None:
-                    tracer.begin(index, values, list(slots.values()), _parts(call))
+                    tracer.begin(index, list(slots.values()), _parts(call))
                 result = call(*arguments)
                 if tracer is not None:
                     tracer.end(result, len(writes))
@@ -131,14 +134,40 @@ class _Chain:
             _dnnl.tracer = None
         if tracer is None:
             return outputs
+        # the steps' buffers are free now: back to the OS before the arena takes its own pages
+        del slots
+        release_free_memory()
         try:
             replay = _Replay(library, tracer, values, outputs, self.links)
-            replay.check(copies, outputs)
+            replay.check(tracer.originals(), outputs)
         except _Declined as why:
             logger.debug("steps %s stay one by one: %s", _names(self.links), why)
+            if tracer.declined_step >= 0:
+                self._split(tracer.declined_step)
         else:
+            replay.after = tuple(self._after(slot) for slot in self.outputs)
             self.replay = replay
         return outputs
+
+    def _after(self, slot: int) -> Callable[[Any], None] | None:
+        """What the direct call that writes ``slot`` does with its result besides returning it
+        (its ``after`` attribute: a Concat remembers its output), which a replay then does."""
+        for call, _, writes, _ in self.links:
+            if slot in writes:
+                return getattr(call, "after", None)
+        return None
+
+    def _split(self, step: int) -> None:
+        """Run the steps before ``step`` and those after it as chains of their own (each
+        traced on its next call), ``step`` alone between them."""
+        parts: list[Link] = []
+        for piece in (self.links[:step], self.links[step:step + 1], self.links[step + 1:]):
+            if len(piece) < 2:
+                parts += piece
+                continue
+            inputs, outputs, frees = run_interface(piece)
+            parts.append((_Chain(piece, inputs, outputs).call, inputs, outputs, frees))
+        self.parts = tuple(parts)
 
 
 def _names(links: Sequence[Link]) -> str:
@@ -208,8 +237,12 @@ class _Tracer:
     """Told of each execution and staging buffer of the steps (see :data:`._dnnl.tracer`);
     places every address they use once each step has returned."""
 
-    def __init__(self, library: Any) -> None:
+    def __init__(self, library: Any, inputs: tuple[Any, ...]) -> None:
         self.library = library
+        self._inputs = inputs
+        self._bounds = [_bounds(v) if type(v) is np.ndarray else (0, 0) for v in inputs]
+        self._copies: dict[int, np.ndarray | None] = {}
+        """Inputs a primitive wrote, as they were before (for the replay's check)."""
         self.owner = threading.get_ident()
         self.executions: list[tuple[Any, list[tuple[int, int, Any]]]] = []
         """Each traced execution: the primitive object and its (argument, memory, place)."""
@@ -219,8 +252,9 @@ class _Tracer:
         self._pending_start = 0
         self._temporaries: list[np.ndarray] = []
         self.declined = ""
+        self.declined_step = -1
+        """The step that made the trace unusable (-1: none, or not one step's doing)."""
         self.step = 0
-        self._inputs: tuple[Any, ...] = ()
         self._live: list[Any] = []
         self._parts: set[int] = set()
         get = library.lib.dnnl_memory_get_data_handle
@@ -238,7 +272,19 @@ class _Tracer:
             handle = ctypes.c_void_p()
             self._get_handle(entry.memory, ctypes.byref(handle))
             args.append((entry.arg, entry.memory, handle.value))
+            if entry.arg in _WRITTEN and handle.value is not None:
+                self._keep_before_write(handle.value)
         self.executions.append((primitive, args))  # places filled in by end()
+
+    def _keep_before_write(self, address: int) -> None:
+        """Copy the input the primitive about to run writes into, if it is one."""
+        for index, (low, high) in enumerate(self._bounds):
+            if low <= address < high and index not in self._copies:
+                self._copies[index] = _same_layout_copy(self._inputs[index])
+
+    def originals(self) -> list[Any]:
+        """The inputs as they were when the trace began."""
+        return [self._copies.get(i, value) for i, value in enumerate(self._inputs)]
 
     def allocated(self, buffer: np.ndarray) -> None:
         if threading.get_ident() == self.owner:
@@ -246,9 +292,8 @@ class _Tracer:
 
     # -- called by the chain around each step --------------------------------------------------
 
-    def begin(self, step: int, inputs: tuple[Any, ...], live: list[Any],
-              parts: set[int]) -> None:
-        self.step, self._inputs, self._live, self._parts = step, inputs, live, parts
+    def begin(self, step: int, live: list[Any], parts: set[int]) -> None:
+        self.step, self._live, self._parts = step, live, parts
         self._pending_start = len(self.executions)
 
     def end(self, result: Any, writes: int) -> None:
@@ -257,12 +302,15 @@ class _Tracer:
             return
         if type(result) is not np.ndarray or writes != 1:
             self.declined = f"step {self.step} does not give one array"
+            self.declined_step = self.step
             return
         if len(self.executions) == self._pending_start:
             self.declined = f"step {self.step} ran no kept primitive"
+            self.declined_step = self.step
             return
         if any(id(p) not in self._parts for p, _ in self.executions[self._pending_start:]):
             self.declined = f"step {self.step} went to its kernel"
+            self.declined_step = self.step
             return
         # the buffers the step's memory may lie in, the inputs' own aside (placed below)
         inputs = {id(_root(v)) for v in self._inputs if type(v) is np.ndarray}
@@ -300,7 +348,8 @@ class _Tracer:
         if memory in constants:
             return ("same",)
         if address is None:
-            self.declined = f"an argument {arg} with no data"
+            self.declined = f"step {self.step} passes an argument {arg} with no data"
+            self.declined_step = self.step
             return None
         for buffer in candidates:
             if buffer.start <= address < buffer.end:
@@ -314,6 +363,7 @@ class _Tracer:
                 if low <= address < high:
                     return ("input", i, address - value.ctypes.data, arg in _WRITTEN)
         self.declined = f"step {self.step} uses memory the trace cannot place"
+        self.declined_step = self.step
         return None
 
 
@@ -359,6 +409,7 @@ class _Replay:
             self.executions.append((primitive.primitive, len(entries), ctypes.addressof(array)))
         self.scratchpad: np.ndarray | None = None
         self.owner = threading.get_ident()
+        self.after: tuple[Callable[[Any], None] | None, ...] = ()
 
     def _results(self, tracer: _Tracer, values: tuple[Any, ...],
                  outputs: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
@@ -428,13 +479,13 @@ class _Replay:
                 self.library.set_handle(made, base + buffer.place + offset)
         return made
 
-    def check(self, copies: list[np.ndarray | None], traced: tuple[Any, ...]) -> None:
-        """Replay once on ``copies`` of the traced inputs: the outputs must equal the traced
-        ones bit for bit."""
-        if any(c is None and layout is not None for c, layout in zip(copies, self.layouts,
+    def check(self, originals: list[Any], traced: tuple[Any, ...]) -> None:
+        """Replay once on the traced inputs as they were (copies of those a primitive wrote):
+        the outputs must equal the traced ones bit for bit."""
+        if any(o is None and layout is not None for o, layout in zip(originals, self.layouts,
                                                                     strict=True)):
-            raise _Declined("an input whose layout a copy does not keep")
-        got = self._execute(copies)
+            raise _Declined("an input written in place whose layout a copy does not keep")
+        got = self._execute(originals)
         for mine, theirs in zip(got, traced, strict=True):
             if not np.array_equal(mine, theirs, equal_nan=True):
                 raise _Declined("the replay's result differs from the steps'")
@@ -471,7 +522,11 @@ class _Replay:
             status = execute(primitive, stream, count, args)
             if status:
                 raise _dnnl.DnnlError(f"oneDNN failed with status {status} in a replayed run")
-        return tuple(
+        outputs = tuple(
             values[r[1]] if r[0] == "input"
             else np.ndarray(r[3], r[5], made[r[1].place], r[2], r[4])
             for r in self.results)
+        for after, output in zip(self.after, outputs, strict=False):
+            if after is not None:
+                after(output)
+        return outputs

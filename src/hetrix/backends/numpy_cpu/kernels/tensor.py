@@ -325,6 +325,11 @@ def _direct_channel_concatenate(kept: _dnnl.Concat,
         _remember(_CONCATENATED, y, 0)
         return y
 
+    # joined with its neighbours (one replay of their primitives), the result is remembered
+    # by the replay where it leaves the joined run
+    call.primitive = kept  # type: ignore[attr-defined]
+    call.join = _dnnl.join_kept  # type: ignore[attr-defined]
+    call.after = functools.partial(_remember, _CONCATENATED, used=0)  # type: ignore[attr-defined]
     return call
 
 

@@ -1,0 +1,262 @@
+"""Joined direct calls: consecutive steps whose direct calls run kept oneDNN primitives become
+one replay of the primitives' executions on fixed buffers (``plan.join_direct_calls``,
+``kernels/_dnnl_chain.py``).
+
+What must hold: the replay is made on real models and serves their runs (counted, so that the
+test fails if it quietly stops); its results equal the steps' own bit for bit and ONNX
+Runtime's within float tolerance, on new inputs each run; calls it was not made for (another
+thread, another input layout, an input it would write while something else holds it) run the
+steps instead, with the same results; a step whose work the trace cannot see whole splits the
+run around it; and a replay whose check fails is not used.  Skipped where the ``onednn`` extra
+is not installed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import hetrix
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _dnnl_chain
+from hetrix.runtime import plan as plan_module
+from hetrix.runtime.plan import Plan
+
+pytestmark = pytest.mark.skipif(not _dnnl.available(), reason="the onednn extra is not installed")
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+RUNS = 7  # the replay is traced on the fifth run at the latest (see bench.runner.memory_runs)
+
+
+def plans(session: hetrix.InferenceSession) -> list[Plan]:
+    specializer = session._specializer
+    return [session._plan, *(specializer._plans.values() if specializer else [])]
+
+
+def chains(session: hetrix.InferenceSession) -> Iterator[_dnnl_chain._Chain]:
+    """The joined calls of the session's plans, and those a split made of them."""
+    def walk(entries: list[tuple]) -> Iterator[_dnnl_chain._Chain]:
+        for entry in entries:
+            chain = getattr(entry[0], "__self__", None)
+            if isinstance(chain, _dnnl_chain._Chain):
+                yield chain
+                yield from walk(list(chain.parts or ()))
+    for plan in plans(session):
+        yield from walk(plan.lean_run or [])
+
+
+@pytest.fixture
+def replays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the replayed runs (the check's run aside)."""
+    count = [0]
+    run = _dnnl_chain._Replay.run
+
+    def counted(self: _dnnl_chain._Replay, values: tuple) -> tuple | None:
+        result = run(self, values)
+        count[0] += result is not None
+        return result
+
+    monkeypatch.setattr(_dnnl_chain._Replay, "run", counted)
+    return count
+
+
+def ort_session(model: str | bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name, joined_at_least", [
+    ("squeezenet", 38),  # all but the Softmax: convolutions, poolings, the first layer
+    ("shufflenet", 70),  # with its channel shuffles and Concats
+    ("inception_v1", 80),  # Concats of four branches, LRN
+])
+def test_models_replay_equal_to_their_steps_and_to_ort(
+        name: str, joined_at_least: int, replays: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(LIGHT / f"light_{name}.onnx")
+    joined = hetrix.InferenceSession(path)
+    with monkeypatch.context() as patched:  # this session runs its steps one by one
+        patched.setattr(plan_module, "JOIN_MIN_STEPS", 10**9)
+        steps = hetrix.InferenceSession(path)  # (its warm-up run binds its direct calls)
+    reference = ort_session(path)
+    feed_name = joined.get_inputs()[0].name
+    shape = joined.get_inputs()[0].shape
+    rng = np.random.default_rng(0)
+    for run in range(RUNS):
+        x = rng.standard_normal(shape).astype(np.float32)
+        got = joined.run(None, {feed_name: x})[0]
+        with monkeypatch.context() as patched:
+            patched.setattr(plan_module, "JOIN_MIN_STEPS", 10**9)
+            want = steps.run(None, {feed_name: x})[0]
+        np.testing.assert_array_equal(got, want, err_msg=f"run {run}")
+        np.testing.assert_allclose(got, reference.run(None, {feed_name: x})[0],
+                                   rtol=1e-4, atol=1e-5, err_msg=f"run {run}")
+    made = [c for c in chains(joined) if c.replay is not None]
+    assert sum(len(c.links) for c in made) >= joined_at_least
+    assert not any(c.replay is not None for c in chains(steps))
+    assert replays[0] >= 2  # the last runs were replays, not the steps
+
+
+def residual_model() -> onnx.ModelProto:
+    """``x -> Conv a``, ``Conv m(x) * 2 -> Conv b + (Conv a's output) -> Relu -> Conv c``:
+    after the passes a convolution that adds into its residual's memory (Conv b's), joined
+    with Conv c; the residual comes from before the joined run (the Mul between is NumPy's)."""
+    rng = np.random.default_rng(1)
+    channels = 8
+    weights = {
+        "wa": rng.standard_normal((channels, channels, 3, 3)) * 0.2,
+        "wm": rng.standard_normal((channels, channels, 1, 1)) * 0.3,
+        "wb": rng.standard_normal((channels, channels, 1, 1)) * 0.3,
+        "wc": rng.standard_normal((channels, channels, 3, 3)) * 0.2,
+        "two": np.array(2.0),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wm"], ["c"]),
+        helper.make_node("Mul", ["c", "two"], ["m"]),
+        helper.make_node("Conv", ["m", "wb"], ["b"]),
+        helper.make_node("Add", ["b", "a"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r"]),
+        helper.make_node("Conv", ["r", "wc"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "joined_residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 12, 12])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def warmed(model: onnx.ModelProto) -> tuple[hetrix.InferenceSession, ort.InferenceSession,
+                                            np.random.Generator]:
+    session = hetrix.InferenceSession(model.SerializeToString())
+    reference = ort_session(model.SerializeToString())
+    rng = np.random.default_rng(2)
+    for _ in range(RUNS):
+        x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+        np.testing.assert_allclose(session.run(None, {"x": x})[0],
+                                   reference.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+    return session, reference, rng
+
+
+def test_a_residual_from_before_the_run_is_added_into_in_place(replays: list[int]) -> None:
+    session, reference, rng = warmed(residual_model())
+    [chain] = [c for c in chains(session) if c.replay is not None]
+    assert chain.replay.written_inputs  # Conv b adds into Conv a's output, an input of the run
+    before = replays[0]
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], reference.run(None, {"x": x})[0],
+                               rtol=1e-4, atol=1e-5)
+    assert replays[0] == before + 1
+
+
+def test_a_residual_held_elsewhere_is_not_written(replays: list[int]) -> None:
+    """Called with a residual another array views, the joined call runs the steps, whose
+    convolution then writes a new array: the residual keeps its values."""
+    session, _, rng = warmed(residual_model())
+    [chain] = [c for c in chains(session) if c.replay is not None]
+    [written] = chain.replay.written_inputs
+    values = [rng.standard_normal(layout[0]).astype(np.float32) for layout in chain.replay.layouts]
+
+    def laid_out(index: int) -> np.ndarray:
+        shape, strides, _ = chain.replay.layouts[index]
+        order = np.argsort(strides)[::-1]  # the memory order the replay was made for
+        buffer = np.ascontiguousarray(values[index].transpose(order))
+        view = buffer.transpose(np.argsort(order))
+        assert view.strides == strides
+        return view
+
+    free = [laid_out(i) for i in range(len(values))]
+    want = chain.call(*free)  # a replay: the residual is free to be written
+    held = [laid_out(i) for i in range(len(values))]
+    other_view = held[written].base[:]  # noqa: F841 - keeps a second view of the residual
+    kept = held[written].copy()
+    before = replays[0]
+    got = chain.call(*held)
+    assert replays[0] == before  # not replayed
+    np.testing.assert_array_equal(held[written], kept)
+    for mine, theirs in zip(got, want, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_another_thread_runs_the_steps(replays: list[int]) -> None:
+    session, reference, rng = warmed(residual_model())
+    before = replays[0]
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    got: list[np.ndarray] = []
+    thread = threading.Thread(target=lambda: got.append(session.run(None, {"x": x})[0]))
+    thread.start()
+    thread.join()
+    np.testing.assert_allclose(got[0], reference.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+    assert replays[0] == before  # not the replay's call
+    session.run(None, {"x": x})
+    assert replays[0] == before + 1
+
+
+def test_another_input_layout_runs_the_steps(replays: list[int]) -> None:
+    """SqueezeNet's joined run starts at the model's input: a channels-last image is not the
+    layout its first primitive was made for."""
+    path = str(LIGHT / "light_squeezenet.onnx")
+    session = hetrix.InferenceSession(path)
+    reference = ort_session(path)
+    rng = np.random.default_rng(4)
+    for _ in range(RUNS):
+        session.run(None, {"data_0": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)})
+    before = replays[0]
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    channels_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(session.run(None, {"data_0": channels_last})[0],
+                               reference.run(None, {"data_0": x})[0], rtol=1e-4, atol=1e-6)
+    assert replays[0] == before
+    session.run(None, {"data_0": x})
+    assert replays[0] == before + 1
+
+
+def test_a_step_the_trace_cannot_see_splits_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that copies its input in NumPy first (memory no execution accounts for: its
+    primitive reads the copy) is left out: the steps before it and after it are joined on
+    their own."""
+    path = str(LIGHT / "light_squeezenet.onnx")
+    session = hetrix.InferenceSession(path, hetrix.SessionOptions(warm_up=False))
+    reference = ort_session(path)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    session.run(None, {"data_0": x})
+    [chain] = list(chains(session))  # joined, not traced yet
+    assert chain.replay is None and not chain.traced
+    middle = len(chain.links) // 2
+    call, reads, writes, frees = chain.links[middle]
+
+    def copying(value: np.ndarray) -> np.ndarray:
+        copy = np.empty_like(value)  # the same layout: the direct call serves it
+        np.copyto(copy, value)
+        return call(copy)
+
+    chain.links = (*chain.links[:middle], (copying, reads, writes, frees),
+                   *chain.links[middle + 1:])
+    for _ in range(3):
+        x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+        np.testing.assert_allclose(session.run(None, {"data_0": x})[0],
+                                   reference.run(None, {"data_0": x})[0], rtol=1e-4, atol=1e-6)
+    assert chain.replay is None and chain.parts is not None
+    parts = [getattr(part[0], "__self__", None) for part in chain.parts]
+    assert parts[1] is None  # the copying step, alone
+    assert all(p.replay is not None for p in (parts[0], parts[2]))
+
+
+def test_a_replay_that_does_not_match_the_steps_is_not_used(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    execute = _dnnl_chain._Replay._execute
+
+    def off_by_one(self: _dnnl_chain._Replay, values: list) -> tuple:
+        return tuple(output + 1 for output in execute(self, values))
+
+    monkeypatch.setattr(_dnnl_chain._Replay, "_execute", off_by_one)
+    session, _, _ = warmed(residual_model())  # checks every run against ORT
+    traced = [c for c in chains(session) if c.traced]
+    assert traced and all(c.replay is None for c in traced)
