@@ -217,10 +217,12 @@ def test_another_input_layout_runs_the_steps(replays: list[int]) -> None:
     assert replays[0] == before + 1
 
 
-def test_a_step_the_trace_cannot_see_splits_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step that copies its input in NumPy first (memory no execution accounts for: its
-    primitive reads the copy) is left out: the steps before it and after it are joined on
-    their own."""
+@pytest.mark.parametrize("wrapping", ["copies its input", "is not its primitive's call"])
+def test_a_step_the_trace_cannot_see_splits_the_run(wrapping: str) -> None:
+    """A step whose work the trace cannot account for is left out, and the steps before it and
+    after it are joined on their own: one that copies its input in NumPy first (its primitive
+    then reads memory no execution accounts for), or one whose call is not the direct call of
+    the primitives it runs (it might do more than run them)."""
     path = str(LIGHT / "light_squeezenet.onnx")
     session = hetrix.InferenceSession(path, hetrix.SessionOptions(warm_up=False))
     reference = ort_session(path)
@@ -237,7 +239,15 @@ def test_a_step_the_trace_cannot_see_splits_the_run(monkeypatch: pytest.MonkeyPa
         np.copyto(copy, value)
         return call(copy)
 
-    chain.links = (*chain.links[:middle], (copying, reads, writes, frees),
+    def wrapped(value: np.ndarray) -> np.ndarray:
+        return call(value)
+
+    if wrapping == "copies its input":
+        copying.primitive = call.primitive  # type: ignore[attr-defined]
+        replaced = copying
+    else:
+        replaced = wrapped
+    chain.links = (*chain.links[:middle], (replaced, reads, writes, frees),
                    *chain.links[middle + 1:])
     for _ in range(3):
         x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -245,7 +255,7 @@ def test_a_step_the_trace_cannot_see_splits_the_run(monkeypatch: pytest.MonkeyPa
                                    reference.run(None, {"data_0": x})[0], rtol=1e-4, atol=1e-6)
     assert chain.replay is None and chain.parts is not None
     parts = [getattr(part[0], "__self__", None) for part in chain.parts]
-    assert parts[1] is None  # the copying step, alone
+    assert parts[1] is None  # the step, alone
     assert all(p.replay is not None for p in (parts[0], parts[2]))
 
 
