@@ -270,3 +270,42 @@ def test_a_replay_that_does_not_match_the_steps_is_not_used(
     session, _, _ = warmed(residual_model())  # checks every run against ORT
     traced = [c for c in chains(session) if c.traced]
     assert traced and all(c.replay is None for c in traced)
+
+
+def test_replays_of_two_sessions_share_the_thread_arena(replays: list[int]) -> None:
+    """A replay made later with a larger arena grows the thread's one; a replay made before
+    points its memory at the new one on its next call (it holds the old one until then, so
+    its results are right either way; the old one's memory is what this saves).  On a thread
+    of its own: its arena starts empty."""
+    failures: list[BaseException] = []
+
+    def body() -> None:
+        small, reference, rng = warmed(residual_model())
+        assert [c for c in chains(small) if c.replay is not None]
+        grown_from = _dnnl_chain._ARENA.nbytes
+        path = str(LIGHT / "light_squeezenet.onnx")
+        large = hetrix.InferenceSession(path)
+        for _ in range(RUNS):
+            large.run(None, {"data_0": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)})
+        assert _dnnl_chain._ARENA.nbytes > grown_from
+        before = replays[0]
+        for _ in range(2):
+            x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+            np.testing.assert_allclose(small.run(None, {"x": x})[0],
+                                       reference.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+        assert replays[0] == before + 2
+        # and the old arena is no longer held: the small replay's memory is in the new one
+        [replay] = [c.replay for c in chains(small) if c.replay is not None]
+        assert replay.arena is _dnnl_chain._ARENA.buffer
+
+    def guarded() -> None:
+        try:
+            body()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=guarded)
+    thread.start()
+    thread.join()
+    if failures:
+        raise failures[0]
