@@ -138,3 +138,18 @@ def test_patterns_script_reports_ratio_and_agreement(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "pixel_shuffle |" in done.stdout and "| yes" in done.stdout
     assert "geomean Hetrix/onnxruntime" in table.read_text()
+
+
+def test_ab_joined_compares_joined_calls_with_the_steps() -> None:
+    from hetrix.backends.numpy_cpu.kernels import _dnnl
+
+    if not _dnnl.available():
+        pytest.skip("needs the onednn extra")
+    model = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / \
+        "light_squeezenet.onnx"
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "ab_joined.py"), str(model),
+                           "--runs", "2"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "plan of 40 steps run as 2 calls" in done.stdout
+    assert "joined / steps" in done.stdout

@@ -4,25 +4,28 @@ Why.  After an idle pause (the suite's 0.1 s, a server between requests) whateve
 touches comes from memory again, and Hetrix's Python around each kept primitive (the direct
 call's layout checks, its output's allocation, the data-handle calls) then costs about 20 us a
 step, as much as many of the kernels.  A replay of the same executions from one list, on
-buffers placed once, leaves only the library calls.  Measured before this module (a prototype
-replaying one recorded run on a liveness arena, alternating with the whole run and ORT after
-0.1 s pauses, medians of 20): SqueezeNet batch 1 5.32 ms against 7.20 (ORT 5.32), ShuffleNet's
-primitives 5.04 ms against 7.30 for its whole run (ORT 6.31).
+buffers placed once, leaves only the library calls.  Measured (``benchmarks/ab_joined.py``,
+one process, alternating runs after 0.1 s pauses; ``benchmarks/RESULTS.md`` has the table):
+batch 1 in 0.73 of the time on ShuffleNet, 0.83-0.89 on SqueezeNet, the Inceptions and
+MobileNetV2, 0.91 on ResNet-50, 0.82 on ResNet-50 in bfloat16.
 
 How.  The plan hands over a run of consecutive steps whose direct calls offer to be joined
 (their ``join`` attribute, :func:`join`).  The joined call's first call runs the steps one by
 one while :data:`._dnnl.tracer` records each execution (its memory objects and the addresses
 they point at) and each staging buffer made.  Each address is then placed: inside one of the
-run's inputs (pointed at per call, relative to the array passed), inside a buffer that a later
-step reads (made per call, as the steps did), or inside one that dies within the run (a place
-in an arena kept for good, shared by buffers whose lifetimes do not overlap); the weights and
-the thread's scratchpad stay as they are.  An address anywhere else (memory the trace cannot
-account for: a kernel's own copy) or a step that is not a single array out leaves the run to
-its steps.  The replay has its own memory objects and is checked once, on copies of the traced
-inputs, against the traced outputs bit for bit (the same primitives on the same values).
-Afterwards it serves the calls made on the tracing thread with the traced layouts (and, where
-a primitive writes into an input, while that input may be overwritten: ``sole_view``); any
-other call runs the steps one by one, each with its own checks.
+run's inputs (pointed at per call, relative to the array passed), inside a buffer the run
+hands on (made per call, as the steps did), or inside one that dies within the run (a place in
+the thread's arena, :class:`_ThreadArena`, shared by buffers whose lifetimes do not overlap
+and by every replay on the thread); the weights and the thread's scratchpad stay as they are.
+An address anywhere else (memory the trace cannot account for: a kernel's own copy), a step
+that is not a single array out or that ran a primitive other than its direct call's stops the
+run there: the steps before and after it are joined on their own (:meth:`_Chain._split`).
+The replay has its own memory objects and is checked once, on the traced inputs as they were,
+against the traced outputs bit for bit (the same primitives on the same values).  Afterwards
+it serves the calls made on the tracing thread with the traced layouts (and, where a primitive
+writes into an input, while that input may be overwritten: ``sole_view``); any other call runs
+the steps one by one, each with its own checks.  A profiled run (``enable_profiling``) times
+the steps one by one, not the replay.
 """
 
 from __future__ import annotations
