@@ -13,6 +13,7 @@ is not installed.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -282,19 +283,19 @@ def test_a_replay_that_does_not_match_the_steps_is_not_used(
 def test_replays_of_two_sessions_share_the_thread_arena(replays: list[int]) -> None:
     """A replay made later with a larger arena grows the thread's one; a replay made before
     points its memory at the new one on its next call (it holds the old one until then, so
-    its results are right either way; the old one's memory is what this saves).  On a thread
-    of its own: its arena starts empty."""
+    its results are right either way; the old one's memory is what this saves).  The arena
+    goes with the sessions.  On a thread of its own: its arena starts empty."""
     failures: list[BaseException] = []
 
     def body() -> None:
         small, reference, rng = warmed(residual_model())
         assert [c for c in chains(small) if c.replay is not None]
-        grown_from = _dnnl_chain._ARENA.nbytes
+        grown_from = _dnnl_chain._ARENA.buffer.nbytes
         path = str(LIGHT / "light_squeezenet.onnx")
         large = hetrix.InferenceSession(path)
         for _ in range(RUNS):
             large.run(None, {"data_0": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)})
-        assert _dnnl_chain._ARENA.nbytes > grown_from
+        assert _dnnl_chain._ARENA.buffer.nbytes > grown_from
         before = replays[0]
         for _ in range(2):
             x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
@@ -304,6 +305,10 @@ def test_replays_of_two_sessions_share_the_thread_arena(replays: list[int]) -> N
         # and the old arena is no longer held: the small replay's memory is in the new one
         [replay] = [c.replay for c in chains(small) if c.replay is not None]
         assert replay.arena is _dnnl_chain._ARENA.buffer
+        # the sessions hold the arena, the thread does not: it goes with them
+        del small, large, replay
+        gc.collect()
+        assert _dnnl_chain._ARENA.buffer is None
 
     def guarded() -> None:
         try:

@@ -63,18 +63,24 @@ class _ThreadArena(threading.local):
     one run at a time, so one buffer serves them all (as the scratchpad does, see
     ``_dnnl._ThreadScratchpad``): DenseNet-121's 55 joined runs at batch 8 held 190 MiB more
     than the steps' own allocations with an arena each.  It only grows; replays made on a
-    smaller one point their memory objects at the new one on their next call."""
+    smaller one point their memory objects at the new one on their next call.  The replays
+    hold it, the thread only refers to it: it goes with the last session that replays on it."""
 
-    buffer: np.ndarray | None = None
+    _buffer: Callable[[], np.ndarray | None] = staticmethod(lambda: None)
     address = 0
-    nbytes = -1
 
-    def fit(self, nbytes: int) -> None:
-        if nbytes > self.nbytes:
-            self.buffer = None  # the old one goes first
-            self.buffer = np.empty(nbytes + ALIGNMENT, np.uint8)
-            self.address = self.buffer.ctypes.data + (-self.buffer.ctypes.data % ALIGNMENT)
-            self.nbytes = nbytes
+    @property
+    def buffer(self) -> np.ndarray | None:
+        return self._buffer()
+
+    def fit(self, nbytes: int) -> np.ndarray:
+        """The arena, grown to hold ``nbytes`` first where it is smaller (or gone)."""
+        buffer = self._buffer()
+        if buffer is None or buffer.nbytes - ALIGNMENT < nbytes:
+            buffer = np.empty(nbytes + ALIGNMENT, np.uint8)
+            self._buffer = weakref.ref(buffer)
+            self.address = buffer.ctypes.data + (-buffer.ctypes.data % ALIGNMENT)
+        return buffer
 
 
 _ARENA = _ThreadArena()
@@ -558,10 +564,9 @@ class _Replay:
             self.scratchpad = pad.buffer
         arena = _ARENA
         if arena.buffer is not self.arena:  # first call, or a replay made since grew it
-            arena.fit(self.arena_bytes)
+            self.arena = arena.fit(self.arena_bytes)
             for memory, offset in self.from_arena:
                 set_handle(memory, arena.address + offset)
-            self.arena = arena.buffer
         for memory, index, offset in self.from_inputs:
             set_handle(memory, values[index].ctypes.data + offset)
         made = [recycled_empty(spare, shape, dtype)
