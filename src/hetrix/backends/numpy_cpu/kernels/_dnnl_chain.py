@@ -49,8 +49,10 @@ Link = tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...], tuple[int, ..
 """One step of a run: its direct call, the slots it reads, the slots it writes, the slots
 freed after it."""
 
-_WRITTEN = frozenset({_dnnl._ARG_DST, _dnnl._ARG_DST + 1, _dnnl._ARG_DST + 2})
-"""Execution arguments a primitive writes (``DNNL_ARG_DST``, ``_DST_1``, ``_DST_2``)."""
+_WRITTEN = frozenset({17, 18, 19})
+"""Execution arguments a primitive writes: ``DNNL_ARG_DST`` (``_dnnl._ARG_DST``), ``_DST_1``,
+``_DST_2`` (literals: the two modules import each other, and mypy cannot type the other's
+names through that cycle)."""
 
 ALIGNMENT = 64
 """Byte alignment of each buffer placed in the arena (a cache line, as ``_aligned_empty``)."""
@@ -106,6 +108,9 @@ def join(links: Sequence[Link], inputs: tuple[int, ...],
 
 
 class _Chain:
+    """The joined call of a run of steps: the steps one by one until its first call has traced
+    them, then their replay where it serves (see the module's docstring)."""
+
     def __init__(self, links: tuple[Link, ...], inputs: tuple[int, ...],
                  outputs: tuple[int, ...]) -> None:
         self.links, self.inputs, self.outputs = links, inputs, outputs
@@ -465,7 +470,7 @@ class _Replay:
                  outputs: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
         """How to make each output per call: ("input", i) for an input passed through, or
         ("made", buffer, offset, shape, strides, dtype) for a view of a buffer made per call."""
-        results = []
+        results: list[tuple[Any, ...]] = []
         for value in outputs:
             if type(value) is not np.ndarray:
                 raise _Declined("an output that is not an array")
