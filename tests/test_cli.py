@@ -298,6 +298,10 @@ def test_profile_reports_ops_and_conv_throughput() -> None:
     # node, op, library kernel (oneDNN's, where PyTorch runs it), ms, GFLOP/s, share of peak
     assert re.search(r"FusedConv\s+│\s+(oneDNN [^│]+|-)\s+│\s+[\d.]+\s+│\s+[\d.]+\s+│\s+\d+%",
                      result.output)
+    from hetrix.backends.numpy_cpu.kernels import _dnnl
+
+    if _dnnl.available():  # the runs it does not show: all but the Softmax joined
+        assert "join 39 of these 40 steps into 1 call(s)" in " ".join(result.output.split())
 
 
 def test_flops_of_heavy_nodes() -> None:

@@ -106,7 +106,9 @@ def test_models_replay_equal_to_their_steps_and_to_ort(
             atol=0.05 * float(np.abs(expected).max()) if reduced else 1e-5, err_msg=f"run {run}")
     made = [c for c in chains(joined) if c.replay is not None]
     assert sum(len(c.links) for c in made) >= joined_at_least
+    assert max(row["replayed_steps"] for row in joined.get_joined_calls()) >= joined_at_least
     assert not any(c.replay is not None for c in chains(steps))
+    assert all(row["joined_calls"] == 0 for row in steps.get_joined_calls())
     assert replays[0] >= 2  # the last runs were replays, not the steps
 
 

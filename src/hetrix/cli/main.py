@@ -268,6 +268,12 @@ def profile(
                       f"{rate:.1f}" if rate is not None else "-",
                       f"{rate / peak:.0%}" if rate is not None and peak else "-")
     out.print(nodes)
+    for row in session.get_joined_calls():
+        if row["joined_calls"]:
+            out.print(f"Runs without profiling join {row['joined_steps']} of these "
+                      f"{row['steps']} steps into {row['joined_calls']} call(s) that replay "
+                      "their kept oneDNN primitives, one library call each (from the second "
+                      "run; the table above times the steps one by one).", soft_wrap=True)
 
 
 def _gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> tuple[float, str]:

@@ -442,6 +442,31 @@ class InferenceSession:
         before and after, and how many were folded, bypassed or dropped as dead."""
         return self._specializer.specializations() if self._specializer is not None else []
 
+    def get_joined_calls(self) -> list[dict[str, int]]:
+        """Per plan this session has run (the general one, then each shape specialization):
+        its steps, how many of them run inside joined calls (runs of kept oneDNN primitives
+        made one call each, see ``runtime.plan.join_direct_calls``), how many such calls there
+        are, and how many steps a replay serves now (a joined call replays its primitives
+        from its second call on, where its trace allowed).  Empty before a plan's first run;
+        a profiled run (``enable_profiling``) times the steps one by one instead."""
+        plans = [self._plan]
+        if self._specializer is not None:
+            plans += self._specializer.plans()
+        rows = []
+        for plan in plans:
+            if plan.lean_run is None:
+                continue
+            singles = {id(entry) for entry in plan.lean_steps}
+            joined = [entry for entry in plan.lean_run if id(entry) not in singles]
+            replayed = (getattr(getattr(entry[0], "__self__", None), "replayed_steps", None)
+                        for entry in joined)
+            rows.append({"steps": len(plan.lean_steps),
+                         "joined_steps": len(plan.lean_steps) - (len(plan.lean_run)
+                                                                 - len(joined)),
+                         "joined_calls": len(joined),
+                         "replayed_steps": sum(count() for count in replayed if count)})
+        return rows
+
     def end_profiling(self) -> str:
         """Write the node timings recorded so far as a Chrome trace (JSON); returns the path.
 

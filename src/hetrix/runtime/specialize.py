@@ -359,6 +359,11 @@ class ShapeSpecializer:
         self._add(key, watch)
         return outputs
 
+    def plans(self) -> list[Plan]:
+        """The specialized plans held now, least recently built first."""
+        with self._lock:
+            return list(self._plans.values())
+
     def specializations(self) -> list[Specialization]:
         """The plans held now, least recently built first."""
         with self._lock:

@@ -120,6 +120,15 @@ class _Chain:
         """After a trace that a step stopped: the runs before and after it as chains of
         their own, and the step (see :meth:`_split`)."""
 
+    def replayed_steps(self) -> int:
+        """How many of the steps a replay serves (0 before the trace; after a split, those
+        of the runs around the step left out)."""
+        if self.replay is not None:
+            return len(self.links)
+        return sum(getattr(part[0], "__self__", None).replayed_steps()
+                   for part in self.parts or () if isinstance(
+                       getattr(part[0], "__self__", None), _Chain))
+
     def call(self, *values: Any) -> tuple[Any, ...]:
         replay = self.replay
         if replay is not None:
