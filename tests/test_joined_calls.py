@@ -267,6 +267,7 @@ def test_a_step_the_trace_cannot_see_splits_the_run(wrapping: str) -> None:
     parts = [getattr(part[0], "__self__", None) for part in chain.parts]
     assert parts[1] is None  # the step, alone
     assert all(p.replay is not None for p in (parts[0], parts[2]))
+    assert chain.replayed_steps() == len(chain.links) - 1
 
 
 def test_a_replay_that_does_not_match_the_steps_is_not_used(

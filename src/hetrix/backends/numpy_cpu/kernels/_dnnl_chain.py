@@ -125,9 +125,8 @@ class _Chain:
         of the runs around the step left out)."""
         if self.replay is not None:
             return len(self.links)
-        return sum(getattr(part[0], "__self__", None).replayed_steps()
-                   for part in self.parts or () if isinstance(
-                       getattr(part[0], "__self__", None), _Chain))
+        owners = (getattr(part[0], "__self__", None) for part in self.parts or ())
+        return sum(owner.replayed_steps() for owner in owners if isinstance(owner, _Chain))
 
     def call(self, *values: Any) -> tuple[Any, ...]:
         replay = self.replay
@@ -284,8 +283,7 @@ def _root(array: np.ndarray) -> np.ndarray:
 class _Buffer:
     """A buffer the steps made, identified across the trace while it is alive."""
 
-    def __init__(self, serial: int, root: np.ndarray, temporary: bool) -> None:
-        self.serial = serial
+    def __init__(self, root: np.ndarray, temporary: bool) -> None:
         self.alive = weakref.ref(root)
         self.start, self.end = _bounds(root)
         self.shape, self.dtype = root.shape, root.dtype
@@ -310,7 +308,6 @@ class _Tracer:
         """Each traced execution: the primitive object and its (argument, memory, place)."""
         self.buffers: list[_Buffer] = []
         self._by_id: dict[int, _Buffer] = {}
-        self._pending: list[tuple[int, int, int | None]] = []
         self._pending_start = 0
         self._temporaries: list[np.ndarray] = []
         self.declined = ""
@@ -397,7 +394,7 @@ class _Tracer:
         known = self._by_id.get(id(root))
         if known is not None and known.alive() is root:
             return known
-        made = _Buffer(len(self.buffers), root, temporary)
+        made = _Buffer(root, temporary)
         self.buffers.append(made)
         self._by_id[id(root)] = made
         return made
@@ -405,7 +402,8 @@ class _Tracer:
     def _place(self, arg: int, memory: int, address: int | None, constants: set[int],
                candidates: list[_Buffer], execution: int) -> Any:
         """Where an execution's argument points: ("scratchpad",), ("same",) for a memory the
-        primitive holds for good, ("input", i, offset) or ("buffer", buffer, offset)."""
+        primitive holds for good, ("input", i, offset, written) or ("buffer", buffer, offset);
+        None (and the trace declined) for an address no input or buffer of the step holds."""
         if arg == _dnnl._ARG_SCRATCHPAD:
             return ("scratchpad",)
         if memory in constants:
