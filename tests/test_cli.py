@@ -300,8 +300,8 @@ def test_profile_reports_ops_and_conv_throughput() -> None:
                      result.output)
     from hetrix.backends.numpy_cpu.kernels import _dnnl
 
-    if _dnnl.available():  # the runs it does not show: all but the Softmax joined
-        assert "join 39 of these 40 steps into 1 call(s)" in " ".join(result.output.split())
+    if _dnnl.available():  # the runs it does not show: every step joined
+        assert "join 40 of these 40 steps into 1 call(s)" in " ".join(result.output.split())
 
 
 def test_flops_of_heavy_nodes() -> None:

@@ -1445,7 +1445,13 @@ class Softmax(_Primitive):
             run(x, y)
             return fallback(x) if isnan(y.dot(y)) else y.reshape(shape)
 
+        def valid(result: np.ndarray) -> bool:  # for a replay of this call (see join_kept)
+            flat = result.reshape(-1)
+            return not isnan(flat.dot(flat))
+
         call.primitive = self  # type: ignore[attr-defined]
+        call.join = join_kept  # type: ignore[attr-defined]
+        call.valid = valid  # type: ignore[attr-defined]
         return call
 
 

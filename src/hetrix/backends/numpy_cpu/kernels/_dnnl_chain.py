@@ -21,7 +21,8 @@ An address anywhere else (memory the trace cannot account for: a kernel's own co
 that is not a single array out or that ran a primitive other than its direct call's stops the
 run there: the steps before and after it are joined on their own (:meth:`_Chain._split`).
 The replay has its own memory objects and is checked once, on the traced inputs as they were,
-against the traced outputs bit for bit (the same primitives on the same values).  Afterwards
+against the traced outputs bit for bit (the same primitives on the same values); a step whose
+direct call tests its result (Softmax's for NaN) has its result tested by the replay too.  Afterwards
 it serves the calls made on the tracing thread with the traced layouts (and, where a primitive
 writes into an input, while that input may be overwritten: ``sole_view``); any other call runs
 the steps one by one, each with its own checks.  A profiled run (``enable_profiling``) times
@@ -160,6 +161,7 @@ class _Chain:
         """Run the steps one by one, traced; make the replay when the trace allows one."""
         library = _dnnl.library()
         tracer = _Tracer(library, values) if library is not None else None
+        replay: _Replay | None = None
         _dnnl.tracer = tracer
         try:
             slots = dict(zip(self.inputs, values, strict=True))
@@ -195,15 +197,37 @@ class _Chain:
         release_free_memory()
         try:
             replay = _Replay(library, tracer, values, outputs, self.links)
+            replay.valid = self._validations(replay)
             replay.check(tracer.originals(), outputs)
         except _Declined as why:
             logger.debug("steps %s stay one by one: %s", _names(self.links), why)
-            if tracer.declined_step >= 0:
-                self._split(tracer.declined_step)
+            step = tracer.declined_step
+            if step < 0 and replay is not None:
+                step = replay.declined_step
+            if step >= 0:
+                self._split(step)
         else:
             replay.after = tuple(self._after(slot) for slot in self.outputs)
             self.replay = replay
         return outputs
+
+    def _validations(self, replay: _Replay) -> tuple[Callable[[Any], bool] | None, ...]:
+        """Per output, the test its step's direct call makes of its result (its ``valid``
+        attribute: a Softmax's result must hold no NaN, which ONNX defines differently), which
+        the replay then makes; a failed one sends the call to the steps.  A step with such a
+        test is left out of the replay where its result does not leave the run (the test
+        could not see it) or where the replay writes into an input (the steps could not run
+        again on it)."""
+        for index, (call, _, writes, _) in enumerate(self.links):
+            if getattr(call, "valid", None) is not None and (
+                    replay.written_inputs or not set(writes) & set(self.outputs)):
+                replay.declined_step = index
+                raise _Declined(f"step {index} tests its result, which the replay cannot")
+        valid = []
+        for slot in self.outputs:
+            writer = next(call for call, _, writes, _ in self.links if slot in writes)
+            valid.append(getattr(writer, "valid", None))
+        return tuple(valid)
 
     def _after(self, slot: int) -> Callable[[Any], None] | None:
         """What the direct call that writes ``slot`` does with its result besides returning it
@@ -472,6 +496,8 @@ class _Replay:
         self.scratchpad: object = _UNBOUND  # the thread's scratchpad its memory points at
         self.owner = threading.get_ident()
         self.after: tuple[Callable[[Any], None] | None, ...] = ()
+        self.valid: tuple[Callable[[Any], bool] | None, ...] = ()
+        self.declined_step = -1
 
     def _results(self, tracer: _Tracer, values: tuple[Any, ...],
                  outputs: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
@@ -547,6 +573,8 @@ class _Replay:
                                                                     strict=True)):
             raise _Declined("an input written in place whose layout a copy does not keep")
         got = self._execute(originals)
+        if got is None:
+            raise _Declined("a step's test of its result failed on the traced inputs")
         for mine, theirs in zip(got, traced, strict=True):
             if not np.array_equal(mine, theirs, equal_nan=True):
                 raise _Declined("the replay's result differs from the steps'")
@@ -565,7 +593,8 @@ class _Replay:
                 return None
         return self._execute(values)
 
-    def _execute(self, values: Sequence[Any]) -> tuple[Any, ...]:
+    def _execute(self, values: Sequence[Any]) -> tuple[Any, ...] | None:
+        """The outputs for ``values``, or None where a step's test of its result failed."""
         library = self.library
         set_handle, execute, stream = library.set_handle, library.execute, library.stream
         pad = _dnnl._SCRATCHPAD
@@ -593,6 +622,9 @@ class _Replay:
             values[r[1]] if r[0] == "input"
             else np.ndarray(r[3], r[5], made[r[1].place], r[2], r[4])
             for r in self.results)
+        for valid, output in zip(self.valid, outputs, strict=False):
+            if valid is not None and not valid(output):
+                return None
         for after, output in zip(self.after, outputs, strict=False):
             if after is not None:
                 after(output)
