@@ -22,11 +22,11 @@ that is not a single array out or that ran a primitive other than its direct cal
 run there: the steps before and after it are joined on their own (:meth:`_Chain._split`).
 The replay has its own memory objects and is checked once, on the traced inputs as they were,
 against the traced outputs bit for bit (the same primitives on the same values); a step whose
-direct call tests its result (Softmax's for NaN) has its result tested by the replay too.  Afterwards
-it serves the calls made on the tracing thread with the traced layouts (and, where a primitive
-writes into an input, while that input may be overwritten: ``sole_view``); any other call runs
-the steps one by one, each with its own checks.  A profiled run (``enable_profiling``) times
-the steps one by one, not the replay.
+direct call tests its result (Softmax's for NaN) has its result tested by the replay too.
+Afterwards it serves the calls made on the tracing thread with the traced layouts (and, where
+a primitive writes into an input, while that input may be overwritten: ``sole_view``); any
+other call runs the steps one by one, each with its own checks.  A profiled run
+(``enable_profiling``) times the steps one by one, not the replay.
 """
 
 from __future__ import annotations
