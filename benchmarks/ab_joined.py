@@ -56,7 +56,8 @@ def main() -> None:
     if not replayed:
         parser.error(f"no steps of {args.model} are joined (no kept oneDNN primitives in a row?)")
     for plan in replayed:
-        print(f"plan of {len(plan.lean_steps)} steps run as {len(plan.lean_run)} calls")
+        calls = len(plan.lean_run)
+        print(f"plan of {len(plan.lean_steps)} steps run as {calls} call{'s' * (calls != 1)}")
     for a, b in zip(joined.run(None, feeds), steps.run(None, feeds), strict=True):
         np.testing.assert_array_equal(a, b)
     arms = {"joined": lambda: joined.run(None, feeds), "steps": lambda: steps.run(None, feeds)}
