@@ -208,15 +208,21 @@ def test_another_thread_runs_the_steps(replays: list[int]) -> None:
     assert replays[0] == before + 1
 
 
+def warmed_squeezenet(seed: int) -> tuple[hetrix.InferenceSession, ort.InferenceSession,
+                                          np.random.Generator]:
+    """SqueezeNet after enough runs on random images for its replay to serve, ORT beside it."""
+    path = str(LIGHT / "light_squeezenet.onnx")
+    session = hetrix.InferenceSession(path)
+    rng = np.random.default_rng(seed)
+    for _ in range(RUNS):
+        session.run(None, {"data_0": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)})
+    return session, ort_session(path), rng
+
+
 def test_another_input_layout_runs_the_steps(replays: list[int]) -> None:
     """SqueezeNet's joined run starts at the model's input: a channels-last image is not the
     layout its first primitive was made for."""
-    path = str(LIGHT / "light_squeezenet.onnx")
-    session = hetrix.InferenceSession(path)
-    reference = ort_session(path)
-    rng = np.random.default_rng(4)
-    for _ in range(RUNS):
-        session.run(None, {"data_0": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)})
+    session, reference, rng = warmed_squeezenet(4)
     before = replays[0]
     x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
     channels_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
@@ -334,12 +340,7 @@ def test_a_result_its_step_would_reject_sends_the_run_to_the_steps(replays: list
     way and, where the test fails, the call runs the steps.  A NaN reaches every
     score (an image of the largest float32 values: the first convolution overflows, and
     infinities make NaN); ORT's results either way."""
-    path = str(LIGHT / "light_squeezenet.onnx")
-    session = hetrix.InferenceSession(path)
-    reference = ort_session(path)
-    rng = np.random.default_rng(5)
-    for _ in range(RUNS):
-        session.run(None, {"data_0": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)})
+    session, reference, rng = warmed_squeezenet(5)
     [row] = [r for r in session.get_joined_calls() if r["replayed_steps"]]
     assert row["replayed_steps"] == row["steps"]  # the Softmax included
     before = replays[0]

@@ -207,11 +207,13 @@ class _Chain:
             if step >= 0:
                 self._split(step)
         else:
-            replay.after = tuple(self._after(slot) for slot in self.outputs)
+            # what a Concat's direct call does with its result besides returning it (it
+            # remembers it, see ``after`` in kernels/tensor.py), the replay does too
+            replay.after = self._output_hooks("after")
             self.replay = replay
         return outputs
 
-    def _validations(self, replay: _Replay) -> tuple[Callable[[Any], bool] | None, ...]:
+    def _validations(self, replay: _Replay) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
         """Per output, the test its step's direct call makes of its result (its ``valid``
         attribute: a Softmax's result must hold no NaN, which ONNX defines differently), which
         the replay then makes; a failed one sends the call to the steps.  A step with such a
@@ -223,19 +225,18 @@ class _Chain:
                     replay.written_inputs or not set(writes) & set(self.outputs)):
                 replay.declined_step = index
                 raise _Declined(f"step {index} tests its result, which the replay cannot")
-        valid = []
-        for slot in self.outputs:
-            writer = next(call for call, _, writes, _ in self.links if slot in writes)
-            valid.append(getattr(writer, "valid", None))
-        return tuple(valid)
+        return self._output_hooks("valid")
 
-    def _after(self, slot: int) -> Callable[[Any], None] | None:
-        """What the direct call that writes ``slot`` does with its result besides returning it
-        (its ``after`` attribute: a Concat remembers its output), which a replay then does."""
-        for call, _, writes, _ in self.links:
-            if slot in writes:
-                return getattr(call, "after", None)
-        return None
+    def _output_hooks(self, name: str) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+        """``(position, function)`` for each output whose writer's direct call has a
+        function ``name`` for its result (only those: the replay loops over these per call)."""
+        hooks = []
+        for position, slot in enumerate(self.outputs):
+            writer = next(call for call, _, writes, _ in self.links if slot in writes)
+            hook = getattr(writer, name, None)
+            if hook is not None:
+                hooks.append((position, hook))
+        return tuple(hooks)
 
     def _split(self, step: int) -> None:
         """Run the steps before ``step`` and those after it as chains of their own (each
@@ -495,8 +496,10 @@ class _Replay:
             self.executions.append((primitive.primitive, len(entries), ctypes.addressof(array)))
         self.scratchpad: object = _UNBOUND  # the thread's scratchpad its memory points at
         self.owner = threading.get_ident()
-        self.after: tuple[Callable[[Any], None] | None, ...] = ()
-        self.valid: tuple[Callable[[Any], bool] | None, ...] = ()
+        self.after: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
+        """(output position, function) to call with each such output (see _output_hooks)."""
+        self.valid: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
+        """(output position, test): the replay's result stands only where each test holds."""
         self.declined_step = -1
 
     def _results(self, tracer: _Tracer, values: tuple[Any, ...],
@@ -622,10 +625,9 @@ class _Replay:
             values[r[1]] if r[0] == "input"
             else np.ndarray(r[3], r[5], made[r[1].place], r[2], r[4])
             for r in self.results)
-        for valid, output in zip(self.valid, outputs, strict=False):
-            if valid is not None and not valid(output):
+        for position, valid in self.valid:
+            if not valid(outputs[position]):
                 return None
-        for after, output in zip(self.after, outputs, strict=False):
-            if after is not None:
-                after(output)
+        for position, after in self.after:
+            after(outputs[position])
         return outputs
