@@ -21,7 +21,9 @@ space by NumPy's cast (``reduced_precision.SMALL_TO_HOST_ELEMENTS``) against PyT
 ``--part scaleshift`` (and ``--precision bf16``), of the normalization of a Concat chain's
 channel prefix on a kept copy and binary primitive against PyTorch's addcmul; with ``--part
 viewcopy``, of a Concat chain's new channels written into its buffer by a kept oneDNN reorder
-against NumPy's assignment.
+against NumPy's assignment; with ``--part linear``, of layer products on a kept oneDNN matmul
+primitive against ``dnnl_sgemm`` on the plain weight and PyTorch's inner product on a packed
+one.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -33,7 +35,7 @@ pooling into 0.12, see RESULTS.md).
 
     python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged|
                                             batchnorm|softmax|layernorm|lrn|inplace|tohost|
-                                            scaleshift|viewcopy]
+                                            scaleshift|viewcopy|linear]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -114,6 +116,9 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     # a Concat chain's new channels written into its buffer's room by a kept oneDNN reorder
     # (off: NumPy's strided assignment)
     "viewcopy": (_switch(_dnnl, "copy_into", lambda source, target: False), "reorder", "numpy"),
+    # layer products (MatMul, Gemm on a constant weight) on a kept oneDNN matmul primitive (off:
+    # dnnl_sgemm on the plain weight, PyTorch's inner product on a packed one)
+    "linear": (_switch(_onednn, "KEPT_LINEAR", False), "kept", "others"),
 }
 
 
@@ -140,6 +145,8 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
         memories = session._plan.output_memory
         return (sum(1 for step in session._plan.steps if step.ctx.name.endswith("@host"))
                 + sum(1 for memory in memories if memory != "host"))
+    if part == "linear":
+        return sum(1 for step in session._plan.steps if step.ctx.cache.get("dnnl_linears"))
     if part == "inplace":
         return sum(1 for step in session._plan.steps if any(
             conv.accumulates for conv in step.ctx.cache.get("dnnl_convs", {}).values()))

@@ -7,6 +7,10 @@ weight is read in place, a (N, K) one or a packed one is copied once for a weigh
 alone reads, whose original memory is then released; and nothing ever reads the released
 original: other row counts, and a library that refuses the product later, are served from the
 copy.
+
+These are the paths a product takes where the kept oneDNN matmul primitive does not serve it
+(a float32 single row, a weight other nodes read, the primitive switched off), so every test
+here runs with ``_onednn.KEPT_LINEAR`` off; ``test_kept_linear.py`` tests that primitive.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ import hetrix
 from hetrix.backends.numpy_cpu.kernels import _onednn, fused
 
 pytestmark = pytest.mark.skipif(not _onednn.available(), reason="PyTorch is not installed")
+
+@pytest.fixture(autouse=True)
+def _without_the_kept_primitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_onednn, "KEPT_LINEAR", False)
+
 
 K, N = 512, 384  # 196,608 weights, 768 KiB: packed from 6 rows on (2^20 multiply-adds)
 

@@ -189,7 +189,8 @@ def test_bf16_products_on_packed_weights_match_float64(case: str, packed: bool) 
     assert len(products) == 1 and products[0].backend == "bf16:cpu"
     fused = {"gemm_relu_fused": "FusedGemm", "matmul_add_fused": "FusedMatMul"}
     assert products[0].ctx.op_type == fused.get(case, nodes[0].op_type)
-    assert ("linear" in products[0].ctx.cache) == packed
+    cache = products[0].ctx.cache  # packed: for the kept primitive, or PyTorch's product
+    assert ("dnnl_linears" in cache or "linear" in cache) == packed
 
 
 def test_bf16_layout_ops_and_lrn_follow_their_producer() -> None:
@@ -387,9 +388,11 @@ def test_bf16_convolutions_repeat_their_prepared_call(monkeypatch: pytest.Monkey
 def test_bf16_product_falls_back_when_onednn_refuses_the_inner_product(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Where oneDNN has no inner product for the reduced type (the session's probe tries a
-    convolution only), the node computes with torch.matmul instead, from then on."""
+    convolution only), the node computes with torch.matmul instead, from then on.  (Without
+    the kept matmul primitive, which serves such products first: test_kept_linear.py.)"""
     from hetrix.backends.numpy_cpu.kernels import _onednn
 
+    monkeypatch.setattr(_onednn, "KEPT_LINEAR", False)
     calls: list[int] = []
 
     def refuse(*args: object) -> None:
@@ -417,14 +420,18 @@ def test_bf16_product_falls_back_when_onednn_refuses_the_inner_product(
 
 
 @pytest.mark.parametrize("form", ["Gemm transB + Relu", "Gemm", "MatMul"])
-def test_bfloat16_single_rows_on_the_bfloat16_gemm(form: str, tmp_path) -> None:
-    """A one-row layer product in bf16 runs on oneDNN's bfloat16 GEMM (a copy of the weight in
+def test_bfloat16_single_rows_on_the_bfloat16_gemm(form: str, tmp_path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the kept matmul primitive (which serves both first: test_kept_linear.py), a
+    one-row layer product in bf16 runs on oneDNN's bfloat16 GEMM (a copy of the weight in
     bfloat16), more rows on the packed product; both within bfloat16's precision of float64,
     the activation applied before the one rounding."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from hetrix.backends.numpy_cpu.kernels import _dnnl
+    from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn
+
+    monkeypatch.setattr(_onednn, "KEPT_LINEAR", False)
 
     if not _dnnl.available() or not _cpu_runs("bf16"):
         pytest.skip("needs the onednn extra and a CPU with bfloat16")

@@ -312,10 +312,14 @@ def _prefix_batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias:
 
 
 def _matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
-            bias: np.ndarray | None = None, activation: str = "") -> np.ndarray:
-    """``a @ b``, plus ``bias`` and ``activation`` for FusedMatMul."""
+            bias: np.ndarray | None = None, activation: str = "",
+            kernel: Kernel | None = None) -> np.ndarray:
+    """``a @ b``, plus ``bias`` and ``activation`` for FusedMatMul; ``kernel``: the node's (see
+    :func:`_linear`)."""
     post_op, params = fused.linear_post_op(ctx) if activation else ("", [])
-    y = _linear(ctx, a, b, bias, transposed=False, activation=post_op, activation_params=params)
+    y = _linear(ctx, a, b, bias, transposed=False, activation=post_op, activation_params=params,
+                kernel=kernel if post_op or not activation else None,
+                inputs=(a, b, bias)[:ctx.num_inputs])
     if y is None:
         torch = _torch()
         with torch.no_grad():
@@ -329,17 +333,25 @@ def _matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
 
 def _linear(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
             transposed: bool, activation: str = "",
-            activation_params: list[float] | tuple[float, ...] = ()) -> np.ndarray | None:
-    """``activation(a @ b + bias)`` by oneDNN's inner product on a weight packed once in the
-    reduced type (:func:`_onednn.packed_linear`; the activation as a post-op, computed in
-    float32 before the one rounding to the reduced type); None when the product is not of that
-    form.
+            activation_params: list[float] | tuple[float, ...] = (),
+            kernel: Kernel | None = None,
+            inputs: tuple[Any, ...] | None = None) -> np.ndarray | None:
+    """``activation(a @ b + bias)`` on a weight packed once in the reduced type, the activation
+    as a post-op (computed in float32 before the one rounding to the reduced type), or None
+    when the product is not of that form: by the node's kept oneDNN matmul primitive
+    (:func:`_onednn.kept_linear`, offered as the node's direct call when ``kernel`` returns
+    this result as it is for ``inputs``), else oneDNN's inner product through PyTorch
+    (:func:`_onednn.packed_linear`).
 
     A product with few rows is bound by reading the weight; packed in the reduced type it is
     read at memory speed (AlexNet's 9216x4096 layer at batch 1: 3.3 ms, against 4.6 ms through
     ``torch.matmul`` on the same bfloat16 weight; ``benchmarks/RESULTS.md``).  A single row goes
     to oneDNN's bfloat16 GEMM instead (:func:`_onednn.bfloat16_row`, faster still).
     """
+    y = _onednn.kept_linear(ctx, a, b, bias, transposed=transposed, activation=activation,
+                            activation_params=activation_params, kernel=kernel, inputs=inputs)
+    if y is not None:
+        return y
     row = _onednn.bfloat16_row(ctx.cache, a, b, bias, transposed=transposed)
     if row is not None:  # one row: the bfloat16 GEMM; activation in float32, one rounding
         return (fused.activate(ctx, row) if activation else row).astype(a.dtype)
@@ -348,14 +360,17 @@ def _linear(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | N
 
 
 def _gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
-          c: np.ndarray | None = None, activation: str = "") -> np.ndarray:
-    """Gemm, and FusedGemm's ``activation``."""
+          c: np.ndarray | None = None, activation: str = "",
+          kernel: Kernel | None = None) -> np.ndarray:
+    """Gemm, and FusedGemm's ``activation``; ``kernel``: the node's (see :func:`_linear`)."""
     alpha, beta = float(ctx.attrs.get("alpha", 1.0)), float(ctx.attrs.get("beta", 1.0))
     y = None
     if alpha == 1.0 and beta == 1.0 and not ctx.attrs.get("transA", 0) and a.ndim == 2:
         post_op, params = fused.linear_post_op(ctx) if activation else ("", [])
         y = _linear(ctx, a, b, c, transposed=bool(ctx.attrs.get("transB", 0)),
-                    activation=post_op, activation_params=params)
+                    activation=post_op, activation_params=params,
+                    kernel=kernel if post_op or not activation else None,
+                    inputs=(a, b, c)[:ctx.num_inputs])
         if y is not None and post_op:
             return y
     if y is None:
@@ -398,12 +413,13 @@ def _weight(ctx: NodeContext, array: np.ndarray, slot: str, like: np.ndarray) ->
 
 def _fused_gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
                 c: np.ndarray | None = None) -> np.ndarray:
-    return _gemm(ctx, a, b, c, activation=fused.activation_name(ctx))
+    return _gemm(ctx, a, b, c, activation=fused.activation_name(ctx), kernel=_fused_gemm)
 
 
 def _fused_matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
                   bias: np.ndarray | None = None) -> np.ndarray:
-    return _matmul(ctx, a, b, bias, activation=fused.activation_name(ctx))
+    return _matmul(ctx, a, b, bias, activation=fused.activation_name(ctx),
+                   kernel=_fused_matmul)
 
 
 def _fused_batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray,
@@ -506,12 +522,12 @@ def _attention(ctx: NodeContext, q: np.ndarray, kt: np.ndarray, v: np.ndarray,
 
 
 def _matmul_kernel(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return _matmul(ctx, a, b)
+    return _matmul(ctx, a, b, kernel=_matmul_kernel)
 
 
 def _gemm_kernel(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
                  c: np.ndarray | None = None) -> np.ndarray:
-    return _gemm(ctx, a, b, c)
+    return _gemm(ctx, a, b, c, kernel=_gemm_kernel)
 
 
 def _by_opset(*forms: tuple[int | None, Kernel]) -> Kernel:

@@ -614,6 +614,95 @@ def packed_linear(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.
     return to_numpy(y.reshape(*a.shape[:-1], n))
 
 
+PACK_MAX_BYTES = 64 << 20
+"""Weights above this keep the unpacked paths: packing holds the original and the packed copy
+at once until the original is released, and VGG-19's 392 MiB layer would lift the peak by
+that much (its GEMV at batch 1 is memory-bound either way)."""
+
+KEPT_LINEAR = True
+"""Whether :func:`kept_linear` serves products (``benchmarks/ab_dnnl.py --part linear``
+switches it off for one arm)."""
+
+KEPT_LINEAR_MIN_ROWS = {_FLOAT32: 2, _BFLOAT16: 1}
+"""Rows from which :func:`kept_linear` takes a product, per type.  A float32 single row is a
+GEMV bound by reading the weight, where ``dnnl_sgemm`` on the plain weight was level or
+ahead (1 x 1024 @ 1024 x 1000 alone, evicted: 248 against 286 us; :func:`plain_gemm`)."""
+
+
+def kept_linear(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, *,
+                transposed: bool, activation: str = "",
+                activation_params: list[float] | tuple[float, ...] = (),
+                kernel: Kernel | None = None,
+                inputs: tuple[Any, ...] | None = None) -> np.ndarray | None:
+    """``activation(a @ b + bias)`` by the node's kept oneDNN matmul primitive
+    (:class:`._dnnl.Linear`, one per input shape, the weight packed once in ``a``'s type), or
+    None where that path does not serve: no library, ``a`` not float32 or bfloat16 or of fewer
+    rows than :data:`KEPT_LINEAR_MIN_ROWS`, ``b`` not a constant 2-D float32 weight (at most
+    :data:`PACK_MAX_BYTES`; a float32 one owned by this node, since packing it as float32 copies
+    it, and the original is then released), ``bias`` not N float32 constants, an activation
+    oneDNN does not apply, oneDNN refusing.  ``transposed``: ``b`` is (N, K).
+
+    ``kernel``: the node's kernel when it returns this result as it is for ``inputs`` (``a``
+    first, the others constants): the primitive is then offered as the node's direct call.
+    """
+    cache = ctx.cache
+    if (not KEPT_LINEAR or a.dtype not in _PREPARED_DTYPES or b.ndim != 2 or a.ndim < 2
+            or b.dtype != _FLOAT32 or b.flags.writeable or cache.get("dnnl_linear_refused")
+            or not _dnnl.available()):
+        return None
+    n, k = b.shape if transposed else b.shape[::-1]
+    if a.shape[-1] != k or a.size // max(k, 1) < KEPT_LINEAR_MIN_ROWS[a.dtype]:
+        return None
+    if bias is not None and (bias.flags.writeable or bias.size != n or bias.dtype != _FLOAT32
+                             or bias.shape[-1:] != (n,)):
+        return None
+    owns_weight = 1 in ctx.owned_inputs
+    if "dnnl_linears" not in cache and (
+            b.nbytes > PACK_MAX_BYTES
+            or (a.dtype == _FLOAT32 and not owns_weight)
+            or "linear" in cache or "gemm_weight" in cache):  # another path holds the weight
+        return None
+    x = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    key = (x.shape, x.dtype, activation)
+    linears = cache.setdefault("dnnl_linears", {})
+    linear = linears.get(key)
+    if linear is False:  # refused for this shape before
+        return None
+    if linear is None or linear.w is not b or linear.b is not bias:
+        with _PACKING:  # see _PACKING: the weight's original may be released below
+            made = _dnnl.create_linear(
+                x, b, linear_weight(cache, b), bias, transposed=transposed,
+                activation=activation, activation_params=list(activation_params),
+                weights=cache.setdefault("dnnl_linear_weights", []))
+            if made is None:
+                if any(isinstance(v, _dnnl.Linear) for v in linears.values()):
+                    linears[key] = False  # the others stay; this shape takes the other paths
+                else:  # the same refusal would follow for every call
+                    del cache["dnnl_linears"]
+                    cache["dnnl_linear_refused"] = True
+                return None
+            linear = made
+            if len(linears) >= _MAX_LAYOUTS:
+                linears.clear()
+            linears[key] = linear
+            cache["library_kernel"] = (f"oneDNN matmul {linear.implementation}, packed weight, "
+                                       "kept primitive")
+            if (owns_weight and b.dtype == _FLOAT32 and x.dtype == _FLOAT32
+                    and b.nbytes >= _RELEASE_MIN_BYTES
+                    and cache.get("linear_released") is not b
+                    and np.array_equal(linear.unpack(), b)):
+                from hetrix.runtime.memory import release_pages
+
+                if release_pages(b):
+                    cache.update(linear_released=b, linear_rebuild=linear.unpack)
+    y = linear(x)
+    if y is None:
+        return None
+    if kernel is not None and x is a:
+        registry.offer_direct(ctx, kernel, inputs or (a,), (0,), linear.direct, linear)
+    return y
+
+
 PLAIN_GEMM = True
 """Whether :func:`plain_gemm` serves float32 products (``benchmarks/ab_dnnl.py --part gemm``
 switches it off for one arm)."""
@@ -656,7 +745,7 @@ def plain_gemm(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.nda
     """
     if (not PLAIN_GEMM or a.dtype != _FLOAT32 or b.dtype != _FLOAT32 or b.ndim != 2
             or a.ndim < 2 or b.flags.writeable or not b.flags.c_contiguous
-            or not _dnnl.available() or "linear" in cache):
+            or not _dnnl.available() or "linear" in cache or "dnnl_linears" in cache):
         return None
     n, k = b.shape if transposed else b.shape[::-1]
     if a.shape[-1] != k:
@@ -699,7 +788,7 @@ def bfloat16_row(cache: dict[str, Any], a: np.ndarray, b: np.ndarray, bias: np.n
     """
     if (a.dtype != _BFLOAT16 or b.dtype != _FLOAT32 or b.ndim != 2 or a.ndim < 2
             or a.size != a.shape[-1] or b.flags.writeable or not PLAIN_GEMM
-            or not _dnnl.available() or "linear" in cache):
+            or not _dnnl.available() or "linear" in cache or "dnnl_linears" in cache):
         return None
     n, k = b.shape if transposed else b.shape[::-1]
     if a.shape[-1] != k or (bias is not None and (bias.flags.writeable or bias.size != n)):
@@ -798,13 +887,17 @@ def _inner_product(x: Any, packed: Any, bias: Any,
 
 def linear_weight(cache: dict[str, Any], b: np.ndarray) -> np.ndarray:
     """``b``'s values: ``b`` itself, or, when its memory was released after packing (see
-    :func:`packed_linear`), a copy rebuilt from the packed weight (once, then kept)."""
+    :func:`packed_linear` and :func:`kept_linear`), a copy rebuilt from the packed weight
+    (once, then kept)."""
     if cache.get("linear_released") is not b:
         return b
     dense = cache.get("linear_dense")
     if dense is None:
-        rebuilt = cache["linear"][3].to_dense().numpy()  # (N, K)
-        dense = rebuilt if cache["linear_transposed"] else rebuilt.T
+        if "linear_rebuild" in cache:  # released by kept_linear: its primitive unpacks it
+            dense = cache["linear_rebuild"]()
+        else:
+            rebuilt = cache["linear"][3].to_dense().numpy()  # (N, K)
+            dense = rebuilt if cache["linear_transposed"] else rebuilt.T
         dense.setflags(write=False)
         cache["linear_dense"] = dense
     return dense

@@ -146,7 +146,8 @@ def activate(ctx: NodeContext, y: np.ndarray) -> np.ndarray:
 _FEW_ROWS = 8
 """Products of this many rows or fewer keep their activation out of the packed product: they
 are GEMVs bound by reading the weight, where oneDNN's GEMM on the plain weight is faster
-(``_onednn.plain_gemm``) and the separate activation pass touches a few thousand values."""
+(``_onednn.plain_gemm``) and the separate activation pass touches a few thousand values.
+Not those the kept matmul primitive takes (``_onednn.kept_linear``), which applies it."""
 
 
 def linear_post_op(ctx: NodeContext, a: np.ndarray | None = None) -> tuple[str, list[float]]:
@@ -156,8 +157,11 @@ def linear_post_op(ctx: NodeContext, a: np.ndarray | None = None) -> tuple[str, 
     name = activation_name(ctx)
     if not name or not _onednn.linear_fuses(name):
         return "", []
-    if (a is not None and a.size // max(a.shape[-1], 1) <= _FEW_ROWS and _onednn.PLAIN_GEMM
-            and _onednn.plain_gemm_available()):
+    rows = None if a is None else a.size // max(a.shape[-1], 1)
+    if (rows is not None and rows <= _FEW_ROWS and _onednn.PLAIN_GEMM
+            and _onednn.plain_gemm_available()
+            and not (_onednn.KEPT_LINEAR
+                     and rows >= _onednn.KEPT_LINEAR_MIN_ROWS.get(a.dtype, rows + 1))):
         return "", []
     params = list(ctx.attrs.get("activation_params") or [])
     expected = _PARAM_COUNTS.get(name, 0)
@@ -290,7 +294,9 @@ def fused_gemm(
     """Gemm, then the activation: inside oneDNN's product on a packed weight where it can, else
     in place on the product."""
     fused, params = linear_post_op(ctx, a)
-    y = gemm_on_packed_weight(ctx, a, b, c, fused, params)
+    final = bool(fused) or not activation_name(ctx)  # the result as it is, activation in it
+    y = gemm_on_packed_weight(ctx, a, b, c, fused, params,
+                              kernel=fused_gemm if final else None)
     if y is not None:
         return y if fused else activate(ctx, y)
     return activate(ctx, gemm(ctx, a, b, c))
@@ -302,7 +308,10 @@ def fused_matmul(
 ) -> np.ndarray:
     """MatMul plus the bias along the last axis (inside the GEMM), then the activation."""
     fused, params = linear_post_op(ctx, a)
-    y = on_packed_weight(ctx, a, b, bias, activation=fused, activation_params=params)
+    final = bool(fused) or not activation_name(ctx)  # the result as it is, activation in it
+    y = on_packed_weight(ctx, a, b, bias, activation=fused, activation_params=params,
+                         kernel=fused_matmul if final else None,
+                         inputs=(a, b, bias)[:ctx.num_inputs])
     if y is not None:
         return y if fused else activate(ctx, y)
     b = _onednn.linear_weight(ctx.cache, b)

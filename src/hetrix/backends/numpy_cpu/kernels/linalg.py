@@ -28,10 +28,13 @@ Other dtypes, tiny products and the NumPy-only mode use ``np.matmul``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from hetrix.backends.numpy_cpu.kernels import _library, _onednn
 from hetrix.backends.numpy_cpu.kernels._common import NodeContext, kernel
+from hetrix.backends.registry import Kernel
 
 # Types NumPy has no BLAS (or no linalg) path for: computed in float32 and cast back.
 _UPCAST = frozenset({np.dtype(np.float16)})
@@ -148,20 +151,27 @@ of 544 x 1000 (ShuffleNet's classifier) took 36 us there against 43 on NumPy, 10
 (Inception's, DenseNet's) 40 against 58 (2 threads, weights in cache; medians of 100
 alternating calls); 512 x 512, 18 against 17.  Below it NumPy's call is the cheaper."""
 
-_PACK_MAX_BYTES = 64 << 20
-"""Weights above this keep the unpacked paths: packing holds the original and the packed copy
-at once until the original is released, and VGG-19's 392 MiB layer would lift the peak by
-that much (its GEMV at batch 1 is memory-bound either way)."""
+_PACK_MAX_BYTES = _onednn.PACK_MAX_BYTES
 
 
 def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
                      transposed: bool = False, activation: str = "",
-                     activation_params: list[float] | tuple[float, ...] = ()) -> np.ndarray | None:
+                     activation_params: list[float] | tuple[float, ...] = (),
+                     kernel: Kernel | None = None,
+                     inputs: tuple[Any, ...] | None = None) -> np.ndarray | None:
     """``activation(a @ b + bias)`` on the node's packed float32 weight, or None (see the module
     docstring); ``activation`` one that ``_onednn.linear_fuses``, or empty.  Once a node has
     packed its weight every call comes here: the original's memory may be gone (callers that go
-    on without it read ``_onednn.linear_weight``)."""
-    if not activation and (a.size // max(a.shape[-1], 1) * b.size >= _GEMM_MIN_MACS
+    on without it read ``_onednn.linear_weight``).  ``kernel``: the node's kernel when it
+    returns this result as it is for ``inputs``, so a kept primitive may be its direct call."""
+    macs = a.size // max(a.shape[-1], 1) * b.size
+    if macs >= _GEMM_MIN_MACS:
+        y = _onednn.kept_linear(ctx, a, b, bias, transposed=transposed, activation=activation,
+                                activation_params=activation_params, kernel=kernel,
+                                inputs=inputs)
+        if y is not None:
+            return y
+    if not activation and (macs >= _GEMM_MIN_MACS
                            and _library.torch_functional() is not None):
         y = _onednn.plain_gemm(ctx.cache, a, b, bias, transposed=transposed,
                                owns_weight=1 in ctx.owned_inputs, max_copy_bytes=_PACK_MAX_BYTES)
@@ -186,28 +196,30 @@ def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.nd
 
 def gemm_on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None,
                           activation: str = "",
-                          activation_params: list[float] | tuple[float, ...] = ()
-                          ) -> np.ndarray | None:
+                          activation_params: list[float] | tuple[float, ...] = (),
+                          kernel: Kernel | None = None) -> np.ndarray | None:
     """A Gemm of the form ``activation(A @ B' + C)`` (alpha 1, beta 1 or no C, A not transposed)
-    on the node's packed weight (:func:`on_packed_weight`), or None."""
+    on the node's packed weight (:func:`on_packed_weight`), or None.  ``kernel``: the node's,
+    when it returns this result as it is."""
     if a.ndim == 2 and ctx.attrs.get("alpha", 1.0) == 1.0 and not ctx.attrs.get("transA", 0) and (
             c is None or ctx.attrs.get("beta", 1.0) == 1.0):
         return on_packed_weight(ctx, a, b, c, transposed=bool(ctx.attrs.get("transB", 0)),
-                                activation=activation, activation_params=activation_params)
+                                activation=activation, activation_params=activation_params,
+                                kernel=kernel, inputs=(a, b, c)[:ctx.num_inputs])
     return None
 
 
 @kernel("MatMul", since=1)
 def matmul_kernel(ctx: NodeContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Matrix product with NumPy ``matmul`` broadcasting semantics."""
-    y = on_packed_weight(ctx, a, b, None)
+    y = on_packed_weight(ctx, a, b, None, kernel=matmul_kernel, inputs=(a, b))
     return y if y is not None else matmul(a, _onednn.linear_weight(ctx.cache, b))
 
 
 @kernel("Gemm", since=1)
 def gemm(ctx: NodeContext, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
     """Y = alpha * A' @ B' + beta * C, optional transposes, C broadcast unidirectionally."""
-    y = gemm_on_packed_weight(ctx, a, b, c)
+    y = gemm_on_packed_weight(ctx, a, b, c, kernel=gemm)
     if y is not None:
         return y
     b = _onednn.linear_weight(ctx.cache, b)
