@@ -157,11 +157,7 @@ def linear_post_op(ctx: NodeContext, a: np.ndarray | None = None) -> tuple[str, 
     name = activation_name(ctx)
     if not name or not _onednn.linear_fuses(name):
         return "", []
-    rows = None if a is None else a.size // max(a.shape[-1], 1)
-    if (rows is not None and rows <= _FEW_ROWS and _onednn.PLAIN_GEMM
-            and _onednn.plain_gemm_available()
-            and not (_onednn.KEPT_LINEAR
-                     and rows >= _onednn.KEPT_LINEAR_MIN_ROWS.get(a.dtype, rows + 1))):
+    if a is not None and _few_rows_outside(a):
         return "", []
     params = list(ctx.attrs.get("activation_params") or [])
     expected = _PARAM_COUNTS.get(name, 0)
@@ -170,6 +166,15 @@ def linear_post_op(ctx: NodeContext, a: np.ndarray | None = None) -> tuple[str, 
     if name == "Clip" and params[0] > params[1]:
         return "", []  # oneDNN refuses crossed bounds; NumPy's clip gives ONNX's answer
     return name, params
+
+
+def _few_rows_outside(a: np.ndarray) -> bool:
+    """Whether a product of ``a`` keeps its activation outside (see :data:`_FEW_ROWS`)."""
+    rows = a.size // max(a.shape[-1], 1)
+    if rows > _FEW_ROWS or not (_onednn.PLAIN_GEMM and _onednn.plain_gemm_available()):
+        return False
+    return not (_onednn.KEPT_LINEAR
+                and rows >= _onednn.KEPT_LINEAR_MIN_ROWS.get(a.dtype, rows + 1))
 
 
 @kernel("FusedConv", since=1, domain="hetrix")
