@@ -14,6 +14,7 @@ Skipped where the ``onednn`` extra is not installed.
 from __future__ import annotations
 
 import math
+import mmap
 from pathlib import Path
 
 import ml_dtypes
@@ -212,3 +213,33 @@ def test_a_refused_primitive_leaves_the_product_to_the_other_paths(
         _close(y, want[:rows])
     (step,) = _steps(session, op)
     assert step.ctx.cache.get("dnnl_linear_refused") and "dnnl_linears" not in step.ctx.cache
+
+
+def test_a_large_packed_weight_lies_in_pages_of_its_own(tmp_path: Path) -> None:
+    """Packed on the first run among its activations, a weight from 1 MiB is mapped apart from
+    the heap (``_dnnl.MAPPED_MIN_BYTES``), whose holes would otherwise grow; smaller ones stay
+    on it.  Either way the product is right."""
+    rng = np.random.default_rng(8)
+    big = (rng.standard_normal((K, 1024)) / K**0.5).astype(np.float32)  # 2 MiB
+    small = (rng.standard_normal((1024, 64)) / 32).astype(np.float32)  # 256 KiB
+    nodes = [helper.make_node("MatMul", ["x", "big"], ["h"]),
+             helper.make_node("MatMul", ["h", "small"], ["y"])]
+    session = _session(tmp_path, nodes, {"big": big, "small": small}, [16, K],
+                       graph_optimization_level=0)
+    x = rng.standard_normal((16, K)).astype(np.float32)
+    (y,) = session.run(None, {"x": x})
+    _close(y, x.astype(np.float64) @ big @ small)
+    packed = {step.ctx.cache["dnnl_linear_weights"][0].buffer.nbytes:
+              step.ctx.cache["dnnl_linear_weights"][0] for step in _steps(session, "MatMul")}
+    large, little = packed[max(packed)], packed[min(packed)]
+    assert large.buffer.nbytes >= _dnnl.MAPPED_MIN_BYTES > little.buffer.nbytes
+    assert _mapped(large.buffer) and large.address % mmap.PAGESIZE == 0
+    assert not _mapped(little.buffer)
+
+
+def _mapped(array: np.ndarray) -> bool:
+    """Whether ``array``'s memory is an anonymous mapping of its own (not the heap's)."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(getattr(base, "obj", base), mmap.mmap)

@@ -691,10 +691,13 @@ def kept_linear(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray
                     and b.nbytes >= _RELEASE_MIN_BYTES
                     and cache.get("linear_released") is not b
                     and np.array_equal(linear.unpack(), b)):
-                from hetrix.runtime.memory import release_pages
+                from hetrix.runtime.memory import release_free_memory, release_pages
 
                 if release_pages(b):
                     cache.update(linear_released=b, linear_rebuild=linear.unpack)
+                # the check's unpacked copy is freed now; glibc would keep it (see
+                # _pack_linear)
+                release_free_memory()
     y = linear(x)
     if y is None:
         return None
