@@ -102,6 +102,21 @@ def test_float32_products_run_on_the_kept_primitive_and_release_the_weight(
     np.testing.assert_array_equal(_onednn.linear_weight(cache, cache["linear_released"]), w)
 
 
+def test_a_single_row_after_the_release_reads_the_rebuilt_weight(tmp_path: Path) -> None:
+    """A float32 row of a wide layer (2^20 multiply-adds) goes to ``dnnl_sgemm`` on the plain
+    weight, whose original the kept primitive released: that path must read the rebuild."""
+    rng = np.random.default_rng(9)
+    w = (rng.standard_normal((1024, 1024)) / 32).astype(np.float32)
+    session = _session(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w},
+                       ["rows", 1024])
+    x = rng.standard_normal((8, 1024)).astype(np.float32)
+    for rows in (8, 1, 1):
+        (y,) = session.run(None, {"x": x[:rows]})
+        _close(y, x[:rows].astype(np.float64) @ w)
+    (step,) = _steps(session, "MatMul")
+    assert step.ctx.cache.get("linear_released") is not None
+
+
 @pytest.mark.parametrize("form", ["MatMul+Add", "Gemm transB"])
 def test_bfloat16_products_run_on_the_kept_primitive(form: str, tmp_path: Path) -> None:
     session, op, w, rows_of, want = _layer(form, tmp_path, precision="bf16")
