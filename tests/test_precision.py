@@ -544,16 +544,21 @@ def test_normalization_of_a_channel_prefix_on_the_kept_primitive(relu: bool, sha
     assert _dnnl.create_scale_shift(np.ascontiguousarray(x), multiplier, offset, relu) is None
 
 
-def test_bf16_normalizations_of_a_concat_chain_take_the_kept_primitive() -> None:
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_normalizations_of_a_concat_chain_take_the_kept_primitive_and_join(
+        precision: str) -> None:
     """DenseNet's pattern in small: each layer's Concat extends the previous one, and the
-    BatchNormalization + Relu of the chain reads a strided channel prefix; in bfloat16 the
-    kept copy-and-binary primitive serves it, and the output stays within bfloat16's
-    rounding of ONNX Runtime's float32."""
+    BatchNormalization + Relu of the chain reads a strided channel prefix; the kept
+    copy-and-binary primitive serves it as the node's direct call, which the plan joins with
+    the convolution after it; the output stays within bfloat16's rounding (float32's) of ONNX
+    Runtime's float32, and the replayed runs equal the first run's steps bit for bit."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from hetrix.backends.numpy_cpu.kernels import _dnnl, _dnnl_chain
+
     ort = pytest.importorskip("onnxruntime")
-    if not _cpu_runs("bf16"):
-        pytest.skip("bf16 is not available on this CPU")
+    if not _dnnl.available() or (precision == "bf16" and not _cpu_runs("bf16")):
+        pytest.skip("needs oneDNN's library (and bfloat16)")
     rng = np.random.default_rng(7)
     nodes, inits, last, channels = [], [], "x", 16
     for layer in range(4):  # from the third, the chain's strided prefixes
@@ -577,7 +582,7 @@ def test_bf16_normalizations_of_a_concat_chain_take_the_kept_primitive() -> None
         [numpy_helper.from_array((rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32),
                                  "w_in"), *inits])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
-    session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision="bf16"))
+    session = hetrix.InferenceSession(model, hetrix.SessionOptions(precision=precision))
     feeds = {"image": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)}
     (y,) = session.run(None, feeds)
     kernels = [step.ctx.cache.get("library_kernel") or "" for step in session._plan.steps
@@ -585,4 +590,12 @@ def test_bf16_normalizations_of_a_concat_chain_take_the_kept_primitive() -> None
     assert sum("scale and shift" in k for k in kernels) >= 2, kernels  # the strided prefixes
     ref = ort.InferenceSession(model.SerializeToString(),
                                providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    np.testing.assert_allclose(y, ref, rtol=0.03, atol=0.03 * np.abs(ref).max())
+    tolerance = 0.03 if precision == "bf16" else 1e-4
+    np.testing.assert_allclose(y, ref, rtol=tolerance, atol=tolerance * np.abs(ref).max())
+    for _ in range(6):  # direct calls from the second run, the joined calls traced after
+        (again,) = session.run(None, feeds)
+        np.testing.assert_array_equal(again, y)
+    replayed = [link[0].primitive for entry in session._plan.lean_run or []
+                if isinstance(chain := getattr(entry[0], "__self__", None), _dnnl_chain._Chain)
+                and chain.replay is not None for link in chain.links]
+    assert sum(isinstance(p, _dnnl.ScaleShift) for p in replayed) >= 2, replayed

@@ -291,26 +291,6 @@ def _batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.nda
     return _onednn.to_numpy(y)
 
 
-def _prefix_batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: np.ndarray,
-                       mean: np.ndarray, var: np.ndarray, relu: bool) -> np.ndarray | None:
-    """Inference BatchNormalization (then Relu) of channels-last values whose channels are a
-    prefix of a wider buffer (DenseNet's Concat chain, which oneDNN's normalization refuses)
-    by the node's kept copy-then-binary primitive (:class:`._dnnl.ScaleShift`); None where that
-    does not serve (no library, another layout, statistics that may change between runs)."""
-    if (type(x) is not np.ndarray or x.ndim != 4 or x.strides[1] != x.itemsize
-            or x.strides[3] == x.shape[1] * x.itemsize  # dense: the kept normalization's
-            or not _onednn.available()
-            or any(p.flags.writeable for p in (scale, bias, mean, var))):
-        return None
-    epsilon = float(ctx.attrs.get("epsilon", 1e-5))
-
-    def make() -> Any:
-        multiplier, offset = normalization.batch_norm_factors(scale, bias, mean, var, epsilon)
-        return _dnnl.create_scale_shift(x, multiplier, offset, relu)
-
-    return _dnnl.run_kept(ctx, "dnnl_scale_shift", "scale and shift", x, make)
-
-
 def _matmul(ctx: NodeContext, a: np.ndarray, b: np.ndarray,
             bias: np.ndarray | None = None, activation: str = "",
             kernel: Kernel | None = None) -> np.ndarray:
@@ -429,7 +409,9 @@ def _fused_batch_norm(ctx: NodeContext, x: np.ndarray, scale: np.ndarray, bias: 
         y = normalization.kept_batch_norm(ctx, _fused_batch_norm, (x, scale, bias, mean, var),
                                           relu=activation == "Relu")
         if y is None:
-            y = _prefix_batch_norm(ctx, x, scale, bias, mean, var, relu=activation == "Relu")
+            y = normalization.prefix_batch_norm(ctx, _fused_batch_norm,
+                                                (x, scale, bias, mean, var),
+                                                relu=activation == "Relu")
         if y is not None:
             return y
     y = _batch_norm(ctx, x, scale, bias, mean, var, relu=activation == "Relu")

@@ -1312,6 +1312,36 @@ class ScaleShift(_Primitive):
         self._execute((y.ctypes.data, y.ctypes.data))
         return y.transpose(self.out_axes)
 
+    def direct(self, fallback: Callable[..., Any]) -> Callable[..., Any]:
+        """As :meth:`_Primitive.direct`: the copy, then the binary primitive in place, on the
+        calling thread's memory objects (a plan may join it with its neighbours: the 1x1
+        convolution that reads its result, in DenseNet)."""
+        set_handle, spare = self.lib.set_handle, self._spare
+        copied, computed = self.copy._thread_bindings(), self._thread_bindings()
+        copy, compute = self.copy._bound_execute(copied), self._bound_execute(computed)
+        (copy_source, copy_target), (source, target) = copied.runtime, computed.runtime
+        shape, strides, dtype = self.shape, self.x_strides, self.dtype
+        out_shape, axes = self.out_shape, self.out_axes
+        owner, get_ident = threading.get_ident(), threading.get_ident
+
+        def call(x: Any) -> Any:
+            if (type(x) is not np.ndarray or x.strides != strides or x.shape != shape
+                    or x.dtype != dtype or get_ident() != owner):
+                return fallback(x)
+            y = recycled_empty(spare, out_shape, dtype)
+            address = y.ctypes.data
+            set_handle(copy_source, x.ctypes.data)
+            set_handle(copy_target, address)
+            copy()
+            set_handle(source, address)
+            set_handle(target, address)
+            compute()
+            return y.transpose(axes)
+
+        call.primitive = self  # type: ignore[attr-defined]
+        call.join = join_kept  # type: ignore[attr-defined]
+        return call
+
 
 class LayerNorm(_Primitive):
     """One node's LayerNormalization over its trailing axes, ``(x - mean) / sqrt(var + eps) *

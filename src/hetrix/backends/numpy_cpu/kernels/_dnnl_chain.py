@@ -258,10 +258,11 @@ def _names(links: Sequence[Link]) -> str:
 
 def _objects(call: Callable[..., Any]) -> list[Any]:
     """The kept primitives a direct call runs when it serves the call itself (its primitive,
-    a staging reorder, a convolution + pooling's three), and the object that holds them."""
+    a staging reorder, a convolution + pooling's three, a scale and shift's copy), and the
+    object that holds them."""
     made = getattr(call, "primitive", None)
     found = [made]
-    for name in ("conv", "pool", "reorder"):
+    for name in ("conv", "pool", "reorder", "copy"):
         found.append(getattr(made, name, None))
     found += [getattr(part, "staged", None) for part in list(found)]
     return [part for part in found if part is not None]

@@ -266,6 +266,12 @@ def fused_concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
     return y if applied else activate(ctx, y)
 
 
+PREFIX_SCALE_SHIFT = True
+"""Whether a float32 normalization of a Concat chain's channel prefix runs on the kept
+copy-then-binary primitive (``normalization.prefix_batch_norm``), else PyTorch's pass
+(``benchmarks/ab_dnnl.py --part prefix`` switches it off for one arm)."""
+
+
 @kernel("FusedBatchNormalization", since=1, domain="hetrix")
 def fused_batch_norm(
     ctx: NodeContext,
@@ -278,8 +284,11 @@ def fused_batch_norm(
     """Inference BatchNormalization with its given statistics, then the activation in place."""
     activation = activation_name(ctx)
     if activation in ("", "Relu"):  # both in one oneDNN pass where it can
-        y = normalization.kept_batch_norm(ctx, fused_batch_norm, (x, scale, bias, mean, var),
-                                          relu=activation == "Relu")
+        inputs = (x, scale, bias, mean, var)
+        relu = activation == "Relu"
+        y = normalization.kept_batch_norm(ctx, fused_batch_norm, inputs, relu=relu)
+        if y is None and PREFIX_SCALE_SHIFT:
+            y = normalization.prefix_batch_norm(ctx, fused_batch_norm, inputs, relu=relu)
         if y is not None:
             return y
     if activation == "Relu":  # both in one torch pass when it can

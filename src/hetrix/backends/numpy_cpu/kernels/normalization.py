@@ -141,6 +141,34 @@ def kept_batch_norm(ctx: NodeContext, kernel: Any, inputs: tuple[np.ndarray, ...
         kernel=kernel, inputs=inputs)
 
 
+def prefix_batch_norm(ctx: NodeContext, kernel: Any, inputs: tuple[np.ndarray, ...],
+                      relu: bool) -> np.ndarray | None:
+    """Inference BatchNormalization of ``inputs`` (X, scale, B, mean, var), then Relu when
+    ``relu``, for channels-last values whose channels are a prefix of a wider buffer
+    (DenseNet's Concat chain, which oneDNN's normalization takes only as reference code), by the
+    node's kept copy-then-binary primitive (:class:`._dnnl.ScaleShift`), offered as
+    ``kernel``'s direct call; None where that does not serve (no library, another layout,
+    statistics that may change between runs).
+
+    In float32 PyTorch's pass alone was the faster (72 us against 98 back to back); as a direct
+    call, the plan joins it with the convolutions after it (:mod:`._dnnl_chain`), which pays:
+    see ``benchmarks/RESULTS.md``."""
+    x, scale, bias, mean, var = inputs
+    if (type(x) is not np.ndarray or x.ndim != 4 or x.strides[1] != x.itemsize
+            or x.strides[3] == x.shape[1] * x.itemsize  # dense: the kept normalization's
+            or not _onednn.available()
+            or any(p.flags.writeable for p in (scale, bias, mean, var))):
+        return None
+    epsilon = float(ctx.attrs.get("epsilon", 1e-5))
+
+    def make() -> Any:
+        multiplier, offset = batch_norm_factors(scale, bias, mean, var, epsilon)
+        return _dnnl.create_scale_shift(x, multiplier, offset, relu)
+
+    return _dnnl.run_kept(ctx, "dnnl_scale_shift", "scale and shift", x, make, kernel=kernel,
+                          inputs=inputs)
+
+
 def batch_norm_factors(scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
                        eps: float) -> tuple[np.ndarray, np.ndarray]:
     """Inference BatchNormalization's statistics folded, in float64, into ``(multiplier,
