@@ -23,7 +23,8 @@ channel prefix on a kept copy and binary primitive against PyTorch's addcmul; wi
 viewcopy``, of a Concat chain's new channels written into its buffer by a kept oneDNN reorder
 against NumPy's assignment; with ``--part linear``, of layer products on a kept oneDNN matmul
 primitive against ``dnnl_sgemm`` on the plain weight and PyTorch's inner product on a packed
-one.
+one; with ``--part prefix``, of float32 normalizations of a Concat chain's channel prefix on the
+kept copy and binary primitive against PyTorch's pass.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -35,7 +36,7 @@ pooling into 0.12, see RESULTS.md).
 
     python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged|
                                             batchnorm|softmax|layernorm|lrn|inplace|tohost|
-                                            scaleshift|viewcopy|linear]
+                                            scaleshift|viewcopy|linear|prefix]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -53,7 +54,7 @@ import numpy as np
 
 import hetrix
 from hetrix.backends import reduced_precision
-from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn, fused
 from hetrix.bench.inputs import make_feeds, model_inputs
 from hetrix.runtime import executor
 from hetrix.runtime.plan import Plan
@@ -119,6 +120,9 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     # layer products (MatMul, Gemm on a constant weight) on a kept oneDNN matmul primitive (off:
     # dnnl_sgemm on the plain weight, PyTorch's inner product on a packed one)
     "linear": (_switch(_onednn, "KEPT_LINEAR", False), "kept", "others"),
+    # float32 BatchNormalization of a channel prefix (DenseNet's chain) on the kept copy and
+    # binary primitive, a direct call the plan joins (off: PyTorch's pass)
+    "prefix": (_switch(fused, "PREFIX_SCALE_SHIFT", False), "kept", "torch"),
 }
 
 
@@ -128,10 +132,10 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                                   if session._specializer else ())]
         return max(sum(1 for lean in plan.lean_steps if lean[-1].ctx.direct is not None
                        and lean[0] is lean[-1].ctx.direct.call) for plan in plans)
-    if part in ("batchnorm", "softmax", "layernorm", "lrn", "scaleshift"):
+    if part in ("batchnorm", "softmax", "layernorm", "lrn", "scaleshift", "prefix"):
         name = {"batchnorm": "dnnl_batch_norm", "softmax": "dnnl_softmax",
                 "layernorm": "dnnl_layer_norm", "lrn": "dnnl_lrn",
-                "scaleshift": "dnnl_scale_shift"}[part]
+                "scaleshift": "dnnl_scale_shift", "prefix": "dnnl_scale_shift"}[part]
         return sum(1 for step in session._plan.steps if step.ctx.cache.get(name))
     if part == "staged":
         return sum(1 for step in session._plan.steps for conv in
