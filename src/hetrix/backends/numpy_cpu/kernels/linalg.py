@@ -4,8 +4,14 @@ float32 matrix products of some size run in PyTorch's CPU libraries when PyTorch
 :mod:`._library`), each shape on the library measured fastest for it (``benchmarks/`` has the
 numbers; the operands are shared with torch, not copied, and so is the result):
 
-* ``(..., M, K) @ (K, N) (+ bias)`` on a constant 2-D weight (a layer's, in MatMul, Gemm or their
-  fused forms) of at least 2^20 multiply-adds, float32, with the ``onednn`` extra: oneDNN's GEMM
+* ``activation((..., M, K) @ (K, N) + bias)`` on a constant 2-D weight (a layer's, in MatMul, Gemm
+  or their fused forms) of at least 2^19 multiply-adds, with the ``onednn`` extra, two rows or
+  more (float32; the weight one this node alone reads, whose original is then released): the
+  node's kept oneDNN matmul primitive (:func:`._onednn.kept_linear`, the weight packed once,
+  bias and activation inside, a direct call plans join).  BERT-base at batch 1 ran in 0.92x
+  the time of the paths below, GPT-2 0.94x (``benchmarks/ab_dnnl.py --part linear``);
+* otherwise the same product of at least 2^20 multiply-adds, float32, with the ``onednn``
+  extra (a single row, a weight other nodes read): oneDNN's GEMM
   on the plain weight (:func:`._onednn.plain_gemm`: read in place, a (N, K) weight copied once
   into (K, N)), the bias filled in first.  In the models (``benchmarks/ab_dnnl.py --part
   gemm``) it ran in 0.80x the time of the packed product below on AlexNet at batch 1, 0.96-1.02x on
