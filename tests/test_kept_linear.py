@@ -13,7 +13,6 @@ Skipped where the ``onednn`` extra is not installed.
 
 from __future__ import annotations
 
-import math
 import mmap
 from pathlib import Path
 
@@ -25,6 +24,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hetrix
 from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn, fused
+from test_packed_products import ACTIVATIONS as PACKED_ACTIVATIONS  # tests/, beside this
+from test_packed_products import layer_model as _layer  # file: the same one-layer
+from test_packed_products import layer_weights  # models
 
 pytestmark = pytest.mark.skipif(not _dnnl.available(), reason="the onednn extra is not installed")
 
@@ -63,25 +65,6 @@ def _close(got: np.ndarray, want: np.ndarray, bf16: bool = False) -> None:
     tolerance = 2e-2 if bf16 else 1e-4  # bfloat16 rounds the input, weight and result
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tolerance,
                                atol=tolerance * scale)
-
-
-def _layer(form: str, tmp_path: Path, **options: object) -> tuple:
-    """A one-layer model: the session, the node type it plans, the weight it holds, rows of
-    input in the model's shape, and the float64 reference for 64 rows."""
-    w, bias, x = _data()
-    if form == "MatMul+Add":  # 3-D, as in transformers: FusedMatMul with its bias
-        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
-                 helper.make_node("Add", ["m", "b"], ["y"])]
-        weights, op, shape = {"w": w, "b": bias}, "FusedMatMul", [1, "rows", K]
-    else:
-        transposed = form == "Gemm transB"
-        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=int(transposed))]
-        weights, op, shape = ({"w": np.ascontiguousarray(w.T) if transposed else w, "b": bias},
-                              "Gemm", ["rows", K])
-    session = _session(tmp_path, nodes, weights, shape, **options)
-    want = x.astype(np.float64) @ w.astype(np.float64) + bias
-    rows_of = (lambda rows: x[:rows]) if len(shape) == 2 else (lambda rows: x[None, :rows])
-    return session, op, weights["w"], rows_of, want
 
 
 @pytest.mark.parametrize("form", ["MatMul+Add", "Gemm transB", "Gemm"])
@@ -127,19 +110,14 @@ def test_bfloat16_products_run_on_the_kept_primitive(form: str, tmp_path: Path) 
     linears = step.ctx.cache["dnnl_linears"]
     assert len(linears) == 3
     assert all(linear.dtype == ml_dtypes.bfloat16 for linear in linears.values())
-    np.testing.assert_array_equal(w, _data()[0].T if form == "Gemm transB" else _data()[0])
+    original = layer_weights()[0]  # bfloat16 packs a copy: the float32 weight stays whole
+    np.testing.assert_array_equal(w, original.T if form == "Gemm transB" else original)
 
 
-_erf = np.vectorize(math.erf)
-ACTIVATIONS = {  # ONNX node attributes and extra inputs, float64 reference
-    "Relu": ({}, [], lambda v: np.maximum(v, 0)),
-    "LeakyRelu": ({"alpha": 0.1}, [], lambda v: np.where(v < 0, 0.1 * v, v)),
-    "Clip": ({}, ["lo", "hi"], lambda v: np.clip(v, -0.5, 0.5)),
-    "Sigmoid": ({}, [], lambda v: 1 / (1 + np.exp(-v))),
-    "Tanh": ({}, [], np.tanh),
-    "Gelu": ({}, [], lambda v: 0.5 * v * (1 + _erf(v / math.sqrt(2)))),
-    "HardSwish": ({}, [], lambda v: v * np.clip(v / 6 + 0.5, 0, 1)),
-}
+# the float64 references of the activations oneDNN applies as post-ops (Gelu tanh and
+# HardSigmoid aside: the first is Gelu's other form, the second not a post-op)
+ACTIVATIONS = {name: reference for name, reference in PACKED_ACTIVATIONS.items()
+               if name in ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Gelu", "HardSwish")}
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))

@@ -53,7 +53,7 @@ def _caches(session: hetrix.InferenceSession, op_type: str) -> list[dict]:
     return [s.ctx.cache for s in session._plan.steps if s.ctx.op_type == op_type]
 
 
-def _weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layer_weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((K, N)).astype(np.float32) / K**0.5
     return w, rng.standard_normal(N).astype(np.float32), rng.standard_normal((64, K)).astype(
@@ -64,10 +64,11 @@ def _close(got: np.ndarray, want: np.ndarray) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
-def _layer(form: str, tmp_path: Path) -> tuple:
-    """A one-layer model of ``form``: the session, the fused node's type, its weight and the
-    float64 reference for 64 rows of input."""
-    w, bias, x = _weights()
+def layer_model(form: str, tmp_path: Path, **options: object) -> tuple:
+    """A one-layer model of ``form`` (``MatMul+Add``, ``Gemm transB``, ``Gemm``): the session
+    (with these ``SessionOptions``), the fused node's type, its weight, rows of input in the
+    model's shape, and the float64 reference for 64 rows of input."""
+    w, bias, x = layer_weights()
     shape = None
     if form == "MatMul+Add":  # 3-D, as in transformers: FusedMatMul with the bias (2-D: Gemm)
         nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
@@ -77,7 +78,7 @@ def _layer(form: str, tmp_path: Path) -> tuple:
         transposed = form == "Gemm transB"
         nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=int(transposed))]
         weights, op = {"w": np.ascontiguousarray(w.T) if transposed else w, "b": bias}, "Gemm"
-    session = _session(tmp_path, nodes, weights, shape)
+    session = _session(tmp_path, nodes, weights, shape, **options)
     want = x.astype(np.float64) @ w.astype(np.float64) + bias
     return session, op, weights["w"], lambda rows: (x[:rows] if shape is None
                                                    else x[None, :rows]), want
@@ -87,7 +88,7 @@ def _layer(form: str, tmp_path: Path) -> tuple:
 def test_layer_products_run_on_the_plain_weight(form: str, tmp_path: Path) -> None:
     if not _onednn._dnnl.available():
         pytest.skip("oneDNN (the onednn extra) is not installed")
-    session, op, w, rows_of, want = _layer(form, tmp_path)
+    session, op, w, rows_of, want = layer_model(form, tmp_path)
     for rows in (64, 1, 7):
         (y,) = session.run(None, {"x": rows_of(rows)})
         _close(y.reshape(rows, N), want[:rows])
@@ -111,7 +112,7 @@ def test_a_transposed_weight_is_read_in_place_for_few_rows_and_copied_for_many(
     the same product.  (8 rows: the fewest that come to the GEMM for this layer's size.)"""
     if not _onednn._dnnl.available():
         pytest.skip("oneDNN (the onednn extra) is not installed")
-    session, op, w, rows_of, want = _layer("Gemm transB", tmp_path)
+    session, op, w, rows_of, want = layer_model("Gemm transB", tmp_path)
     (cache,) = _caches(session, op)
     for rows, read_in_place in ((8, True), (7, True), (64, False), (8, False)):
         (y,) = session.run(None, {"x": rows_of(rows)})
@@ -127,7 +128,7 @@ def test_a_transposed_weight_is_read_in_place_for_few_rows_and_copied_for_many(
 def test_layer_products_run_packed_and_release_the_original(
         form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_onednn, "PLAIN_GEMM", False)  # as without the onednn extra
-    session, op, w, rows_of, want = _layer(form, tmp_path)
+    session, op, w, rows_of, want = layer_model(form, tmp_path)
     for rows in (64, 1, 7):  # packed for 64 rows, then other row counts on the same packing
         (y,) = session.run(None, {"x": rows_of(rows)})
         _close(y.reshape(rows, N), want[:rows])
@@ -139,7 +140,7 @@ def test_layer_products_run_packed_and_release_the_original(
 
 def test_a_weight_two_nodes_read_is_not_packed(tmp_path: Path) -> None:
     """Packing it would hold it twice: the original cannot be released while another reads it."""
-    w, _, x = _weights(1)
+    w, _, x = layer_weights(1)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
              helper.make_node("MatMul", ["x", "w"], ["c"]),
              helper.make_node("Sub", ["a", "c"], ["y"])]
@@ -155,7 +156,7 @@ def test_a_library_refusing_later_is_served_from_the_packed_copy(
     """The original's memory is gone once packed: the fallback must read the packed copy, not
     the released pages (which read as zeros)."""
     monkeypatch.setattr(_onednn, "PLAIN_GEMM", False)  # products without activation: packed too
-    w, _, x = _weights(2)
+    w, _, x = layer_weights(2)
     session = _session(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w},
                        [64, K])
     want = x.astype(np.float64) @ w.astype(np.float64)
@@ -195,7 +196,7 @@ def test_activation_after_a_reshape_runs_inside_the_packed_product(
     before the Reshape into the fused node and, where oneDNN has it as a post-op, runs inside
     the packed product: the kernel's own activation pass is never called for it."""
     attrs, extra, reference = ACTIVATIONS[activation]
-    w, bias, x = _weights(3)
+    w, bias, x = layer_weights(3)
     nodes = [helper.make_node(producer, ["x", "w"], ["m"]) if producer == "MatMul" else
              helper.make_node("Gemm", ["x", "w", "b"], ["m"]),
              helper.make_node("Reshape", ["m", "shape"], ["r"]),
@@ -225,7 +226,7 @@ def test_activation_after_a_reshape_runs_inside_the_packed_product(
 def test_an_activation_is_not_moved_across_a_reshape_others_read(tmp_path: Path) -> None:
     """The Reshape's output read twice: moving the Relu before it would change what the second
     reader sees."""
-    w, _, x = _weights(4)
+    w, _, x = layer_weights(4)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
              helper.make_node("Reshape", ["m", "shape"], ["r"]),
              helper.make_node("Relu", ["r"], ["a"]),

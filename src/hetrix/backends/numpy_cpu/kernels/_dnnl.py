@@ -347,6 +347,42 @@ class PackedWeights:
         return bool(self.lib.lib.dnnl_memory_desc_equal(self.desc, desc))
 
 
+def _pack(lib: _Library, pd: _Handle, dense: np.ndarray,
+          describe: Callable[[np.ndarray], _Handle], shared: list[PackedWeights],
+          allocate: Callable[[int], tuple[np.ndarray, int]]) -> PackedWeights:
+    """The weight in the layout ``pd`` asks for: one of the node's packings so far
+    (``shared``) in that layout, or ``dense``'s values (``describe`` gives their descriptor)
+    reordered into a new buffer from ``allocate``, added to ``shared``."""
+    wanted = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, _ARG_WEIGHTS)
+    for packed in shared:
+        if packed.matches(wanted):
+            return packed
+    target = _Handle()  # the query's descriptor belongs to pd: keep a copy of our own
+    lib.check("dnnl_memory_desc_clone", ctypes.byref(target), _Handle(wanted))
+    dense = np.ascontiguousarray(dense, np.float32)  # bfloat16 widens exactly
+    source = describe(dense)
+    try:
+        buffer, address = allocate(int(lib.lib.dnnl_memory_desc_get_size(target)))
+        lib.reorder(source, dense.ctypes.data, target, address)
+    finally:
+        lib.lib.dnnl_memory_desc_destroy(source)
+    packed = PackedWeights(lib, target, buffer, address)
+    shared.append(packed)
+    return packed
+
+
+def _unpack(lib: _Library, packed: PackedWeights, shape: tuple[int, ...],
+            describe: Callable[[np.ndarray], _Handle]) -> np.ndarray:
+    """``packed``'s values as a new float32 array of ``shape``, laid out as ``describe`` says."""
+    dense = np.empty(shape, np.float32)
+    target = describe(dense)
+    try:
+        lib.reorder(packed.desc, packed.address, target, dense.ctypes.data)
+    finally:
+        lib.lib.dnnl_memory_desc_destroy(target)
+    return dense
+
+
 class _Primitive:
     """What every kept primitive here has: the descriptors and objects it made (destroyed with
     it), the primitive, and per-thread bindings of the arrays each call passes.
@@ -705,44 +741,20 @@ class Conv2d(_Primitive):
             self.runtime_args[1] = (_ARG_DST, chosen)  # owned by pd, which this object keeps
             self.staged_bytes = int(lib.lib.dnnl_memory_desc_get_size(chosen))
             self.staged = _Reorder(lib, chosen, nhwc)
-        self.weights = self._packed(pd, dense, weight_shape, weights)
+        self.weights = _pack(lib, pd, dense, self._weight_desc, weights, _aligned_empty)
         self.constant_args.append((_ARG_WEIGHTS, self.weights.memory))
         if b is not None and bias is not None:
             self.bias_array = np.ascontiguousarray(b, np.float32)  # kept: the memory points here
             self._constant(_ARG_BIAS, bias, self.bias_array.ctypes.data)
 
-    def _packed(self, pd: _Handle, dense: np.ndarray, weight_shape: tuple[int, ...],
-                shared: list[PackedWeights]) -> PackedWeights:
-        """The weight in the layout ``pd`` wants: one the node packed already, or a new one."""
-        lib = self.lib
-        wanted = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, _ARG_WEIGHTS)
-        for packed in shared:
-            if packed.matches(wanted):
-                return packed
-        target = _Handle()  # the query's descriptor belongs to pd: keep a copy of our own
-        lib.check("dnnl_memory_desc_clone", ctypes.byref(target), _Handle(wanted))
-        dense = np.ascontiguousarray(dense, np.float32)  # bfloat16 widens exactly
-        source = lib.memory_desc(weight_shape, _c_strides(weight_shape), _DATA_TYPES[dense.dtype])
-        try:
-            buffer, address = _aligned_empty(int(lib.lib.dnnl_memory_desc_get_size(target)))
-            lib.reorder(source, dense.ctypes.data, target, address)
-        finally:
-            lib.lib.dnnl_memory_desc_destroy(source)
-        packed = PackedWeights(lib, target, buffer, address)
-        shared.append(packed)
-        return packed
+    def _weight_desc(self, dense: np.ndarray) -> _Handle:
+        """``dense`` (the ONNX weight, grouped as oneDNN wants it) as a descriptor."""
+        return self.lib.memory_desc(self.weight_shape, _c_strides(self.weight_shape),
+                                    _DATA_TYPES[dense.dtype])
 
     def unpack(self) -> np.ndarray:
         """The packed weight's values in the ONNX layout (float32 when packed as float32)."""
-        lib = self.lib
-        dense = np.empty(self.w.shape, np.float32)
-        weight_shape = self.weight_shape
-        target = lib.memory_desc(weight_shape, _c_strides(weight_shape), _DATA_TYPES[dense.dtype])
-        try:
-            lib.reorder(self.weights.desc, self.weights.address, target, dense.ctypes.data)
-        finally:
-            lib.lib.dnnl_memory_desc_destroy(target)
-        return dense
+        return _unpack(self.lib, self.weights, self.w.shape, self._weight_desc)
 
     def direct(self, fallback: Callable[..., Any],
                overwritable: Callable[[np.ndarray], bool] | None = None) -> Callable[..., Any]:
@@ -1425,51 +1437,24 @@ class Linear(_Primitive):
         pd = self._primitive_desc("matmul", self._attr(post_ops), src,
                                   self._desc((k, n), None, data_type), bias, dst)
         self._finish(pd)
-        self.weights = self._packed(pd, dense, weights)
+        self.weights = _pack(lib, pd, dense, self._weight_desc, weights, _packed_empty)
         self.constant_args.append((_ARG_WEIGHTS, self.weights.memory))
         if b is not None and bias is not None:
             self.bias_array = np.ascontiguousarray(b, np.float32).reshape(n)  # the memory's
             self._constant(_ARG_BIAS, bias, self.bias_array.ctypes.data)
 
-    def _dense_desc(self, dense: np.ndarray, dtype: np.dtype) -> _Handle:
-        """``dense``'s layout as the (K, N) weight (a (N, K) one read transposed); the caller
-        destroys it."""
+    def _weight_desc(self, dense: np.ndarray) -> _Handle:
+        """``dense`` (the node's weight) as the (K, N) weight: a (N, K) one read transposed."""
         if self.transposed:
             n, k = dense.shape
-            return self.lib.memory_desc((k, n), (1, k), _DATA_TYPES[dtype])
-        return self.lib.memory_desc(dense.shape, _c_strides(dense.shape), _DATA_TYPES[dtype])
-
-    def _packed(self, pd: _Handle, dense: np.ndarray,
-                shared: list[PackedWeights]) -> PackedWeights:
-        """The weight in the layout ``pd`` wants: one packed for another row count, or new."""
-        lib = self.lib
-        wanted = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, _ARG_WEIGHTS)
-        for packed in shared:
-            if packed.matches(wanted):
-                return packed
-        target = _Handle()  # the query's descriptor belongs to pd: keep a copy of our own
-        lib.check("dnnl_memory_desc_clone", ctypes.byref(target), _Handle(wanted))
-        dense = np.ascontiguousarray(dense, np.float32)  # bfloat16 widens exactly
-        source = self._dense_desc(dense, dense.dtype)
-        try:
-            buffer, address = _packed_empty(int(lib.lib.dnnl_memory_desc_get_size(target)))
-            lib.reorder(source, dense.ctypes.data, target, address)
-        finally:
-            lib.lib.dnnl_memory_desc_destroy(source)
-        packed = PackedWeights(lib, target, buffer, address)
-        shared.append(packed)
-        return packed
+            return self.lib.memory_desc((k, n), (1, k), _DATA_TYPES[dense.dtype])
+        return self.lib.memory_desc(dense.shape, _c_strides(dense.shape),
+                                    _DATA_TYPES[dense.dtype])
 
     def unpack(self) -> np.ndarray:
         """The packed weight's values in the node's layout ((K, N), or (N, K) for a transposed
         one; float32 when packed as float32)."""
-        dense = np.empty(self.w.shape, np.float32)
-        target = self._dense_desc(dense, dense.dtype)
-        try:
-            self.lib.reorder(self.weights.desc, self.weights.address, target, dense.ctypes.data)
-        finally:
-            self.lib.lib.dnnl_memory_desc_destroy(target)
-        return dense
+        return _unpack(self.lib, self.weights, self.w.shape, self._weight_desc)
 
     def __call__(self, x: np.ndarray) -> np.ndarray | None:
         """The product in ``x``'s shape (last axis N), or None when ``x`` is not what it was
