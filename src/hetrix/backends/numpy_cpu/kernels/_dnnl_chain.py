@@ -526,21 +526,26 @@ class _Replay:
 
     @staticmethod
     def _place_in_arena(buffers: list[_Buffer]) -> int:
-        """Give each buffer an offset in one arena, first fit among the buffers alive at the
-        same time (by execution); returns the arena's size in bytes."""
-        placed: list[_Buffer] = []
+        """Give each buffer an offset in one arena, largest first, each at the lowest offset
+        free of the buffers placed already that are alive at the same time (by execution);
+        returns the arena's size in bytes.  Largest first packs tighter than first use first
+        did: MobileNetV2's arena at batch 8 55.1 -> 45.9 MiB (its buffers' lifetime peak is
+        46), ResNet-50's 5.36 -> 4.98; ShuffleNet, SqueezeNet, Inception v2 and DenseNet-121
+        as before (2.97, 3.75, 3.83, 4.59).  A process's peak comes earlier, in the runs
+        before the trace, so this is held memory, not the peak."""
+        placed: list[tuple[int, int, int, int]] = []  # first, last, start, end
         top = 0
-        for buffer in sorted(buffers, key=lambda b: b.first):
+        for buffer in sorted(buffers, key=lambda b: (-(b.end - b.start), b.first)):
             size = -(-(buffer.end - buffer.start) // ALIGNMENT) * ALIGNMENT
-            busy = sorted((b.place, b.place + -(-(b.end - b.start) // ALIGNMENT) * ALIGNMENT)
-                          for b in placed if b.last >= buffer.first)
+            busy = sorted((start, end) for first, last, start, end in placed
+                          if first <= buffer.last and last >= buffer.first)
             offset = 0
             for start, end in busy:
                 if offset + size <= start:
                     break
                 offset = max(offset, end)
             buffer.place = offset
-            placed.append(buffer)
+            placed.append((buffer.first, buffer.last, offset, offset + size))
             top = max(top, offset + size)
         return top
 
