@@ -410,6 +410,10 @@ class _Primitive:
     blocked one, in a buffer of ``staged_bytes`` made per call) to the array handed out; None
     where the primitive writes that array itself."""
     staged_bytes = 0
+    copied: _Primitive | None = None
+    """A reorder run before the primitive, copying the source into the array handed out, which
+    the primitive then computes in place (a strided source that its kernels take only as
+    reference code); None where the primitive reads the source itself."""
 
     def __init__(self, lib: _Library) -> None:
         self.lib = lib
@@ -580,23 +584,42 @@ class _Primitive:
 
     def _bound_run(self, bindings: _Bindings) -> Callable[[np.ndarray, np.ndarray], None]:
         """What every direct call does once it has checked its arrays: run the primitive from
-        ``x`` into ``y`` (in its memory order; through the staging buffer and its reorder where
-        the primitive has one) on ``bindings``, the calling thread's memory objects."""
+        ``x`` into ``y`` (in its memory order; through the staging buffer and its reorder, or
+        after the copy into ``y``, where the primitive has one) on ``bindings``, the calling
+        thread's memory objects.  The form is chosen here, not on each call."""
         set_handle, execute = self.lib.set_handle, self._bound_execute(bindings)
         source, target = bindings.runtime[0], bindings.runtime[1]
-        staged, staged_bytes = self.staged, self.staged_bytes
+        staged, staged_bytes, copied = self.staged, self.staged_bytes, self.copied
+        if copied is not None:
+            copy_bindings = copied._thread_bindings()
+            copy = copied._bound_execute(copy_bindings)
+            copy_source, copy_target = copy_bindings.runtime
+
+            def run_in_place(x: np.ndarray, y: np.ndarray) -> None:
+                address = y.ctypes.data
+                set_handle(copy_source, x.ctypes.data)
+                set_handle(copy_target, address)
+                copy()
+                set_handle(source, address)
+                set_handle(target, address)
+                execute()
+
+            return run_in_place
+        if staged is not None:
+            def run_staged(x: np.ndarray, y: np.ndarray) -> None:
+                set_handle(source, x.ctypes.data)
+                stage, stage_address = _aligned_empty(staged_bytes)
+                set_handle(target, stage_address)
+                execute()
+                staged._execute((stage_address, y.ctypes.data))
+                del stage  # alive until the reorder has read it
+
+            return run_staged
 
         def run(x: np.ndarray, y: np.ndarray) -> None:
             set_handle(source, x.ctypes.data)
-            if staged is None:
-                set_handle(target, y.ctypes.data)
-                execute()
-                return
-            stage, stage_address = _aligned_empty(staged_bytes)
-            set_handle(target, stage_address)
+            set_handle(target, y.ctypes.data)
             execute()
-            staged._execute((stage_address, y.ctypes.data))
-            del stage  # alive until the reorder has read it
 
         return run
 
@@ -1294,6 +1317,8 @@ class ScaleShift(_Primitive):
     :func:`create_scale_shift`.
     """
 
+    copied: _Primitive  # always: the strided source's copy
+
     def __init__(self, lib: _Library, x: np.ndarray, x_strides: tuple[int, ...],
                  multiplier: np.ndarray, offset: np.ndarray, relu: bool) -> None:
         super().__init__(lib)
@@ -1301,7 +1326,7 @@ class ScaleShift(_Primitive):
         self.shape, self.x_strides, self.dtype = x.shape, x.strides, x.dtype
         data_type = _DATA_TYPES[x.dtype]
         dense = self._desc((n, c, h, w), _nhwc(c, h, w), data_type)
-        self.copy = _Reorder(lib, self._desc((n, c, h, w), x_strides, data_type), dense)
+        self.copied = _Reorder(lib, self._desc((n, c, h, w), x_strides, data_type), dense)
         channel = self._desc((1, c, 1, 1), (c, 1, 1, 1), _DATA_TYPES[_FLOAT32])
         post_ops: list[tuple[str, tuple[Any, ...]]] = [("binary", (_BINARY_ADD, channel))]
         if relu:
@@ -1310,7 +1335,7 @@ class ScaleShift(_Primitive):
                                   dense, channel, dense)
         self.runtime_args = [(_ARG_SRC, dense), (_ARG_DST, dense)]
         self._finish(pd)
-        self.implementation = f"{self.copy.implementation} + {self.implementation}"
+        self.implementation = f"{self.copied.implementation} + {self.implementation}"
         self.out_shape, self.out_axes = (n, h, w, c), (0, 3, 1, 2)
         self.parameters = [np.ascontiguousarray(multiplier, np.float32),
                            np.ascontiguousarray(offset, np.float32)]  # the memories point here
@@ -1323,39 +1348,9 @@ class ScaleShift(_Primitive):
         if x.shape != self.shape or x.strides != self.x_strides or x.dtype != self.dtype:
             return None
         y = recycled_empty(self._spare, self.out_shape, self.dtype)
-        self.copy._execute((x.ctypes.data, y.ctypes.data))
+        self.copied._execute((x.ctypes.data, y.ctypes.data))
         self._execute((y.ctypes.data, y.ctypes.data))
         return y.transpose(self.out_axes)
-
-    def direct(self, fallback: Callable[..., Any]) -> Callable[..., Any]:
-        """As :meth:`_Primitive.direct`: the copy, then the binary primitive in place, on the
-        calling thread's memory objects (a plan may join it with its neighbours: the 1x1
-        convolution that reads its result, in DenseNet)."""
-        set_handle, spare = self.lib.set_handle, self._spare
-        copied, computed = self.copy._thread_bindings(), self._thread_bindings()
-        copy, compute = self.copy._bound_execute(copied), self._bound_execute(computed)
-        (copy_source, copy_target), (source, target) = copied.runtime, computed.runtime
-        shape, strides, dtype = self.shape, self.x_strides, self.dtype
-        out_shape, axes = self.out_shape, self.out_axes
-        owner, get_ident = threading.get_ident(), threading.get_ident
-
-        def call(x: Any) -> Any:
-            if (type(x) is not np.ndarray or x.strides != strides or x.shape != shape
-                    or x.dtype != dtype or get_ident() != owner):
-                return fallback(x)
-            y = recycled_empty(spare, out_shape, dtype)
-            address = y.ctypes.data
-            set_handle(copy_source, x.ctypes.data)
-            set_handle(copy_target, address)
-            copy()
-            set_handle(source, address)
-            set_handle(target, address)
-            compute()
-            return y.transpose(axes)
-
-        call.primitive = self  # type: ignore[attr-defined]
-        call.join = join_kept  # type: ignore[attr-defined]
-        return call
 
 
 class LayerNorm(_Primitive):
@@ -1424,7 +1419,7 @@ class Linear(_Primitive):
         rows = x.size // k
         self.shape, self.x_strides, self.dtype, self.w, self.b = x.shape, x.strides, x.dtype, w, b
         self.out_shape = (*x.shape[:-1], n)  # C order, as the source
-        self.transposed, self.activation = transposed, activation
+        self.transposed = transposed
         data_type = _DATA_TYPES[x.dtype]
         src = self._desc((rows, k), (k, 1), data_type)
         dst = self._desc((rows, n), (n, 1), data_type)

@@ -262,7 +262,7 @@ def _objects(call: Callable[..., Any]) -> list[Any]:
     object that holds them."""
     made = getattr(call, "primitive", None)
     found = [made]
-    for name in ("conv", "pool", "reorder", "copy"):
+    for name in ("conv", "pool", "reorder", "copied"):
         found.append(getattr(made, name, None))
     found += [getattr(part, "staged", None) for part in list(found)]
     return [part for part in found if part is not None]
