@@ -50,8 +50,19 @@ def _squeezenet() -> onnx.ModelProto:
     return onnx.load(light_model_paths()["squeezenet"])
 
 
-@pytest.mark.parametrize("make", [make_control_flow_model, make_dynamic_shape_model, _squeezenet],
-                         ids=["control_flow", "dynamic_shapes", "squeezenet"])
+def _sequence_model() -> onnx.ModelProto:
+    """Values of sequence type beside tensors (the merge's non-tensor types)."""
+    nodes = [helper.make_node("SequenceConstruct", ["x", "y"], ["seq"]),
+             helper.make_node("SequenceAt", ["seq", "index"], ["item"]),
+             helper.make_node("Relu", ["item"], ["out"])]
+    model = make_model(nodes, {"x": ["n", 4], "y": ["n", 4]}, ["out"])
+    model.graph.input.append(helper.make_tensor_value_info("index", onnx.TensorProto.INT64, []))
+    return model
+
+
+@pytest.mark.parametrize("make", [make_control_flow_model, make_dynamic_shape_model, _squeezenet,
+                                  _sequence_model],
+                         ids=["control_flow", "dynamic_shapes", "squeezenet", "sequence"])
 def test_types_and_shapes_match_onnx_irs_pass(make) -> None:
     proto = _without_value_info(make())
     ours, reference, modified = _both(proto)

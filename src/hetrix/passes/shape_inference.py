@@ -71,15 +71,21 @@ class ShapeInferencePass(ir.passes.InPlacePass):
         except Exception as exc:  # noqa: BLE001 - inference is advice, never a load failure
             logger.warning("shape inference failed (%s); the model is left unchanged", exc)
             return ir.passes.PassResult(model, False)
-        modified = False
-        for graph, graph_proto in _graph_pairs(model.graph, inferred.graph):
-            modified |= _merge(graph, graph_proto)
+        # The inferred types are taken out as bytes before any IR object is made from them: made
+        # while the parsed result is alive, the IR's new shapes and the result's Python wrappers
+        # share the allocator's arenas, and the wrappers' holes then kept the arenas from being
+        # freed (small_ops: 1.2 MiB more held through the rest of the optimization).
+        found = [(graph, _inferred_types(graph_proto))
+                 for graph, graph_proto in _graph_pairs(model.graph, inferred.graph)]
         # ONNX's C++ inference and the parsed result are freed now; glibc keeps freed memory
         # for reuse (``retain_freed_memory``), but Python's own objects, which the passes make
         # next, come from separate arenas and never reuse it: back to the OS at once.  small_ops'
         # peak load growth 5.86 -> 5.31 MiB; load time unchanged (0.17 vs 0.19 s there).
         del inferred
         release_free_memory()
+        modified = False
+        for graph, types in found:
+            modified |= _merge(graph, types)
         return ir.passes.PassResult(model, modified)
 
 
@@ -107,17 +113,24 @@ def _graph_pairs(graph: ir.Graph,
                     yield from _graph_pairs(subgraph, subgraph_proto)
 
 
-def _merge(graph: ir.Graph, graph_proto: onnx.GraphProto) -> bool:
-    """Set the inferred shapes and dtypes of ``graph``'s own values (inputs, initializers,
-    node outputs); whether any changed."""
-    inferred = {info.name: info.type for info in (*graph_proto.input, *graph_proto.output,
-                                                  *graph_proto.value_info)
-                if info.name and info.HasField("type")}
+def _inferred_types(graph_proto: onnx.GraphProto) -> dict[str, bytes]:
+    """The inferred type of each value ``graph_proto`` describes (its inputs, outputs and
+    ``value_info``), serialized, by value name."""
+    return {info.name: info.type.SerializeToString()
+            for field in (graph_proto.input, graph_proto.output, graph_proto.value_info)
+            for info in field if info.name and info.HasField("type")}
+
+
+def _merge(graph: ir.Graph, types: dict[str, bytes]) -> bool:
+    """Set the inferred shapes and dtypes (``types``, from :func:`_inferred_types`) of
+    ``graph``'s own values (inputs, initializers, node outputs); whether any changed."""
     modified = False
+    type_proto = onnx.TypeProto()
     for value in _own_values(graph):
-        type_proto = inferred.get(value.name or "")
-        if type_proto is None:
+        serialized = types.get(value.name or "")
+        if serialized is None:
             continue
+        type_proto.ParseFromString(serialized)
         shape = ir.serde.deserialize_type_proto_for_shape(type_proto)
         if shape is not None and value.shape != shape:
             value.shape = shape
