@@ -151,8 +151,11 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(EXTENDED, "activation fusion", ActivationFusionPass),
     # After it: the first layer's FusedConv (with its Relu) then takes the pooling after it.
     Stage(EXTENDED, "conv+pool fusion", ConvPoolFusionPass),
-    # Dead code last, so whatever the rewrites orphaned is gone before the next iteration.
-    Stage(BASIC, "dead code elimination", common.RemoveUnusedNodesPass),
+    # Dead code last, so whatever the rewrites orphaned is gone before the next iteration.  The
+    # nodes it removes sit in reference cycles: collected before the next iteration's shape
+    # inference serializes the graph, the load's peak now (small_ops 5.00 -> 4.76 MiB peak
+    # growth, five fresh processes each; collections of 2-5 ms, load time unchanged).
+    Stage(BASIC, "dead code elimination", common.RemoveUnusedNodesPass, leaves_garbage=True),
 )
 
 
