@@ -24,7 +24,9 @@ viewcopy``, of a Concat chain's new channels written into its buffer by a kept o
 against NumPy's assignment; with ``--part linear``, of layer products on a kept oneDNN matmul
 primitive against ``dnnl_sgemm`` on the plain weight and PyTorch's inner product on a packed
 one; with ``--part prefix``, of float32 normalizations of a Concat chain's channel prefix on the
-kept copy and binary primitive against PyTorch's pass.
+kept copy and binary primitive against PyTorch's pass; with ``--part link``, of a Concat
+chain's links joined with their neighbours' kept primitives (replayed as kept reorders)
+against each link running its kernel between the joined calls.
 
 Arm A runs convolutions and pooling on the primitives each node keeps (the default with the
 ``onednn`` extra installed); arm B on PyTorch's calls, which rebuild the primitive each time
@@ -36,7 +38,7 @@ pooling into 0.12, see RESULTS.md).
 
     python benchmarks/ab_dnnl.py MODEL.onnx [--part gemm|layout|direct|concat|staged|
                                             batchnorm|softmax|layernorm|lrn|inplace|tohost|
-                                            scaleshift|viewcopy|linear|prefix]
+                                            scaleshift|viewcopy|linear|prefix|link]
                                             [--runs 200] [--batch N] [--threads N]
 """
 
@@ -54,7 +56,7 @@ import numpy as np
 
 import hetrix
 from hetrix.backends import reduced_precision
-from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn, fused
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _onednn, fused, tensor
 from hetrix.bench.inputs import make_feeds, model_inputs
 from hetrix.runtime import executor
 from hetrix.runtime.plan import Plan
@@ -123,6 +125,10 @@ _PARTS = {  # --part: (the switch, arm A's name, arm B's name)
     # float32 BatchNormalization of a channel prefix (DenseNet's chain) on the kept copy and
     # binary primitive, a direct call the plan joins (off: PyTorch's pass)
     "prefix": (_switch(fused, "PREFIX_SCALE_SHIFT", False), "kept", "torch"),
+    # a Concat chain's links joined with the kept primitives around them, their copies made
+    # by kept reorders in the replay (off: each link runs its kernel between joined calls);
+    # decided when a node first runs, so the switch matters while an arm is built
+    "link": (_switch(tensor, "JOIN_CHAIN_LINKS", False), "joined", "kernel"),
 }
 
 
@@ -142,7 +148,7 @@ def _kept_nodes(session: hetrix.InferenceSession, part: str) -> int:
                    step.ctx.cache.get("dnnl_convs", {}).values() if conv.staged is not None)
     if part == "concat":
         return sum(1 for step in session._plan.steps if step.ctx.cache.get("dnnl_concat"))
-    if part == "viewcopy":  # the Concats that extend a chain
+    if part in ("viewcopy", "link"):  # the Concats that extend a chain
         return sum(1 for step in session._plan.steps if step.ctx.op_type == "Concat"
                    and not step.ctx.cache.get("dnnl_concat"))
     if part == "tohost":  # the plan's copies to float32, and the outputs in the reduced space

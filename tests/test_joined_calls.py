@@ -25,7 +25,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import hetrix
-from hetrix.backends.numpy_cpu.kernels import _dnnl, _dnnl_chain
+from hetrix.backends.numpy_cpu.kernels import _dnnl, _dnnl_chain, tensor
 from hetrix.runtime import plan as plan_module
 from hetrix.runtime.plan import Plan
 
@@ -76,6 +76,8 @@ def ort_session(model: str | bytes) -> ort.InferenceSession:
     ("shufflenet", "fp32", 70),  # with its channel shuffles and Concats
     ("inception_v1", "fp32", 80),  # Concats of four branches, LRN
     ("resnet50", "bf16", 50),  # bfloat16 (AMX where the CPU has it), residuals added in place
+    ("densenet121", "fp32", 245),  # all: its Concat chain's links as reorders in the replay
+    ("densenet121", "bf16", 240),  # all but the first layer's two nodes (its input's cast)
 ])
 def test_models_replay_equal_to_their_steps_and_to_ort(
         name: str, precision: str, joined_at_least: int, replays: list[int],
@@ -276,6 +278,103 @@ def test_a_step_the_trace_cannot_see_splits_the_run(wrapping: str) -> None:
     # after it the steps are joined again; there a convolution adds into its residual, an
     # input of that run, so the Softmax, which tests its result, is left out in turn
     assert chain.replayed_steps() == len(chain.links) - 2
+
+
+def chain_model() -> onnx.ModelProto:
+    """A DenseNet-like Concat chain: each layer normalizes the chain's value so far
+    (BatchNormalization + Relu, on its channel prefix), convolves it to 8 channels, and a
+    Concat appends those; with a branch: two Concats extend the same prefix ``c2``, so the
+    second finds the chain's buffer moved on and copies into a new one."""
+    rng = np.random.default_rng(4)
+    weights: dict[str, np.ndarray] = {
+        "w0": rng.standard_normal((16, 8, 3, 3)) * 0.2,
+        "w1": rng.standard_normal((8, 16, 3, 3)) * 0.2,
+    }
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["f0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["f0", "w1"], ["g1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["f0", "g1"], ["c1"], axis=1)]  # the chain's start
+
+    def layer(source: str, channels: int, name: str, concat: str) -> None:
+        for part, values in (("scale", rng.uniform(0.5, 1.5, channels)),
+                             ("bias", rng.standard_normal(channels) * 0.1),
+                             ("mean", rng.standard_normal(channels) * 0.1),
+                             ("var", rng.uniform(0.5, 1.5, channels))):
+            weights[f"{name}_{part}"] = values
+        weights[f"{name}_w"] = rng.standard_normal((8, channels, 3, 3)) * 0.2
+        nodes.extend([
+            helper.make_node("BatchNormalization", [source, *(f"{name}_{p}" for p in (
+                "scale", "bias", "mean", "var"))], [f"{name}_n"]),
+            helper.make_node("Relu", [f"{name}_n"], [f"{name}_r"]),
+            helper.make_node("Conv", [f"{name}_r", f"{name}_w"], [f"{name}_g"], pads=[1, 1, 1, 1]),
+            helper.make_node("Concat", [source, f"{name}_g"], [concat], axis=1)])
+
+    layer("c1", 24, "l2", "c2")  # the chain's buffer made
+    layer("c2", 32, "l3", "c3")  # extended in place
+    layer("c2", 32, "lb", "cb")  # the branch: a new buffer
+    graph = helper.make_graph(
+        nodes, "concat_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("c3", TensorProto.FLOAT, [1, 40, 12, 12]),
+         helper.make_tensor_value_info("cb", TensorProto.FLOAT, [1, 40, 12, 12])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _chain_links(session: hetrix.InferenceSession) -> list:
+    return [s for s in session._plan.steps if s.ctx.op_type == "Concat"
+            and s.ctx.direct is not None and s.ctx.direct.source is tensor._CHAIN_LINK]
+
+
+@pytest.mark.parametrize("copies", ["reorders", "one copy no reorder makes"])
+def test_a_concat_chain_replays_its_links(copies: str, replays: list[int],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Concat chain's links (the buffer made, extended in place, a branch copied into a new
+    one) are replayed with the normalizations and convolutions around them, each copy a kept
+    reorder, and give the steps' results bit for bit, ORT's to rounding; the outputs, chain
+    values, are views of a buffer the replay makes per call.  Where a copy would not go to a
+    reorder, the trace declines that link and the run is split around it, same results."""
+    model = chain_model().SerializeToString()
+    if copies != "reorders":
+        copy_into = _dnnl.copy_into
+
+        def refusing(source: np.ndarray, target: np.ndarray) -> bool:
+            # the branch's new channels (the last 8 of 40 in a new 80-channel buffer)
+            root = target
+            while root.base is not None:
+                root = root.base
+            if source.shape[1] == 8 and root.shape[3] == 80 and target.ctypes.data - \
+                    root.ctypes.data == 32 * source.itemsize:
+                return False
+            return copy_into(source, target)
+
+        monkeypatch.setattr(_dnnl, "copy_into", refusing)
+    joined = hetrix.InferenceSession(model)
+    with monkeypatch.context() as patched:  # its links stay on their kernel: never offered
+        patched.setattr(tensor, "JOIN_CHAIN_LINKS", False)
+        steps = hetrix.InferenceSession(model)
+    reference = ort_session(model)
+    rng = np.random.default_rng(5)
+    for run in range(RUNS):
+        x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+        got, expected = joined.run(None, {"x": x}), reference.run(None, {"x": x})
+        with monkeypatch.context() as patched:
+            patched.setattr(tensor, "JOIN_CHAIN_LINKS", False)
+            want = steps.run(None, {"x": x})
+        for mine, theirs, ort_value in zip(got, want, expected, strict=True):
+            np.testing.assert_array_equal(mine, theirs, err_msg=f"run {run}")
+            np.testing.assert_allclose(mine, ort_value, rtol=1e-4, atol=1e-4)
+    assert len(_chain_links(joined)) == 3 and not _chain_links(steps)
+    tops = [getattr(entry[0], "__self__", None) for plan in plans(joined)
+            for entry in plan.lean_run or []]
+    [made] = [c for c in tops if isinstance(c, _dnnl_chain._Chain) and len(c.links) >= 10]
+    link_calls = {step.ctx.direct.call for step in _chain_links(joined)}
+    assert link_calls <= {link[0] for link in made.links}
+    if copies == "reorders":
+        assert made.replay is not None and made.replayed_steps() == len(made.links)
+        assert replays[0] >= 2
+    else:
+        assert made.replay is None and made.parts is not None
+        assert 0 < made.replayed_steps() < len(made.links)
 
 
 def test_a_replay_that_does_not_match_the_steps_is_not_used(

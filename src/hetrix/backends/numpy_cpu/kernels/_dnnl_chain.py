@@ -168,7 +168,7 @@ class _Chain:
             for index, (call, reads, writes, frees) in enumerate(self.links):
                 arguments = [slots[slot] for slot in reads]
                 if tracer is not None:
-                    tracer.begin(index, list(slots.values()), _parts(call))
+                    tracer.begin(index, list(slots.values()), call)
                 result = call(*arguments)
                 if tracer is not None:
                     tracer.end(result, len(writes))
@@ -342,6 +342,7 @@ class _Tracer:
         self.step = 0
         self._live: list[Any] = []
         self._parts: set[int] = set()
+        self._copy_step = False
         get = library.lib.dnnl_memory_get_data_handle
         get.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
         self._get_handle = get
@@ -377,8 +378,16 @@ class _Tracer:
 
     # -- called by the chain around each step --------------------------------------------------
 
-    def begin(self, step: int, live: list[Any], parts: set[int]) -> None:
-        self.step, self._live, self._parts = step, live, parts
+    def refuse(self, why: str) -> None:
+        """The step running now did work the replay could not make (``why``)."""
+        if threading.get_ident() == self.owner and not self.declined:
+            self.declined = f"step {self.step}: {why}"
+            self.declined_step = self.step
+
+    def begin(self, step: int, live: list[Any], call: Callable[..., Any]) -> None:
+        self.step, self._live, self._parts = step, live, _parts(call)
+        # a step whose work is copies (a Concat chain's link) runs kept reorders it shares
+        self._copy_step = bool(getattr(getattr(call, "primitive", None), "copies", False))
         self._pending_start = len(self.executions)
 
     def end(self, result: Any, writes: int) -> None:
@@ -394,7 +403,8 @@ class _Tracer:
             self.declined = f"step {self.step} ran no kept primitive"
             self.declined_step = self.step
             return
-        if any(id(p) not in self._parts for p, _ in self.executions[self._pending_start:]):
+        if any(id(p) not in self._parts and not (self._copy_step and type(p) is _dnnl._Reorder)
+               for p, _ in self.executions[self._pending_start:]):
             self.declined = f"step {self.step} went to its kernel"
             self.declined_step = self.step
             return

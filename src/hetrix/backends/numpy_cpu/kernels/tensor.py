@@ -303,9 +303,12 @@ def concat(ctx: NodeContext, *inputs: np.ndarray) -> np.ndarray:
                          functools.partial(_direct_concatenate, plain_axis, first.dtype,
                                            first.ndim),
                          _direct_concatenate)
+        elif _chained(inputs[0]):
+            if JOIN_CHAIN_LINKS:
+                offer_direct(ctx, concat, inputs, everything, _direct_chain_link, _CHAIN_LINK)
         else:
             kept = ctx.cache.get("dnnl_concat")
-            if kept is not None and kept.serves(inputs) and not _chained(inputs[0]):
+            if kept is not None and kept.serves(inputs):
                 offer_direct(ctx, concat, inputs, everything,
                              functools.partial(_direct_channel_concatenate, kept), kept)
     return y
@@ -328,6 +331,41 @@ def _direct_channel_concatenate(kept: _dnnl.Concat,
     # joined with its neighbours (one replay of their primitives), the result is remembered
     # by the replay where it leaves the joined run
     call.primitive = kept  # type: ignore[attr-defined]
+    call.join = _dnnl.join_kept  # type: ignore[attr-defined]
+    call.after = functools.partial(_remember, _CONCATENATED, used=0)  # type: ignore[attr-defined]
+    return call
+
+
+JOIN_CHAIN_LINKS = True
+"""Whether a chain link (a Concat that extends a chain's buffer, see below) offers a direct
+call that a plan joins with its neighbours (off: the link runs its kernel between them; for
+``benchmarks/ab_dnnl.py --part link``)."""
+
+
+class _ChainLink:
+    """What a chain link's direct call runs (see :func:`_direct_chain_link`): kept oneDNN
+    reorders, shared by the layouts they copy between, none of them the link's own."""
+
+    copies = True
+    """A replay's trace takes the reorders the step runs as its work (``_dnnl_chain``)."""
+
+
+_CHAIN_LINK = _ChainLink()
+
+
+def _direct_chain_link(fallback: Callable[..., Any]) -> Callable[..., Any]:
+    """A chain link's direct call (a Concat extending a chain's buffer, see below): the
+    kernel's own path, made joinable with its neighbours' kept primitives.  Traced for a
+    replay, every copy it makes goes to a kept reorder (:func:`_copy_channels`), which the
+    replay then makes on the chain's buffer placed with the run's other buffers; a link
+    replayed costs one reorder, where the kernel's checks, registries and NumPy's copy of the
+    small ones cost 54-73 us a link after a pause (DenseNet-121: 54 links, 2.9-3.9 ms a run
+    at batch 1).  What leaves a replay is a chain's value again for the Concats outside it."""
+
+    def call(*arrays: Any) -> Any:
+        return fallback(*arrays)
+
+    call.primitive = _CHAIN_LINK  # type: ignore[attr-defined]
     call.join = _dnnl.join_kept  # type: ignore[attr-defined]
     call.after = functools.partial(_remember, _CONCATENATED, used=0)  # type: ignore[attr-defined]
     return call
@@ -482,9 +520,14 @@ reorder read 1.008-1.015 bfloat16 at batch 1."""
 def _copy_channels(array: np.ndarray, buffer: np.ndarray, start: int) -> None:
     """Write ``array`` (NCHW-indexed) into channels ``start...`` of the NHWC ``buffer``: by a
     kept oneDNN reorder from :data:`CHAIN_REORDER_MIN_BYTES` where it serves, else NumPy's
-    assignment."""
+    assignment; every copy by a reorder while a run is traced to be replayed (a copy the
+    replay could not make declines it)."""
     target = buffer[..., start:start + array.shape[1]].transpose(0, 3, 1, 2)
-    if array.nbytes < CHAIN_REORDER_MIN_BYTES or not _dnnl.copy_into(array, target):
+    traced = _dnnl.tracer is not None
+    if (array.nbytes < CHAIN_REORDER_MIN_BYTES and not traced) or not _dnnl.copy_into(array,
+                                                                                     target):
+        if traced:
+            _dnnl.tracer.refuse("a chain's copy that no kept reorder makes")
         target[...] = array
 
 
