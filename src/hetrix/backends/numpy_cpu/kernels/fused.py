@@ -22,7 +22,9 @@ fresh output, so a fused node computes exactly what the unfused pair did minus o
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -248,11 +250,43 @@ def fused_conv_pool(
     first, then = conv_ctx.direct, pool_ctx.direct
     if (first is not None and then is not None and first.positions == then.positions == (0,)
             and first.owner == then.owner):
-        run_conv, run_pool = first.call, then.call
         registry.offer_direct(ctx, fused_conv_pool, inputs, (0,),
-                              lambda _fallback: lambda x: run_pool(run_conv(x)),
+                              functools.partial(_chained_parts, first.call, then.call),
                               (first.source, then.source))
     return y
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """The kept primitives a chained direct call runs (a replay's trace reads them by these
+    names, as those of :class:`._dnnl.ConvPool`)."""
+
+    conv: object
+    pool: object
+
+
+def _chained_parts(run_conv: Callable[..., Any], run_pool: Callable[..., Any],
+                   _fallback: Callable[..., Any]) -> Callable[..., Any]:
+    """A convolution's direct call and its pooling's, one after the other, as one call; the
+    plan joins it with its neighbours where both run kept primitives alone (bfloat16 models'
+    first layer, on the channels-last cast of the image), the convolution's result then a
+    buffer of the replay's arena."""
+
+    def call(x: Any) -> Any:
+        y = run_conv(x)
+        if _dnnl.tracer is not None:  # a buffer that dies inside the step, made by the step
+            root = y
+            while type(root.base) is np.ndarray:
+                root = root.base
+            _dnnl.tracer.allocated(root)
+        return run_pool(y)
+
+    conv_join, pool_join = getattr(run_conv, "join", None), getattr(run_pool, "join", None)
+    if conv_join is not None and conv_join is pool_join:
+        call.primitive = _Parts(getattr(run_conv, "primitive", None),  # type: ignore[attr-defined]
+                                getattr(run_pool, "primitive", None))
+        call.join = conv_join  # type: ignore[attr-defined]
+    return call
 
 
 @kernel("FusedConcat", since=1, domain="hetrix")
