@@ -18,8 +18,10 @@ hands on (made per call, as the steps did), or inside one that dies within the r
 the thread's arena, :class:`_ThreadArena`, shared by buffers whose lifetimes do not overlap
 and by every replay on the thread); the weights and the thread's scratchpad stay as they are.
 An address anywhere else (memory the trace cannot account for: a kernel's own copy), a step
-that is not a single array out or that ran a primitive other than its direct call's stops the
-run there: the steps before and after it are joined on their own (:meth:`_Chain._split`).
+that is not a single array out or that ran a primitive other than its direct call's (a Concat
+chain's link aside, whose work is kept reorders shared between layouts), or a step that says
+it did work the replay could not make (:meth:`_Tracer.refuse`) stops the run there: the steps
+before and after it are joined on their own (:meth:`_Chain._split`).
 The replay has its own memory objects and is checked once, on the traced inputs as they were,
 against the traced outputs bit for bit (the same primitives on the same values); a step whose
 direct call tests its result (Softmax's for NaN) has its result tested by the replay too.
