@@ -375,8 +375,9 @@ class _Tracer:
         return [self._copies.get(i, value) for i, value in enumerate(self._inputs)]
 
     def allocated(self, buffer: np.ndarray) -> None:
+        """A buffer the running step made and lets die inside it (any view of it)."""
         if threading.get_ident() == self.owner:
-            self._temporaries.append(buffer)
+            self._temporaries.append(_root(buffer))
 
     # -- called by the chain around each step --------------------------------------------------
 

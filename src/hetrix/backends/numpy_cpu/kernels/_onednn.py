@@ -264,7 +264,7 @@ def _direct(cache: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
                                            "kept primitive")
                 if (owns_weight and w.dtype == _FLOAT32
                         and cache.get("onednn_released") is not w):
-                    _release_packed(cache, w, conv)
+                    _release_packed(cache, w, conv.unpack)
         if conv is None:
             if overwrite:  # no in-place kernel: the residual as a second source then
                 cache["dnnl_sum_refused"] = True
@@ -322,7 +322,7 @@ def conv_pool(ctx: NodeContext, kernel: Kernel, x: np.ndarray, w: np.ndarray,
                 pads_end=window.library_end(), out=window.out)
             if (made is not None and 1 in ctx.owned_inputs and w.dtype == _FLOAT32
                     and cache.get("onednn_released") is not w):
-                _release_packed(cache, w, conv)
+                _release_packed(cache, w, conv.unpack)
             return made
 
     return _dnnl.run_kept(ctx, "dnnl_conv_pool", "convolution + pooling (blocked between)",
@@ -378,16 +378,19 @@ def _channels_last_copy(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
-def _release_packed(cache: dict[str, Any], w: np.ndarray, conv: _dnnl.Conv2d) -> None:
-    """Release ``w``'s memory once ``conv`` holds an exact packed copy (float32 reorders are
-    exact; the comparison guards the layout); :func:`dense_weight` rebuilds it on demand."""
+def _release_packed(cache: dict[str, Any], w: np.ndarray, unpack: Callable[[], np.ndarray],
+                    key: str = "onednn") -> None:
+    """Release ``w``'s memory once a kept primitive holds an exact packed copy of it (``unpack``
+    reads that copy back: float32 reorders are exact; the comparison guards the layout), and
+    note it in ``cache`` as ``{key}_released`` and ``{key}_rebuild`` (the convolutions'
+    :func:`dense_weight`, the products' :func:`linear_weight` rebuild it on demand)."""
     if w.nbytes < _RELEASE_MIN_BYTES:
         return
-    if np.array_equal(conv.unpack(), w):
+    if np.array_equal(unpack(), w):
         from hetrix.runtime.memory import release_pages
 
         if release_pages(w):
-            cache.update(onednn_released=w, onednn_rebuild=conv.unpack)
+            cache.update({f"{key}_released": w, f"{key}_rebuild": unpack})
 
 
 class PreparedConv:
@@ -689,12 +692,10 @@ def kept_linear(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray
                                        "kept primitive")
             if (owns_weight and b.dtype == _FLOAT32 and x.dtype == _FLOAT32
                     and b.nbytes >= _RELEASE_MIN_BYTES
-                    and cache.get("linear_released") is not b
-                    and np.array_equal(linear.unpack(), b)):
-                from hetrix.runtime.memory import release_free_memory, release_pages
+                    and cache.get("linear_released") is not b):
+                from hetrix.runtime.memory import release_free_memory
 
-                if release_pages(b):
-                    cache.update(linear_released=b, linear_rebuild=linear.unpack)
+                _release_packed(cache, b, linear.unpack, key="linear")
                 # the check's unpacked copy is freed now; glibc would keep it (see
                 # _pack_linear)
                 release_free_memory()

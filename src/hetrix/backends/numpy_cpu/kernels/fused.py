@@ -275,10 +275,7 @@ def _chained_parts(run_conv: Callable[..., Any], run_pool: Callable[..., Any],
     def call(x: Any) -> Any:
         y = run_conv(x)
         if _dnnl.tracer is not None:  # a buffer that dies inside the step, made by the step
-            root = y
-            while type(root.base) is np.ndarray:
-                root = root.base
-            _dnnl.tracer.allocated(root)
+            _dnnl.tracer.allocated(y)
         return run_pool(y)
 
     conv_join, pool_join = getattr(run_conv, "join", None), getattr(run_pool, "join", None)

@@ -157,9 +157,6 @@ of 544 x 1000 (ShuffleNet's classifier) took 36 us there against 43 on NumPy, 10
 (Inception's, DenseNet's) 40 against 58 (2 threads, weights in cache; medians of 100
 alternating calls); 512 x 512, 18 against 17.  Below it NumPy's call is the cheaper."""
 
-_PACK_MAX_BYTES = _onednn.PACK_MAX_BYTES
-
-
 def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None,
                      transposed: bool = False, activation: str = "",
                      activation_params: list[float] | tuple[float, ...] = (),
@@ -180,7 +177,8 @@ def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.nd
     if not activation and (macs >= _GEMM_MIN_MACS
                            and _library.torch_functional() is not None):
         y = _onednn.plain_gemm(ctx.cache, a, b, bias, transposed=transposed,
-                               owns_weight=1 in ctx.owned_inputs, max_copy_bytes=_PACK_MAX_BYTES)
+                               owns_weight=1 in ctx.owned_inputs,
+                               max_copy_bytes=_onednn.PACK_MAX_BYTES)
         if y is not None:
             return y
     if "linear" not in ctx.cache and not (
@@ -190,7 +188,7 @@ def on_packed_weight(ctx: NodeContext, a: np.ndarray, b: np.ndarray, bias: np.nd
         and b.ndim == 2
         and not b.flags.writeable  # a constant of the plan
         and 1 in ctx.owned_inputs  # its original is released: the weight stays held once
-        and b.nbytes <= _PACK_MAX_BYTES
+        and b.nbytes <= _onednn.PACK_MAX_BYTES
         and a.size // max(a.shape[-1], 1) * b.size >= _TORCH_MIN_MACS
         and _library.torch_functional() is not None
     ):
